@@ -1,0 +1,125 @@
+"""Self-describing checkpoints, written atomically and loaded with ``weights_only=True``.
+
+A checkpoint is a dict of plain data and tensors::
+
+    format      "spnas-1"
+    kind        "supernet" | "child" | "superkernel"
+    space       SpaceSpec as a dict;  arch: arch string or None
+    num_classes int;  model: state_dict;  optimizer: state_dict or None
+    step        the next optimizer step to run;  epoch: the epoch it belongs to
+    config      the run's resolved config (JSON-able dict)
+    rng         {"seed": run seed, "torch": CPU RNG state, "cuda": [states]}
+    metrics     e.g. {"best_val_acc": ..., "val_acc": ...};  extra: stage-specific
+
+It is written to a temporary file in the same folder, flushed to disk and
+renamed over the target, so a kill at any moment leaves the previous file whole.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .arch import Arch, SpaceSpec
+from .errors import SpnasError
+
+FORMAT = "spnas-1"
+KINDS = ("supernet", "child", "superkernel")
+
+
+def _atomic_write(path: str | Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    missing = {"kind", "space", "num_classes", "model"} - payload.keys()
+    if missing:
+        raise ValueError(f"checkpoint payload lacks {sorted(missing)}")
+    _atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+
+
+def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
+    """Load and check a checkpoint; any problem is one clear ``SpnasError``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
+    if not path.is_file():
+        raise SpnasError(f"checkpoint {path} not found; give a .pt file or a run folder "
+                         "that holds best.pt or last.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
+            OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpnasError(f"checkpoint {path} is corrupt or truncated ({first[:200]}); "
+                         "use another one (the run folder keeps last.pt and best.pt)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise SpnasError(f"{path} is not an spnas checkpoint (format {FORMAT} expected)")
+    if ckpt.get("kind") not in kinds:
+        raise SpnasError(f"{path} holds a {ckpt.get('kind')} checkpoint; this command needs "
+                         f"one of: {', '.join(kinds)}")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def checkpoint_space(ckpt: dict) -> SpaceSpec:
+    return SpaceSpec.from_dict(ckpt["space"])
+
+
+def checkpoint_arch(ckpt: dict) -> Arch | None:
+    return Arch.parse(ckpt["arch"], checkpoint_space(ckpt)) if ckpt.get("arch") else None
+
+
+def check_same_space(ckpt: dict, spec: SpaceSpec, what: str = "this run") -> None:
+    """Refuse a checkpoint built for another space, layout or layer count."""
+    have = checkpoint_space(ckpt)
+    if have != spec:
+        raise SpnasError(f"checkpoint {ckpt['path']} is for {have.describe()} with "
+                         f"{len(have.allowed[0])} choices, but {what} uses {spec.describe()} "
+                         f"with {len(spec.allowed[0])} choices; use matching flags "
+                         "(--layers, --num_choices, --resize) or another checkpoint")
+
+
+def load_model_state(model: nn.Module, state: dict, path: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise SpnasError(f"checkpoint {path} does not fit this network "
+                         f"({str(e).splitlines()[0][:200]})") from None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,96 @@
+"""Hyperparameters in one typed place, with units. Every run dumps its config as JSON.
+
+Functions take the values they need from these dataclasses; nothing passes an
+``argparse.Namespace`` down a call chain. ``from_namespace`` picks a
+dataclass's fields out of parsed flags of the same names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"        # cifar10 | cifar100 | folder
+    data_path: str = "data"         # folder holding the data (any accepted layout)
+    classes: int | None = None      # expected number of classes; checked against the data
+    val_size: int = 5000            # images held out of training for validation; 0 = use test
+    cutout: bool = False
+    cutout_length: int = 16         # pixels, side of the cutout square
+    auto_aug: bool = False          # torchvision AutoAugment, CIFAR-10 policy
+    resize: bool = False            # train at 224 (RandomResizedCrop), eval Resize 256 + Crop 224
+    image_size: int = 32            # pixels; image folders are resized to this
+    download: bool = True           # fetch the official tarball when no data is found
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 600
+    num_steps: int | None = None    # cap on optimizer steps per epoch; None = the whole epoch
+    batch_size: int = 64            # images per step per process
+    lr: float = 0.025               # peak learning rate (per step of batch_size images)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 3e-4      # on conv/linear weights only, never on BN or biases
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"        # cosine | linear, decaying over all steps after warm-up
+    warmup_epochs: float = 0.0      # linear warm-up from 0, in epochs
+    min_lr: float = 0.0             # learning rate reached at the last step
+
+
+@dataclass
+class RunConfig:
+    exp_name: str = "run"
+    save_path: str = "checkpoints"  # run folder = save_path/exp_name
+    seed: int = 0
+    print_freq: int = 100           # steps between metric lines
+    val_interval: int = 5           # epochs between validations (and always after the last)
+    ckpt_interval: int = 0          # steps between extra 'last' checkpoints; 0 = at validations only
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    amp: bool = True                # bf16 autocast on CUDA (never on CPU)
+    channels_last: bool = True      # NHWC activations (faster on CPU and GPU, see README)
+    deterministic: bool = False     # torch.use_deterministic_algorithms on CUDA
+    resume: bool = False            # continue from save_path/exp_name/last.pt
+
+
+@dataclass
+class SupernetConfig:
+    space: str = "spos"
+    layers: int = 20                # searchable layers (the first N of the space)
+    num_choices: int = 4            # blocks per layer (the first K of k3 k5 k7 x)
+    val_paths: int = 3              # fixed seeded paths averaged for supernet validation
+    recal_images: int = 1024        # training images for BN recalibration per validation path
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    model: Any = None               # the stage's own dataclass (e.g. SupernetConfig)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model_type"] = type(self.model).__name__ if self.model is not None else None
+        return d
+
+
+def from_namespace(cls, ns, **overrides):
+    """Build dataclass ``cls`` from the attributes of ``ns`` that share its field names."""
+    kw = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from the run seed and a purpose, e.g. ``derive_seed(0, "path", step)``.
+
+    Every random draw of a run comes from a generator seeded this way, so any
+    step's data, augmentation and sampled path are a function of (seed, step):
+    runs repeat exactly and resume at any step.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

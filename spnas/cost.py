@@ -1,0 +1,242 @@
+"""Cost of an architecture: multiply-accumulates, parameters, latency.
+
+"FLOPs" in NAS papers (SPOS's 330M, MobileNet's 300M) are multiply-
+accumulates (MACs); torch's ``FlopCounterMode`` counts 2 FLOPs per MAC, so
+``count_macs`` halves it. BatchNorm, ReLU and pooling are not counted (as in
+those papers).
+
+Every space's standalone network is ``head(layers(stem(x)))`` and a layer's
+cost depends only on its own choice (its input shape is fixed by the layout),
+so the cost of an arch is exactly ``constant + sum of per-layer costs``. The
+``CostTable`` caches those per (layer, choice); a test checks the sum against
+counting the whole network.
+
+Latency tables hold the median time of each (layer, choice) measured on a
+device, plus the stem and head; ``validate_latency_table`` measures whole
+networks and reports how far the sum is off.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .arch import Arch, SpaceSpec
+from .errors import SpnasError
+
+
+def default_resolution(space: SpaceSpec) -> int:
+    """Input size a layout is built for: 32 (CIFAR) or 224 (ImageNet / --resize)."""
+    return 224 if space.layout == "imagenet" else 32
+
+
+def count_macs(module: nn.Module, *inputs) -> int:
+    """Multiply-accumulates of one forward pass (torch's FLOP count / 2)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return counter.get_total_flops() // 2
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _capture_layer_inputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of each of ``net.layers`` for input ``x`` (one forward pass)."""
+    seen: list[torch.Tensor] = []
+    hooks = [layer.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+             for layer in net.layers]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def uniform_archs(space: SpaceSpec) -> list[Arch]:
+    """One arch per choice c: every layer takes c where allowed (else its first choice).
+
+    Together they visit every (layer, choice) pair of the space once.
+    """
+    return [Arch(space, tuple(c if c in allowed else allowed[0] for allowed in space.allowed))
+            for c in range(len(space.tokens))]
+
+
+@dataclass
+class CostTable:
+    """Exact MACs and parameters per (layer, choice), plus the fixed stem and head."""
+
+    space: SpaceSpec
+    resolution: int
+    num_classes: int
+    const_macs: int
+    const_params: int
+    macs: list[dict[int, int]]
+    params: list[dict[int, int]]
+
+    def arch_macs(self, arch: Arch) -> int:
+        return self.const_macs + sum(self.macs[i][c] for i, c in enumerate(arch))
+
+    def arch_params(self, arch: Arch) -> int:
+        return self.const_params + sum(self.params[i][c] for i, c in enumerate(arch))
+
+
+def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
+                     num_classes: int, resolution: int | None = None) -> CostTable:
+    """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network."""
+    res = resolution or default_resolution(space)
+    x = torch.zeros(1, 3, res, res)
+    macs: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
+    params: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
+    const_macs = const_params = None
+    for arch in uniform_archs(space):
+        net = build_child(arch).eval()
+        inputs = _capture_layer_inputs(net, x)
+        for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
+            macs[i][arch[i]] = count_macs(layer, inp)
+            params[i][arch[i]] = count_params(layer)
+        if const_macs is None:
+            const_macs = count_macs(net, x) - sum(macs[i][arch[i]] for i in range(len(arch)))
+            const_params = count_params(net) - sum(params[i][arch[i]] for i in range(len(arch)))
+    return CostTable(space, res, num_classes, const_macs, const_params, macs, params)
+
+
+# ---- latency ---------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 10, repeats: int = 30) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+@dataclass
+class LatencyTable:
+    """Median milliseconds per (layer, choice) on one device, plus the stem and head."""
+
+    space: SpaceSpec
+    device: str
+    device_name: str
+    batch: int
+    resolution: int
+    threads: int
+    constant: float
+    layers: list[dict[int, float]]
+    channels_last: bool = True
+    torch_version: str = torch.__version__
+
+    def predict(self, arch: Arch) -> float:
+        if arch.space != self.space:
+            raise SpnasError(f"latency table is for {self.space.describe()}, "
+                             f"the arch is {arch.space.describe()}")
+        return self.constant + sum(self.layers[i][c] for i, c in enumerate(arch))
+
+    def to_json(self) -> dict:
+        return {"space": self.space.to_dict(), "device": self.device,
+                "device_name": self.device_name, "batch": self.batch,
+                "resolution": self.resolution, "threads": self.threads, "unit": "ms",
+                "channels_last": self.channels_last,
+                "torch": self.torch_version, "constant": self.constant,
+                "layers": [{self.space.tokens[c]: v for c, v in d.items()} for d in self.layers]}
+
+    def save(self, path: str | Path) -> None:
+        from .checkpoint import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        try:
+            d = json.loads(Path(path).read_text())
+            space = SpaceSpec.from_dict(d["space"])
+            layers = [{space.tokens.index(t): float(v) for t, v in row.items()} for row in d["layers"]]
+            return cls(space, d["device"], d["device_name"], int(d["batch"]), int(d["resolution"]),
+                       int(d["threads"]), float(d["constant"]), layers,
+                       bool(d.get("channels_last", True)), d.get("torch", "?"))
+        except FileNotFoundError:
+            raise SpnasError(f"latency table {path} not found; make one with "
+                             "'spnas latency-table'") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SpnasError(f"latency table {path} is unreadable ({e!r}); make it again "
+                             "with 'spnas latency-table'") from None
+
+
+def _to_device(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    net = net.to(device).eval()
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def _input(batch: int, res: int, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(batch, 3, res, res, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
+                        device: torch.device, batch: int = 1, resolution: int | None = None,
+                        warmup: int = 10, repeats: int = 30, channels_last: bool = True,
+                        progress: bool = False) -> LatencyTable:
+    """Time every (layer, choice) alone on its real input shape, and the stem + head."""
+    res = resolution or default_resolution(space)
+    x = _input(batch, res, device, channels_last)
+    layers: list[dict[int, float]] = [{} for _ in range(space.num_layers)]
+    constant = None
+    archs = uniform_archs(space)
+    for arch in archs:
+        net = _to_device(build_child(arch), device, channels_last)
+        inputs = _capture_layer_inputs(net, x)
+        for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
+            if arch[i] not in layers[i]:
+                layers[i][arch[i]] = time_ms(lambda: layer(inp), device, warmup, repeats)
+        if constant is None:
+            feats = inputs[-1]
+            with torch.inference_mode():
+                last = net.layers[-1](feats)
+            constant = (time_ms(lambda: net.stem(x), device, warmup, repeats)
+                        + time_ms(lambda: net.head(last), device, warmup, repeats))
+        if progress:
+            print(f"timed choice {space.tokens[arch[0]]} on every layer", flush=True)
+    return LatencyTable(space, str(device), device_description(device), batch, res,
+                        torch.get_num_threads(), constant, layers, channels_last=channels_last)
+
+
+def validate_latency_table(table: LatencyTable, build_child: Callable[[Arch], nn.Module],
+                           device: torch.device, num_archs: int = 20, seed: int = 0,
+                           warmup: int = 10, repeats: int = 30) -> dict:
+    """Measure ``num_archs`` random whole networks; compare with the table's prediction."""
+    rng = random.Random(seed)
+    x = _input(table.batch, table.resolution, device, table.channels_last)
+    rows = []
+    for _ in range(num_archs):
+        arch = Arch.sample(table.space, rng)
+        net = _to_device(build_child(arch), device, table.channels_last)
+        measured = time_ms(lambda: net(x), device, warmup, repeats)
+        rows.append({"arch": str(arch), "predicted_ms": table.predict(arch), "measured_ms": measured})
+    errs = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
+    return {"archs": rows, "mean_abs_rel_error": statistics.mean(errs),
+            "max_abs_rel_error": max(errs)}

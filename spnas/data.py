@@ -1,0 +1,349 @@
+"""CIFAR-10/100 and image folders, read into uint8 tensors; the train/val split.
+
+Accepted layouts under ``--data_path DIR`` (or DIR itself, or one folder below it):
+
+* the official tarball ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``,
+  unpacked next to itself with every member checked to stay inside DIR;
+* the unpacked folder ``cifar-10-batches-py/`` / ``cifar-100-python/``, whose
+  pickles are read by an unpickler that admits only numpy arrays, so a crafted
+  file cannot run code;
+* an image-folder layout ``train/<class>/*`` and ``test/<class>/*``.
+
+With none present, the official tarball is downloaded (progress bar, MD5
+checked). Offline, the error says which file to put where.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import SpnasError
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one dataset comes from and how its official batches are named."""
+
+    tarball: str
+    folder: str
+    url: str
+    md5: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+
+
+SOURCES = {
+    "cifar10": Source("cifar-10-python.tar.gz", "cifar-10-batches-py",
+                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                      "c58f30108f718f92721af3b95e74349a",
+                      tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                      "batches.meta", "labels", "label_names"),
+    "cifar100": Source("cifar-100-python.tar.gz", "cifar-100-python",
+                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                       "eb9058c3a382ffc7106e4002c42a8d85",
+                       ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
+}
+DATASETS = (*SOURCES, "folder")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Dataset:
+    """A whole dataset as uint8 images [N, 3, H, W] and int64 labels, on the CPU."""
+
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# ---- reading the official pickles safely ------------------------------------------
+def _numpy_reconstruct():
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._reconstruct
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global the CIFAR batches never hold."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    if encoding != "latin1":
+        raise _Refused(f"refusing to decode with codec {encoding!r}")
+    return text.encode("latin1")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only what the official CIFAR batches hold: dicts, lists, bytes, numpy arrays."""
+
+    def find_class(self, module: str, name: str):
+        allowed = {("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+                   ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+                   ("numpy", "ndarray"): lambda: np.ndarray,
+                   ("numpy", "dtype"): lambda: np.dtype,
+                   # protocol-2 pickles written by Python 3 spell bytes this way
+                   ("_codecs", "encode"): lambda: _latin1_encode}
+        if (module, name) not in allowed:
+            raise _Refused(f"refusing to load {module}.{name}: a CIFAR batch "
+                                         "holds only numpy arrays, lists and strings")
+        return allowed[(module, name)]()
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _BatchUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise SpnasError(f"{path} is missing; the folder {path.parent} is incomplete: "
+                         "unpack the official tarball again") from None
+    except _Refused as e:
+        raise SpnasError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or garbled file: EOFError, ValueError, ...
+        raise SpnasError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                         "delete it and unpack or download the dataset again") from None
+    if not isinstance(obj, dict):
+        raise SpnasError(f"{path} is not a CIFAR batch (it holds a {type(obj).__name__})")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_batches(folder: Path, files: tuple[str, ...], label_key: str):
+    xs, ys = [], []
+    for name in files:
+        d = _load_pickle(folder / name)
+        data, labels = d.get("data"), d.get(label_key)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+                or data.shape[1] != 3072 or labels is None or len(labels) != len(data):
+            raise SpnasError(f"{folder / name} does not hold uint8 [N, 3072] images with "
+                             f"{label_key!r}; it is not an official CIFAR batch")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _read_official(name: str, folder: Path) -> Dataset:
+    src = SOURCES[name]
+    meta = _load_pickle(folder / src.meta_file)
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(src.names_key, [])]
+    train_x, train_y = _read_batches(folder, src.train_files, src.label_key)
+    test_x, test_y = _read_batches(folder, src.test_files, src.label_key)
+    for y in (train_y, test_y):
+        if y.numel() and (y.min() < 0 or y.max() >= len(classes)):
+            raise SpnasError(f"{folder}: labels outside 0..{len(classes) - 1}; the files are damaged")
+    return Dataset(name, classes, train_x, train_y, test_x, test_y)
+
+
+# ---- image folders -----------------------------------------------------------------
+def _decode(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                scale = size / min(im.size)
+                w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
+                im = im.resize((w, h), Image.BILINEAR)
+                left, top = (w - size) // 2, (h - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except OSError as e:
+        raise SpnasError(f"cannot read image {path}: {e}") from None
+
+
+def _read_split_folder(root: Path, classes: list[str] | None, size: int):
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if classes is not None and found != classes:
+        raise SpnasError(f"{root} has classes {found[:5]}..., but the train folder has "
+                         f"{classes[:5]}...; both must hold the same class folders")
+    files, labels = [], []
+    for label, cls in enumerate(found):
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(f)
+                labels.append(label)
+    if not files:
+        raise SpnasError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                         "in its class folders")
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(lambda p: _decode(p, size), files, chunksize=256))
+    return found, torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _read_image_folders(name: str, root: Path, size: int) -> Dataset:
+    classes, train_x, train_y = _read_split_folder(root / "train", None, size)
+    _, test_x, test_y = _read_split_folder(root / "test", classes, size)
+    return Dataset(name, classes, train_x, train_y, test_x, test_y)
+
+
+# ---- tarballs: safe extraction and download ------------------------------------------
+def safe_extract(tarball: Path, dest: Path) -> None:
+    """Unpack regular files and folders only, refusing any member that leaves ``dest``."""
+    dest = dest.resolve()
+    try:
+        with tarfile.open(tarball) as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (dest / m.name).resolve()
+                if not (m.isfile() or m.isdir()):
+                    raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} is a "
+                                     "link or special file; the official tarball has none")
+                if target != dest and dest not in target.parents:
+                    raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} "
+                                     f"would land outside {dest}")
+            for m in members:
+                target = dest / m.name
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise SpnasError(f"{tarball} is corrupt or truncated ({e}); delete it and "
+                         "download it again") from None
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
+    """Fetch ``url`` to ``dest`` through a ``.part`` file, with a progress bar, MD5 checked."""
+    from tqdm import tqdm
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(part, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
+                for chunk in iter(lambda: r.read(1 << 16), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except (OSError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        raise ConnectionError(str(e)) from None
+    got = md5sum(part)
+    if got != md5:
+        part.unlink(missing_ok=True)
+        raise SpnasError(f"downloaded {dest.name} has MD5 {got}, expected {md5}: the "
+                         "download was damaged; run again")
+    os.replace(part, dest)
+
+
+# ---- finding a dataset -------------------------------------------------------------
+def _candidates(root: Path) -> list[Path]:
+    subs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    return [root, *subs]
+
+
+def _find(name: str, root: Path) -> tuple[str, Path] | None:
+    src = SOURCES.get(name)
+    for d in _candidates(root):
+        if src and (d / src.train_files[0]).is_file() and d.name == src.folder:
+            return "official", d
+        if src and (d / src.folder / src.train_files[0]).is_file():
+            return "official", d / src.folder
+        if (d / "train").is_dir() and (d / "test").is_dir():
+            return "folder", d
+        if src and (d / src.tarball).is_file():
+            return "tarball", d / src.tarball
+    if src and root.is_file() and root.name == src.tarball:
+        return "tarball", root
+    return None
+
+
+def load_dataset(name: str, data_path: str | Path, *, download_ok: bool = True,
+                 image_size: int = 32, url: str | None = None) -> Dataset:
+    """Read ``name`` from ``data_path`` in any accepted layout, downloading if allowed."""
+    if name not in DATASETS:
+        raise SpnasError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = Path(data_path).expanduser()
+    found = _find(name, root)
+    if found is None and name in SOURCES and download_ok:
+        src = SOURCES[name]
+        tarball = (root if root.suffix != ".gz" else root.parent) / src.tarball
+        try:
+            download(url or src.url, tarball, src.md5)
+        except ConnectionError as e:
+            raise SpnasError(f"{name} is not under {root} and could not be downloaded ({e}); "
+                             f"put {src.tarball} (from {src.url}) or its unpacked {src.folder}/ "
+                             f"folder in {root}") from None
+        found = ("tarball", tarball)
+    if found is None:
+        what = (f"{SOURCES[name].tarball}, {SOURCES[name].folder}/ or " if name in SOURCES else "")
+        raise SpnasError(f"no {name} data under {root}: expected {what}train/<class>/ and "
+                         "test/<class>/ image folders")
+    kind, path = found
+    if kind == "tarball":
+        safe_extract(path, path.parent)
+        kind, path = "official", path.parent / SOURCES[name].folder
+    if kind == "official":
+        return _read_official(name, path)
+    return _read_image_folders(name, path, image_size)
+
+
+# ---- the held-out validation split ----------------------------------------------------
+@dataclass
+class Splits:
+    """Train, validation and test tensors. ``val_is_test``: no split was held out."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    classes: list[str]
+    val_is_test: bool
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int):
+    """Indices (train, val): ``val_size`` images, each class in proportion, seeded."""
+    n = len(labels)
+    if not 0 <= val_size < n:
+        raise SpnasError(f"--val_size must be 0..{n - 1} (the training set has {n} images)")
+    gen = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(labels, return_counts=True)
+    quota = counts.double() * val_size / n
+    take = quota.floor().long()
+    rest = val_size - int(take.sum())
+    if rest:  # largest remainders get the leftover images
+        take[torch.argsort(quota - take, descending=True, stable=True)[:rest]] += 1
+    val_idx = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        idx = torch.nonzero(labels == c).flatten()
+        val_idx.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
+    val = torch.sort(torch.cat(val_idx)).values
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val] = False
+    return torch.nonzero(mask).flatten(), val
+
+
+def make_splits(ds: Dataset, val_size: int, seed: int) -> Splits:
+    """Hold ``val_size`` training images out for validation; 0 validates on the test set."""
+    test = (ds.test_x, ds.test_y)
+    if val_size == 0:
+        return Splits((ds.train_x, ds.train_y), test, test, ds.classes, True)
+    tr, va = stratified_split(ds.train_y, val_size, seed)
+    return Splits((ds.train_x[tr], ds.train_y[tr]), (ds.train_x[va], ds.train_y[va]),
+                  test, ds.classes, False)
+

@@ -1,0 +1,131 @@
+"""Evaluation on device-resident uint8 tensors, and exact BatchNorm recalibration.
+
+Shared by supernet validation, search, retraining and ``spnas evaluate``.
+``forward(model, images)`` is a callable, so a supernet path
+(``lambda m, x: m(x, arch)``) and a plain network are evaluated alike.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import BatchTransform
+
+Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def plain_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op context on the CPU."""
+    on = enabled and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+def eval_batches(x: torch.Tensor, transform: BatchTransform, batch_size: int,
+                 device: torch.device) -> Iterator[torch.Tensor]:
+    """Normalised (not augmented) batches of ``x`` in order, moved to ``device``."""
+    for i in range(0, len(x), batch_size):
+        yield transform.eval(x[i:i + batch_size].to(device, non_blocking=True))
+
+
+def recalibration_batches(x: torch.Tensor, n: int, batch_size: int, transform: BatchTransform,
+                          seed: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The same ``n`` training images, augmented the same way, at every call.
+
+    The images are the first ``n`` of a permutation seeded by ``seed``; each
+    batch's augmentation draws are seeded too, so every candidate is
+    recalibrated on identical inputs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=gen)[:n]
+    for i in range(0, len(idx), batch_size):
+        batch = x[idx[i:i + batch_size]].to(device, non_blocking=True)
+        yield transform.train(batch, torch.Generator().manual_seed(seed + 1 + i))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, forward: Forward, x: torch.Tensor, y: torch.Tensor,
+             transform: BatchTransform, num_classes: int, batch_size: int = 500,
+             device: torch.device = torch.device("cpu"), amp: bool = True) -> dict:
+    """Top-1, top-5, mean cross-entropy and the confusion matrix (rows: true class)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    labels_all = y.to(device)
+    for i, images in enumerate(eval_batches(x, transform, batch_size, device)):
+        labels = labels_all[i * batch_size:(i + 1) * batch_size]
+        with autocast(device, amp):
+            logits = forward(model, images)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        k = min(5, num_classes)
+        top5 += (logits.topk(k, 1).indices == labels[:, None]).any(1).sum()
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
+                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+    model.train(was_training)
+    n = max(len(y), 1)
+    confusion = confusion.cpu()
+    return {"acc": confusion.diag().sum().item() / n, "top5": top5.item() / n,
+            "loss": loss_sum.item() / n, "n": len(y), "confusion": confusion}
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    totals = confusion.sum(1).clamp(min=1)
+    return (confusion.diag().double() / totals).tolist()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, forward: Forward, batches: Iterable[torch.Tensor],
+                   device: torch.device = torch.device("cpu"), amp: bool = True) -> int:
+    """Set every BatchNorm that the batches reach to the exact statistics of its inputs.
+
+    The batches run in training mode (each BN normalises by its batch, as in
+    training); each BN's inputs are pooled over all batches, and its running
+    mean and (unbiased) variance become those of the pooled inputs, merged per
+    batch in float64 (Chan et al.). BNs the forward never reaches keep their
+    statistics. Returns the number of BN layers recalibrated.
+    """
+    stats: dict[nn.Module, list] = {}
+
+    def hook(mod, inputs):
+        x = inputs[0].float()
+        var, mean = torch.var_mean(x, dim=(0, 2, 3) if x.dim() == 4 else 0, correction=0)
+        n = x.numel() // x.shape[1]
+        mean, m2 = mean.double(), var.double() * n
+        if mod not in stats:
+            stats[mod] = [n, mean, m2]
+            return
+        n0, mean0, m20 = stats[mod]
+        delta, tot = mean - mean0, n0 + n
+        stats[mod] = [tot, mean0 + delta * n / tot, m20 + m2 + delta ** 2 * n0 * n / tot]
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    was_training = model.training
+    model.train()
+    try:
+        for images in batches:
+            with autocast(device, amp):
+                forward(model, images)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for bn, (n, mean, m2) in stats.items():
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_((m2 / max(n - 1, 1)).to(bn.running_var.dtype))
+    return len(stats)
+
+
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every BatchNorm buffer, to put back with ``load_state_dict(strict=False)``."""
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}

@@ -1,0 +1,88 @@
+"""SPOS supernet training: one uniformly sampled path per step (Guo et al. 2019)."""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import torch
+
+from .arch import Arch, SpaceSpec
+from .config import DataConfig, SupernetConfig, TrainConfig, derive_seed
+from .data import Splits
+from .evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
+from .spaces.spos import SposSupernet, spos_space
+from .train import (DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss,
+                    init_distributed, load_splits, param_groups, run_dir_for, setup_torch)
+
+
+def supernet_space(model: SupernetConfig, data: DataConfig) -> SpaceSpec:
+    return spos_space(model.layers, model.num_choices, "imagenet" if data.resize else "cifar")
+
+
+def sample_path(space: SpaceSpec, seed: int, step: int) -> Arch:
+    """The path trained at ``step``: uniform over each layer's choices, seeded by (seed, step)."""
+    return Arch.sample(space, random.Random(derive_seed(seed, "path", step)))
+
+
+def validation_paths(space: SpaceSpec, seed: int, n: int) -> list[Arch]:
+    rng = random.Random(derive_seed(seed, "validation paths"))
+    return [Arch.sample(space, rng) for _ in range(n)]
+
+
+def recal_transform(data: DataConfig, channels_last: bool):
+    """Training crop/flip (or resized crop) only: no cutout, no AutoAugment."""
+    return build_transform(replace(data, cutout=False, auto_aug=False), channels_last)
+
+
+def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, paths: list[Arch],
+                        recal_images: int, eval_batch: int = 500):
+    """Validation of a supernet: mean over fixed paths, each with its BN recalibrated."""
+    transform = build_transform(cfg.data, cfg.run.channels_last)
+    recal = recal_transform(cfg.data, cfg.run.channels_last)
+    val_x, val_y = splits.val
+    train_x = splits.train[0]
+    seed, amp = cfg.run.seed, cfg.run.amp
+
+    def validate(model, step):
+        saved = bn_buffers(model)
+        accs, losses = [], []
+        for arch in paths:
+            fwd = lambda m, x, a=arch: m(x, a)  # noqa: E731
+            recalibrate_bn(model, fwd, recalibration_batches(
+                train_x, recal_images, cfg.optim.batch_size * 4, recal,
+                derive_seed(seed, "recal"), device), device, amp)
+            r = evaluate(model, fwd, val_x, val_y, transform, len(splits.classes), eval_batch,
+                         device, amp)
+            accs.append(r["acc"])
+            losses.append(r["loss"])
+        model.load_state_dict(saved, strict=False)
+        return {"val_acc": sum(accs) / len(accs), "val_loss": sum(losses) / len(losses),
+                "val_acc_min": min(accs), "val_acc_max": max(accs)}
+    return validate
+
+
+def train_supernet(cfg: TrainConfig) -> dict:
+    """Train the SPOS supernet as ``cfg`` says; returns the final metrics."""
+    model_cfg: SupernetConfig = cfg.model
+    dist_info, device = init_distributed(cfg.run.device)
+    setup_torch(cfg.run, device)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    space = supernet_space(model_cfg, cfg.data)
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    model = SposSupernet(space, len(splits.classes)).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seed = cfg.run.seed
+    task = Task(
+        kind="supernet", model=model, space=space, num_classes=len(splits.classes),
+        forward=lambda m, x, step: m(x, sample_path(space, seed, step)),
+        loss=cross_entropy_loss(cfg.optim.label_smoothing),
+        validate=make_path_validator(splits, cfg, device,
+                                     validation_paths(space, seed, model_cfg.val_paths),
+                                     model_cfg.recal_images),
+        param_groups=param_groups(model, cfg.optim.weight_decay),
+        find_unused_parameters=True)
+    transform = build_transform(cfg.data, cfg.run.channels_last)
+    loader = DeviceLoader(*splits.train, cfg.optim.batch_size, transform, device, seed,
+                          cfg.optim.num_steps, dist_info)
+    return Trainer(task, loader, cfg, run_dir_for(cfg.run), dist_info).fit()

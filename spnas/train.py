@@ -1,0 +1,380 @@
+"""One training loop for supernet training, superkernel search and retraining.
+
+The three differ only in their ``Task``: what picks the path each step (the
+``forward`` callable), the loss, and how the model is validated. Everything
+random at step ``s`` (the epoch's data order, every augmentation draw, the
+sampled path, dropout) comes from generators seeded by ``(seed, purpose, s)``,
+and the learning rate is a pure function of ``s``. So a run repeats exactly,
+and ``--resume`` from the checkpoint at step ``s`` continues exactly as the
+uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import Arch, SpaceSpec
+from .augment import MEAN_STD, IMAGENET_MEAN_STD, AugmentConfig, BatchTransform
+from .checkpoint import (atomic_write_text, check_same_space, load_checkpoint, load_model_state,
+                         rng_state, save_checkpoint)
+from .config import DataConfig, OptimConfig, RunConfig, TrainConfig, derive_seed
+from .data import Splits, load_dataset, make_splits
+from .errors import SpnasError
+from .evaluation import autocast
+from .runlog import RunLog
+
+
+# ---- schedule ------------------------------------------------------------------------
+def lr_at(step: int, total: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``."""
+    warm = round(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(total - warm, 1)
+    if cfg.schedule == "cosine":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+    if cfg.schedule == "linear":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - frac)
+    raise SpnasError(f"unknown --schedule {cfg.schedule!r}; use cosine or linear")
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
+    """Weight decay on conv and linear weights only: never on BN parameters or biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if id(p) in exclude or not p.requires_grad:
+            continue
+        (decay if p.dim() > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ---- devices and processes ------------------------------------------------------------
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
+    """Read torchrun's environment; one process per GPU (NCCL) or CPU process (gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_name, d.local_rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SpnasError(f"--device {name}: no CUDA device is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SpnasError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+# ---- data on the device ----------------------------------------------------------------
+def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
+    aug = AugmentConfig(cutout=data.cutout_length if data.cutout else 0,
+                        auto_aug=data.auto_aug, resize=224 if data.resize else 0)
+    mean_std = MEAN_STD.get(data.dataset, IMAGENET_MEAN_STD)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return BatchTransform(aug, mean_std, memory_format=fmt)
+
+
+def load_splits(data: DataConfig, seed: int) -> Splits:
+    ds = load_dataset(data.dataset, data.data_path, download_ok=data.download,
+                      image_size=data.image_size)
+    if data.classes is not None and data.classes != ds.num_classes:
+        raise SpnasError(f"--classes {data.classes} but {data.dataset} under {data.data_path} "
+                         f"has {ds.num_classes} classes; fix --classes or --dataset")
+    return make_splits(ds, data.val_size, seed)
+
+
+class DeviceLoader:
+    """Training batches held on the device as uint8; batch (epoch, i) is a pure function.
+
+    Epoch ``e`` visits the permutation seeded by (seed, "order", e); with several
+    processes, rank r takes its slice of each global batch of ``batch_size * world``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 transform: BatchTransform, device: torch.device, seed: int,
+                 num_steps: int | None = None, dist_info: Dist = Dist()):
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.transform, self.device, self.seed = batch_size, transform, device, seed
+        self.dist = dist_info
+        full = len(x) // (batch_size * dist_info.world)
+        if full == 0:
+            raise SpnasError(f"--batch_size {batch_size} x {dist_info.world} process(es) is "
+                             f"larger than the {len(x)} training images")
+        self.steps_per_epoch = min(full, num_steps) if num_steps else full
+        self._perm_epoch, self._perm = -1, None
+
+    def indices(self, epoch: int, i: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+            self._perm = torch.randperm(len(self.x), generator=gen).to(self.device)
+            self._perm_epoch = epoch
+        start = (i * self.dist.world + self.dist.rank) * self.batch_size
+        return self._perm[start:start + self.batch_size]
+
+    def batch(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices(epoch, i)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, i, self.dist.rank))
+        return self.transform.train(self.x[idx], gen), self.y[idx]
+
+
+# ---- the task and the loop ---------------------------------------------------------------
+def cross_entropy_loss(label_smoothing: float):
+    def loss(logits: torch.Tensor, labels: torch.Tensor, step: int):
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing), {}
+    return loss
+
+
+@dataclass
+class Task:
+    """What one kind of training does; see the module docstring."""
+
+    kind: str                                    # written into checkpoints
+    model: nn.Module
+    space: SpaceSpec
+    num_classes: int
+    forward: Callable[[nn.Module, torch.Tensor, int], torch.Tensor]  # (model, x, step) -> logits
+    loss: Callable                               # (logits, labels, step) -> (loss, {name: tensor})
+    validate: Callable[[nn.Module, int], dict]   # (model, step) -> {"val_acc": ...}
+    param_groups: list[dict]
+    arch: Arch | None = None
+    select: str = "val_acc"                      # higher is better; picks best.pt
+    find_unused_parameters: bool = False         # DDP: True when a step uses part of the model
+    on_step_end: Callable[[int], None] | None = None
+    extra_state: Callable[[], dict] = field(default=lambda: {})
+    load_extra_state: Callable[[dict], None] = field(default=lambda state: None)
+
+
+class NonFiniteLoss(SpnasError):
+    pass
+
+
+class Trainer:
+    """Runs a ``Task`` for ``epochs x steps_per_epoch`` steps in ``run_dir``."""
+
+    def __init__(self, task: Task, loader: DeviceLoader, cfg: TrainConfig, run_dir: Path,
+                 dist_info: Dist = Dist()):
+        self.task, self.loader, self.cfg, self.dir, self.dist = task, loader, cfg, run_dir, dist_info
+        self.log = RunLog(run_dir, enabled=dist_info.main)
+        o = cfg.optim
+        self.opt = torch.optim.SGD(task.param_groups, lr=o.lr, momentum=o.momentum,
+                                   nesterov=o.nesterov and o.momentum > 0)
+        self.total = o.epochs * loader.steps_per_epoch
+        self.step, self.best = 0, -math.inf
+        self.last_val: dict = {}
+        self.device = loader.device
+
+    # -- checkpoints
+    def _payload(self) -> dict:
+        t = self.task
+        return {"kind": t.kind, "space": t.space.to_dict(), "arch": str(t.arch) if t.arch else None,
+                "num_classes": t.num_classes, "model": t.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "step": self.step,
+                "epoch": self.step // self.loader.steps_per_epoch, "config": self.cfg.to_dict(),
+                "rng": {"seed": self.cfg.run.seed, **rng_state()},
+                "metrics": {"best": self.best, "select": t.select, **self.last_val},
+                "extra": t.extra_state()}
+
+    def save(self, name: str) -> None:
+        if self.dist.main:
+            save_checkpoint(self.dir / name, self._payload())
+
+    def restore(self) -> None:
+        ckpt = load_checkpoint(self.dir / "last.pt", kinds=(self.task.kind,))
+        check_same_space(ckpt, self.task.space)
+        if (ckpt.get("arch") or None) != (str(self.task.arch) if self.task.arch else None):
+            raise SpnasError(f"{ckpt['path']} trains arch {ckpt.get('arch')}, not "
+                             f"{self.task.arch}; resume with the same --arch")
+        load_model_state(self.task.model, ckpt["model"], ckpt["path"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step, self.best = int(ckpt["step"]), float(ckpt["metrics"].get("best", -math.inf))
+        self.task.load_extra_state(ckpt.get("extra") or {})
+        self.log.truncate_after(self.step)
+        self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
+
+    def _prepare_run_dir(self) -> None:
+        if self.cfg.run.resume:
+            self.restore()
+        elif (self.dir / "last.pt").exists():
+            raise SpnasError(f"{self.dir} already holds a run; pass --resume to continue it, or "
+                             "choose another --exp_name or --save_path")
+        if self.dist.main:
+            import json
+            atomic_write_text(self.dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+
+    # -- the loop
+    def fit(self) -> dict:
+        self._prepare_run_dir()
+        model = self.task.model
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self.task.find_unused_parameters)
+        run, spe = self.cfg.run, self.loader.steps_per_epoch
+        self.log.info(f"{self.task.kind}: {self.total} steps ({self.cfg.optim.epochs} epochs x "
+                      f"{spe}), batch {self.loader.batch_size}, device {self.device}, run {self.dir}")
+        self.log.progress(self.total, self.step)
+        window = _Window(self.device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        model.train()
+        try:
+            while self.step < self.total:
+                step = self.step
+                epoch, i = divmod(step, spe)
+                images, labels = self.loader.batch(epoch, i)
+                lr = lr_at(step, self.total, self.cfg.optim, spe)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+                torch.manual_seed(derive_seed(run.seed, "step", step))
+                with autocast(self.device, run.amp):
+                    logits = self.task.forward(model, images, step)
+                    loss, extra = self.task.loss(logits, labels, step)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                if self.task.on_step_end:
+                    self.task.on_step_end(step)
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                       torch.full_like(bad_step, step), bad_step)
+                window.add(loss, logits, labels, extra)
+                self.step = step + 1
+                self.log.advance(1)
+                if self.step % run.print_freq == 0 or self.step == self.total:
+                    self._check_finite(bad_step)
+                    self._log_train(window, lr, epoch)
+                end_of_epoch = self.step % spe == 0
+                last_epoch = epoch + 1 == self.cfg.optim.epochs
+                if end_of_epoch and ((epoch + 1) % run.val_interval == 0 or last_epoch):
+                    self._check_finite(bad_step)
+                    self._validate(epoch)
+                    window.restart_clock()
+                elif run.ckpt_interval and self.step % run.ckpt_interval == 0:
+                    self._check_finite(bad_step)
+                    self.save("last.pt")
+        finally:
+            self.log.close()
+        return {"step": self.step, "best": self.best, **self.last_val}
+
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        s = int(bad_step)
+        if s >= 0:
+            epoch = s // self.loader.steps_per_epoch
+            kept = self.dir / "last.pt"
+            where = (f"the last good checkpoint {kept} is kept" if kept.exists()
+                     else "no checkpoint had been written yet")
+            self.log.info(f"stopped: the loss became NaN or infinite at step {s + 1} (epoch {epoch})")
+            raise NonFiniteLoss(f"the loss became NaN or infinite at step {s + 1} (epoch {epoch}); "
+                                f"training stopped and {where}; lower --lr or check the data")
+
+    def _log_train(self, window: "_Window", lr: float, epoch: int) -> None:
+        rec = window.flush(self.loader.batch_size * self.dist.world)
+        rec = {"type": "train", "step": self.step, "epoch": epoch, "lr": lr, **rec}
+        self.log.metric(rec)
+        msg = (f"step {self.step}/{self.total} epoch {epoch} lr {lr:.5f} loss {rec['loss']:.4f} "
+               f"acc {rec['acc']:.4f} {rec['img_per_s']:.1f} img/s")
+        if self.log.has_bar:
+            self.log.advance(0, loss=f"{rec['loss']:.4f}", acc=f"{rec['acc']:.3f}")
+            with open(self.log.log_path, "a") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        else:
+            self.log.info(msg)
+
+    def _validate(self, epoch: int) -> None:
+        if self.dist.main:
+            t0 = time.perf_counter()
+            val = self.task.validate(self.task.model, self.step)
+            self.last_val = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+            self.log.metric({"type": "val", "step": self.step, "epoch": epoch, **self.last_val,
+                             "seconds": time.perf_counter() - t0})
+            score = self.last_val.get(self.task.select, -math.inf)
+            improved = score > self.best
+            self.best = max(self.best, score)
+            self.log.info(f"validation after epoch {epoch}: " + " ".join(
+                f"{k} {v:.4f}" for k, v in self.last_val.items()) + (" (best)" if improved else ""))
+            self.save("last.pt")
+            if improved:
+                self.save("best.pt")
+        if self.dist.world > 1:
+            dist.barrier()
+
+
+class _Window:
+    """Loss and accuracy summed on the device between two log lines (one sync per line)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset()
+        self.restart_clock()
+
+    def _reset(self):
+        self.loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.extra: dict[str, torch.Tensor] = {}
+        self.steps = self.images = 0
+
+    def restart_clock(self):
+        self.t0 = time.perf_counter()
+        self.clock_steps = 0
+
+    def add(self, loss, logits, labels, extra):
+        self.loss += loss.detach().double()
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        for k, v in extra.items():
+            self.extra[k] = self.extra.get(k, 0) + torch.as_tensor(v).detach().double()
+        self.steps += 1
+        self.clock_steps += 1
+        self.images += len(labels)
+
+    def flush(self, global_batch: int) -> dict:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - self.t0
+        n = max(self.steps, 1)
+        rec = {"loss": self.loss.item() / n, "acc": self.correct.item() / max(self.images, 1),
+               **{k: float(v) / n for k, v in self.extra.items()},
+               "img_per_s": self.clock_steps * global_batch / max(dt, 1e-9)}
+        self._reset()
+        self.restart_clock()
+        return rec
+
+
+def run_dir_for(run: RunConfig) -> Path:
+    return Path(run.save_path).expanduser() / run.exp_name
+
+
+def setup_torch(run: RunConfig, device: torch.device) -> None:
+    """Threads, determinism and matmul precision for a run."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not run.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if run.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)

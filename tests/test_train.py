@@ -1,0 +1,153 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from spnas.cli import main
+from spnas.config import OptimConfig
+from spnas.evaluation import evaluate, plain_forward, recalibrate_bn
+from spnas.augment import AugmentConfig, BatchTransform
+from spnas.runlog import read_metrics
+from spnas.train import DeviceLoader, lr_at, param_groups
+
+
+def test_cosine_and_linear_schedules_with_warmup():
+    cfg = OptimConfig(lr=0.1, warmup_epochs=1, min_lr=0.0)
+    lrs = [lr_at(s, 100, cfg, steps_per_epoch=10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.1) and lrs[-1] < 1e-3
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    mid = lr_at(55, 100, cfg, 10)  # halfway through the cosine part
+    assert mid == pytest.approx(0.05)
+    lin = OptimConfig(lr=0.1, schedule="linear")
+    assert lr_at(50, 100, lin, 10) == pytest.approx(0.05)
+
+
+def test_weight_decay_only_on_weights():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 8, 8))
+    decay, no_decay = param_groups(net, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0
+    assert all(p.dim() > 1 for p in decay["params"]) and len(decay["params"]) == 2
+    assert len(no_decay["params"]) == 4  # conv bias, BN weight and bias, linear bias
+
+
+def test_recalibration_gives_exactly_the_set_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4, affine=False))
+    images = [torch.randn(16, 3, 8, 8) * 3 + 1 for _ in range(5)]
+    net[1].running_mean.fill_(7.0)
+    assert recalibrate_bn(net, plain_forward, images) == 2
+    first = torch.cat([net[0](x) for x in images])  # BN 1's inputs, directly
+    torch.testing.assert_close(net[1].running_mean, first.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(net[1].running_var, first.var((0, 2, 3), unbiased=True),
+                               rtol=1e-4, atol=1e-5)
+    net.train()  # BN 2 sees BN 1 normalise each batch by its own statistics, as in training
+    with torch.no_grad():
+        second = torch.cat([net[3](net[2](net[1](net[0](x)))) for x in images])
+    torch.testing.assert_close(net[4].running_mean, second.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net[4].running_var, second.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_numbers_equal_a_direct_computation():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    x = torch.randint(0, 256, (37, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (37,))
+    t = BatchTransform(AugmentConfig())
+    r = evaluate(net, plain_forward, x, y, t, 10, batch_size=8)
+    with torch.no_grad():
+        logits = net(t.eval(x))
+    assert r["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert r["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    top5 = (logits.topk(5, 1).indices == y[:, None]).any(1).float().mean().item()
+    assert r["top5"] == pytest.approx(top5)
+    assert r["confusion"].sum() == 37 and r["confusion"][y[0], logits[0].argmax()] >= 1
+
+
+def train_argv(data, save, exp="run", **over):
+    flags = {"--exp_name": exp, "--layers": 4, "--num_choices": 4, "--batch_size": 16,
+             "--epochs": 2, "--num_steps": 3, "--lr": 0.05, "--print_freq": 1,
+             "--val_interval": 1, "--save_path": save, "--seed": 0, "--data_path": data,
+             "--classes": 10, "--dataset": "cifar10", "--val_size": 50, "--val_paths": 1,
+             "--recal_images": 32, "--no-download": None}
+    flags.update(over)
+    argv = ["train"]
+    for k, v in flags.items():
+        if v is not False:
+            argv += [k] if v is None else [k, str(v)]
+    return argv
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir) if r["type"] == "train"]
+
+
+def test_short_supernet_run_leaves_checkpoints_metrics_and_log(fake_cifar, tmp_path):
+    assert main(train_argv(fake_cifar, tmp_path, "a")) == 0
+    run = tmp_path / "a"
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "train.log", "config.json"):
+        assert (run / name).is_file(), name
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in recs if r["type"] == "val"] == [3, 6]
+    assert all(math.isfinite(r["loss"]) for r in recs if r["type"] == "train")
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["kind"] == "supernet" and ckpt["step"] == 6 and ckpt["space"]["name"] == "spos"
+    assert set(ckpt) >= {"model", "optimizer", "config", "rng", "metrics"}
+    assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 0.05
+
+
+def test_same_seed_same_curve_other_seed_other_curve(fake_cifar, tmp_path):
+    for exp, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert main(train_argv(fake_cifar, tmp_path, exp, **{"--seed": seed, "--epochs": 1})) == 0
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_existing_run_needs_resume(fake_cifar, tmp_path, capsys):
+    argv = train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1})
+    assert main(argv) == 0
+    before = (tmp_path / "a" / "last.pt").read_bytes()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("spnas: error:") and "--resume" in err[-1]
+    assert (tmp_path / "a" / "last.pt").read_bytes() == before
+
+
+def test_resume_in_process_continues_the_same_curve(fake_cifar, tmp_path, monkeypatch):
+    flags = {"--epochs": 3, "--ckpt_interval": 4, "--val_interval": 5}
+    assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
+    real_batch = DeviceLoader.batch
+
+    def crash_at_step_6(self, epoch, i):  # steps are 1-based in the logs: index 5 is step 6
+        if epoch * 3 + i == 5:
+            raise KeyboardInterrupt
+        return real_batch(self, epoch, i)
+    monkeypatch.setattr(DeviceLoader, "batch", crash_at_step_6)
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == 130
+    part = tmp_path / "part"
+    assert torch.load(part / "last.pt", weights_only=True)["step"] == 4
+    assert [r["step"] for r in read_metrics(part)] == [1, 2, 3, 4, 5]
+    monkeypatch.setattr(DeviceLoader, "batch", real_batch)
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
+    assert losses(part) == losses(tmp_path / "full")
+    assert [r["step"] for r in read_metrics(part) if r["type"] == "train"] == list(range(1, 10))
+    full_w = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    part_w = torch.load(part / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--classes", 100, "--classes 100 but cifar10"),
+    ("--layers", 21, "--layers must be 1..20"),
+    ("--batch_size", 0, "--batch_size must be positive"),
+    ("--batch_size", 4096, "larger than the 200 training images"),
+])
+def test_bad_flags_are_one_line_errors(fake_cifar, tmp_path, capsys, flag, value, message):
+    assert main(train_argv(fake_cifar, tmp_path, "x", **{flag: value})) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
