@@ -165,6 +165,7 @@ class Task:
     validate: Callable[[nn.Module, int], dict]   # (model, step) -> {"val_acc": ...}
     param_groups: list[dict]
     arch: Arch | None = None
+    model_args: dict = field(default_factory=dict)  # constructor kwargs, e.g. {"dropout": 0.2}
     select: str = "val_acc"                      # higher is better; picks best.pt
     find_unused_parameters: bool = False         # DDP: True when a step uses part of the model
     on_step_end: Callable[[int], None] | None = None
@@ -195,7 +196,8 @@ class Trainer:
     def _payload(self) -> dict:
         t = self.task
         return {"kind": t.kind, "space": t.space.to_dict(), "arch": str(t.arch) if t.arch else None,
-                "num_classes": t.num_classes, "model": t.model.state_dict(),
+                "num_classes": t.num_classes, "model_args": t.model_args,
+                "model": t.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step,
                 "epoch": self.step // self.loader.steps_per_epoch, "config": self.cfg.to_dict(),
                 "rng": {"seed": self.cfg.run.seed, **rng_state()},

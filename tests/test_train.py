@@ -5,11 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+from spnas.checkpoint import load_checkpoint
 from spnas.cli import main
 from spnas.config import OptimConfig
 from spnas.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.augment import AugmentConfig, BatchTransform
 from spnas.runlog import read_metrics
+from spnas.spaces import SposSupernet, model_from_checkpoint
 from spnas.train import DeviceLoader, lr_at, param_groups
 
 
@@ -99,6 +101,8 @@ def test_short_supernet_run_leaves_checkpoints_metrics_and_log(fake_cifar, tmp_p
     assert ckpt["kind"] == "supernet" and ckpt["step"] == 6 and ckpt["space"]["name"] == "spos"
     assert set(ckpt) >= {"model", "optimizer", "config", "rng", "metrics"}
     assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 0.05
+    rebuilt = model_from_checkpoint(load_checkpoint(run))  # best.pt, rebuilt with no other input
+    assert isinstance(rebuilt, SposSupernet) and len(rebuilt.layers) == 4
 
 
 def test_same_seed_same_curve_other_seed_other_curve(fake_cifar, tmp_path):

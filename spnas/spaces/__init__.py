@@ -1,24 +1,47 @@
 """Search spaces. Each has a spec function, a supernet and a standalone network.
 
 ``build_child(arch, num_classes)`` builds the standalone network of any
-space's arch; a new space adds its class to ``CHILDREN``.
+space's arch and ``build_supernet(space, num_classes)`` its supernet; a new
+space adds its classes to ``CHILDREN`` and ``SUPERNETS``.
+``model_from_checkpoint`` rebuilds whatever a checkpoint holds, with no other input.
 """
 from torch import nn
 
-from ..arch import Arch
+from ..arch import Arch, SpaceSpec
 from ..errors import SpnasError
 from .spos import SposNet, SposSupernet, spos_space
 
 CHILDREN: dict[str, type[nn.Module]] = {"spos": SposNet}
+SUPERNETS: dict[str, type[nn.Module]] = {"spos": SposSupernet}
 
 
-def build_child(arch: Arch, num_classes: int, dropout: float = 0.0) -> nn.Module:
-    """The standalone network (affine BN) of ``arch``."""
+def _lookup(table: dict, name: str, what: str):
     try:
-        cls = CHILDREN[arch.space.name]
+        return table[name]
     except KeyError:
-        raise SpnasError(f"unknown space {arch.space.name!r}; known: {', '.join(CHILDREN)}") from None
-    return cls(arch, num_classes, dropout=dropout)
+        raise SpnasError(f"no {what} for space {name!r}; known: {', '.join(table)}") from None
 
 
-__all__ = ["CHILDREN", "SposNet", "SposSupernet", "build_child", "spos_space"]
+def build_child(arch: Arch, num_classes: int, **model_args) -> nn.Module:
+    """The standalone network (affine BN) of ``arch``; ``model_args`` e.g. ``dropout=0.2``."""
+    return _lookup(CHILDREN, arch.space.name, "standalone network")(arch, num_classes, **model_args)
+
+
+def build_supernet(space: SpaceSpec, num_classes: int, **model_args) -> nn.Module:
+    return _lookup(SUPERNETS, space.name, "supernet")(space, num_classes, **model_args)
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
+    """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes."""
+    from ..checkpoint import checkpoint_arch, checkpoint_space, load_model_state
+    args = dict(ckpt.get("model_args") or {})
+    if ckpt["kind"] == "child":
+        model = build_child(checkpoint_arch(ckpt), ckpt["num_classes"], **args)
+    else:
+        model = build_supernet(checkpoint_space(ckpt), ckpt["num_classes"], **args)
+    load_model_state(model, ckpt["model"], ckpt["path"])
+    return model
+
+
+__all__ = ["CHILDREN", "SUPERNETS", "SposNet", "SposSupernet", "build_child", "build_supernet",
+           "model_from_checkpoint", "spos_space"]
