@@ -11,6 +11,7 @@ from ..arch import Arch, SpaceSpec
 from ..errors import SpnasError
 from .spos import SposNet, SposSupernet, spos_space
 
+SPACE_SPECS = {"spos": spos_space}  # name -> function(layout=..., **options) -> SpaceSpec
 CHILDREN: dict[str, type[nn.Module]] = {"spos": SposNet}
 SUPERNETS: dict[str, type[nn.Module]] = {"spos": SposSupernet}
 
@@ -20,6 +21,11 @@ def _lookup(table: dict, name: str, what: str):
         return table[name]
     except KeyError:
         raise SpnasError(f"no {what} for space {name!r}; known: {', '.join(table)}") from None
+
+
+def make_space(name: str, layout: str = "cifar", **options) -> SpaceSpec:
+    """The spec of space ``name`` (e.g. ``make_space("spos", "cifar", layers=8)``)."""
+    return _lookup(SPACE_SPECS, name, "space")(layout=layout, **options)
 
 
 def build_child(arch: Arch, num_classes: int, **model_args) -> nn.Module:
@@ -43,5 +49,5 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     return model
 
 
-__all__ = ["CHILDREN", "SUPERNETS", "SposNet", "SposSupernet", "build_child", "build_supernet",
+__all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "make_space", "SposNet", "SposSupernet", "build_child", "build_supernet",
            "model_from_checkpoint", "spos_space"]
