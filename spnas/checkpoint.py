@@ -74,8 +74,9 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
             OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpnasError(f"checkpoint {path} is corrupt or truncated ({first[:200]}); "
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
+        raise SpnasError(f"checkpoint {path} is corrupt or truncated ({first}); "
                          "use another one (the run folder keeps last.pt and best.pt)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SpnasError(f"{path} is not an spnas checkpoint (format {FORMAT} expected)")

@@ -112,8 +112,39 @@ def run_train(args: argparse.Namespace) -> dict:
     return train_supernet(cfg)
 
 
+def add_curves_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("runs", nargs="+", help="run folders, metrics.jsonl files or text logs")
+    p.add_argument("--baseline", help="reference run to compare each run with")
+    p.add_argument("--out", default=".", help="folder for loss.jpg and loss.png")
+    p.add_argument("--rtol", type=float, default=0.05,
+                   help="pass when the mean |relative difference| is at most this ...")
+    p.add_argument("--atol", type=float, default=0.0002,
+                   help="... or the mean |difference| is at most this")
+    return p
+
+
+def run_curves(args: argparse.Namespace) -> int:
+    """Plot the runs (and the baseline); compare each run with the baseline: 0 pass, 1 fail."""
+    from .curves import compare, load_curve, plot_curves
+    curves = [load_curve(r) for r in args.runs]
+    base = load_curve(args.baseline) if args.baseline else None
+    for path in plot_curves(curves + ([base] if base else []), args.out):
+        print(f"wrote {path}")
+    failed = False
+    for c in curves if base else []:
+        result = compare(c, base, args.rtol, args.atol)
+        if result.only_in_one:
+            print(f"{c.name} vs {base.name}: compared the {result.steps} logged steps both runs "
+                  f"have; {result.only_in_one} steps are in only one of them")
+        print("\n".join(result.lines()))
+        failed |= not result.passed
+    return 1 if failed else 0
+
+
 COMMANDS = {
     "train": (add_train_parser, run_train, "train a SPOS supernet (one random path per step)"),
+    "curves": (add_curves_parser, run_curves,
+               "plot loss curves; compare a run with a reference run (--baseline)"),
 }
 
 
@@ -126,18 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_guarded(fn, args) -> int:
-    """Run ``fn(args)``; a user mistake is one line on stderr and exit status 2."""
+    """Run ``fn(args)``; a user mistake is one line on stderr and exit status 2.
+
+    ``fn`` may return an exit status (e.g. 1 when a comparison fails).
+    """
     from .runtime import tune_allocator
     tune_allocator()
     try:
-        fn(args)
+        code = fn(args)
     except SpnasError as e:
         print(f"spnas: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spnas: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

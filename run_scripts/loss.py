@@ -1,0 +1,21 @@
+"""Seed-compatible loss plot and comparison: ``python loss.py RUN [--baseline REF_RUN]``.
+
+Draws loss.jpg (and loss.png) in --out (default: here) from the runs' metrics
+files or logs and, with --baseline, prints MeanRelativeError /
+MeanAbsoluteError and pass or fail (exit status 0 or 1). A thin wrapper over
+``spnas curves``; see spnas/curves.py for how the verdict is decided.
+"""
+import argparse
+import os
+import sys
+
+try:
+    import spnas  # noqa: F401
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from spnas.cli import add_curves_parser, run_curves, run_guarded
+
+if __name__ == "__main__":
+    parser = add_curves_parser(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    sys.exit(run_guarded(run_curves, parser.parse_args()))

@@ -1,0 +1,109 @@
+"""Reproducibility and resume: SIGKILL mid-run, corrupt and mismatched checkpoints, NaN losses."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import spnas.supernet
+from conftest import ROOT
+from spnas.checkpoint import save_checkpoint
+from spnas.cli import main
+from spnas.runlog import read_metrics
+from test_train import losses, train_argv
+
+FLAGS = {"--epochs": 4, "--num_steps": 5, "--ckpt_interval": 3, "--val_interval": 2}
+
+
+def weights(run):
+    return torch.load(run / "last.pt", weights_only=True)["model"]
+
+
+def test_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(fake_cifar, tmp_path):
+    assert main(train_argv(fake_cifar, tmp_path, "full", **FLAGS)) == 0
+    run = tmp_path / "killed"
+    argv = [sys.executable, "-m", "spnas"] + train_argv(fake_cifar, tmp_path, "killed", **FLAGS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        recs = read_metrics(run) if (run / "metrics.jsonl").exists() else []
+        if any(r["type"] == "train" and r["step"] >= 11 for r in recs):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert 9 <= step < 20  # killed midway: a checkpoint of a finished step, not the end
+    assert main(train_argv(fake_cifar, tmp_path, "killed", **FLAGS, **{"--resume": None})) == 0
+    assert losses(run) == losses(tmp_path / "full")
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "val"] == [10, 20]
+    full, resumed = weights(tmp_path / "full"), weights(run)
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_truncated_checkpoint_is_a_one_line_error(fake_cifar, tmp_path, capsys):
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1})) == 0
+    capsys.readouterr()
+    last = tmp_path / "a" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 2, "--resume": None})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt is corrupt or truncated (PytorchStreamReader" in err[0]
+    assert (tmp_path / "a" / "best.pt").stat().st_size > 1000  # the other checkpoint is intact
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--layers", 5, "is for spos/cifar, 4 layers with 4 choices, but this run uses spos/cifar, 5 layers"),
+    ("--num_choices", 2, "with 4 choices, but this run uses spos/cifar, 4 layers with 2 choices"),
+])
+def test_checkpoint_of_another_space_is_refused(fake_cifar, tmp_path, capsys, flag, value, message):
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1})) == 0
+    capsys.readouterr()
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{flag: value, "--resume": None})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_resume_without_a_checkpoint(fake_cifar, tmp_path, capsys):
+    assert main(train_argv(fake_cifar, tmp_path, "new", **{"--resume": None})) == 2
+    assert "last.pt not found" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(fake_cifar, tmp_path, capsys,
+                                                               monkeypatch):
+    real = spnas.supernet.cross_entropy_loss
+
+    def poisoned(smoothing):
+        loss = real(smoothing)
+        return lambda logits, labels, step: (loss(logits, labels, step)[0] * (
+            float("nan") if step >= 7 else 1.0), {})
+    monkeypatch.setattr(spnas.supernet, "cross_entropy_loss", poisoned)
+    argv = train_argv(fake_cifar, tmp_path, "nan", **FLAGS)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "NaN or infinite at step 8 (epoch 1)" in err and "last.pt is kept" in err
+    ckpt = torch.load(tmp_path / "nan" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["model"].values()
+                                     if v.is_floating_point())
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    payload = {"kind": "child", "space": {}, "num_classes": 10, "model": {"w": torch.ones(3)}}
+    save_checkpoint(path, payload)
+    before = path.read_bytes()
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {**payload, "model": {"w": torch.zeros(3)}})
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
