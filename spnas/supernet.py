@@ -35,8 +35,9 @@ def recal_transform(data: DataConfig, channels_last: bool):
 
 
 def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, paths: list[Arch],
-                        recal_images: int, eval_batch: int = 500):
+                        recal_images: int):
     """Validation of a supernet: mean over fixed paths, each with its BN recalibrated."""
+    eval_batch = 100 if cfg.data.resize else 500  # keeps 224x224 activations cache-sized
     transform = build_transform(cfg.data, cfg.run.channels_last)
     recal = recal_transform(cfg.data, cfg.run.channels_last)
     val_x, val_y = splits.val

@@ -1,0 +1,122 @@
+"""Supernet-training throughput (images/s) at batch 64: spnas's pipeline against a plain one.
+
+    python benchmarks/bench_train.py --data /path/to/cifar10 [--steps 30] [--no-224]
+
+Rows:
+  spnas 32x32 crop+flip          the trainer, data on the device, batch augmentation, channels_last
+  spnas 32x32 seed augmentation  + cutout 16 + AutoAugment (the seed command without --resize)
+  plain 32x32                    PIL transforms + DataLoader (2 workers) + NCHW, same supernet
+  spnas 224 seed augmentation    the seed command (--resize: RandomResizedCrop 224, ImageNet layout)
+
+Each row trains real steps (random paths, SGD) and reports the median of its
+logging windows after a warm-up window. Prints the machine and writes a CSV
+to benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import cifar_or_random, machine, write_csv
+from spnas.arch import Arch
+from spnas.config import DataConfig, OptimConfig, RunConfig, SupernetConfig, TrainConfig
+from spnas.runlog import read_metrics
+from spnas.runtime import tune_allocator
+from spnas.spaces.spos import SposSupernet, spos_space
+from spnas.supernet import supernet_space
+from spnas.train import DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss, param_groups
+
+
+def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device) -> float:
+    """Run the real trainer for ``steps`` steps; median img/s of the windows after the first."""
+    cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=64),
+                      RunConfig(print_freq=window, val_interval=1, device=str(device)),
+                      SupernetConfig())
+    space = supernet_space(cfg.model, data)
+    model = SposSupernet(space, 10).to(device).to(memory_format=torch.channels_last)
+    rng = random.Random(0)
+    task = Task("supernet", model, space, 10,
+                forward=lambda m, xb, step: m(xb, Arch.sample(space, rng)),
+                loss=cross_entropy_loss(0.0), validate=lambda m, step: {},
+                param_groups=param_groups(model, 3e-4))
+    loader = DeviceLoader(x, y, 64, build_transform(data, True), device, 0, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(task, loader, cfg, Path(tmp)).fit()
+        rates = [r["img_per_s"] for r in read_metrics(tmp) if r["type"] == "train"]
+    return statistics.median(rates[1:])
+
+
+def plain_throughput(x, y, steps: int, window: int) -> float:
+    """torchvision PIL transforms + DataLoader(2 workers) + NCHW: the usual recipe."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    class Cifar(torch.utils.data.Dataset):
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return self.tf(Image.fromarray(x[i].permute(1, 2, 0).numpy())), int(y[i])
+
+    loader = torch.utils.data.DataLoader(Cifar(), batch_size=64, shuffle=True, num_workers=2,
+                                         drop_last=True, persistent_workers=True)
+    space = spos_space()
+    model = SposSupernet(space, 10)
+    opt = torch.optim.SGD(param_groups(model, 3e-4), lr=0.025, momentum=0.9)
+    rng, rates, t0 = random.Random(0), [], time.perf_counter()
+    for step, (xb, yb) in enumerate(loader, start=1):
+        loss = torch.nn.functional.cross_entropy(model(xb, Arch.sample(space, rng)), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % window == 0:
+            rates.append(window * 64 / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+        if step == steps:
+            break
+    return statistics.median(rates[1:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="CIFAR-10 folder (any layout spnas reads); random images if absent")
+    p.add_argument("--steps", type=int, default=40, help="steps per 32x32 row (first window is warm-up)")
+    p.add_argument("--window", type=int, default=10, help="steps per timing window")
+    p.add_argument("--steps_224", type=int, default=8)
+    p.add_argument("--no-224", dest="big", action="store_false")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    tune_allocator()
+    device = torch.device(a.device)
+    x, y, source = cifar_or_random(a.data)
+    print(f"machine: {machine()}\ndata: {source}\nbatch 64, {a.steps} steps per row")
+    seed_aug = DataConfig(cutout=True, auto_aug=True)
+    rows = [("spnas 32x32 crop+flip", lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device)),
+            ("spnas 32x32 seed augmentation", lambda: spnas_throughput(x, y, seed_aug, a.steps, a.window, device))]
+    if device.type == "cpu":
+        rows.append(("plain 32x32 crop+flip (PIL, DataLoader, NCHW)",
+                     lambda: plain_throughput(x, y, a.steps, a.window)))
+    if a.big:
+        w = max(a.steps_224 // 4, 1)
+        rows.append(("spnas 224 seed augmentation (--resize)", lambda: spnas_throughput(
+            x, y, DataConfig(cutout=True, auto_aug=True, resize=True), a.steps_224, w, device)))
+    results = []
+    for name, run in rows:
+        rate = run()
+        print(f"{name:48s} {rate:8.1f} img/s", flush=True)
+        results.append({"row": name, "images_per_s": round(rate, 1), "machine": machine(),
+                        "data": source})
+    print(f"wrote {write_csv('bench_train', device, results)}")
+
+
+if __name__ == "__main__":
+    main()
