@@ -128,48 +128,50 @@ def train_child(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torc
     if not dist_info.main:
         return fit
     shipped = task.deploy if task.deploy is not None else task.model
-    results = test_once(shipped, trainer.step, splits, cfg, device, trainer.log)
+    results = final_test(shipped, trainer.step, splits, cfg, device, trainer.log)
     plot_curves(read_metrics(run_dir), loader.steps_per_epoch, run_dir / "curve.png",
                 title=str(task.arch))
     return results
 
 
-def test_once(shipped: nn.Module, step: int, splits: Splits, cfg: TrainConfig,
-              device: torch.device, log: RunLog) -> dict:
+def final_test(shipped: nn.Module, step: int, splits: Splits, cfg: TrainConfig,
+               device: torch.device, log: RunLog) -> dict:
     """Test accuracy of best.pt and of the final weights, once; written to results.json."""
-    run_dir = log.dir
-    path = run_dir / "results.json"
+    path = log.dir / "results.json"
     if path.is_file():  # a finished run resumed again: its test is done
         done = json.loads(path.read_text())
         if done.get("step") == step:
             return done
+    best = load_checkpoint(log.dir / "best.pt", kinds=("child",)) \
+        if (log.dir / "best.pt").is_file() else {"step": step, "metrics": {}}
     nets = {"last": (shipped, step)}
-    best = load_checkpoint(run_dir / "best.pt", kinds=("child",)) \
-        if (run_dir / "best.pt").is_file() else {"step": step, "metrics": {}}
     if best["step"] != step:
         nets["best"] = (place(model_from_checkpoint(best), device, cfg.run.channels_last),
                         best["step"])
-    transform = build_transform(cfg.data, cfg.run.channels_last)
-    tested = {}
-    for which, (net, at) in nets.items():
-        r = evaluate(net, plain_forward, *splits.test, transform, len(splits.classes),
-                     cfg.model.eval_batch, device, cfg.run.amp)
-        tested[which] = {"step": at, "test_acc": r["acc"], "test_top5": r["top5"],
-                         "test_loss": r["loss"], "n": r["n"]}
-        log.metric({"type": "test", "which": which, **tested[which], "step": step,
-                    "from_step": at})
-        log.info(f"test ({which} weights, step {at}): top-1 {r['acc']:.4f} top-5 "
-                 f"{r['top5']:.4f} loss {r['loss']:.4f} on {r['n']} images")
+    tested = {which: _test(net, at, step, which, splits, cfg, device, log)
+              for which, (net, at) in nets.items()}
     tested.setdefault("best", dict(tested["last"]))
     tested["best"]["val_acc"] = best["metrics"].get("best")
     res = default_resolution(shipped.arch.space)
     probe = torch.zeros(1, 3, res, res, device=device)
-    results = {"step": step, "arch": str(shipped.arch), "space": shipped.arch.space.to_dict(),
+    results = {"step": step, "arch": str(shipped.arch), "space": shipped.arch.space.describe(),
                "num_classes": len(splits.classes), "dataset": cfg.data.dataset,
                "val_is_test": splits.val_is_test, "params": count_params(shipped),
                "macs": count_macs(shipped.eval(), probe), "resolution": res, **tested}
     atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: TrainConfig,
+          device: torch.device, log: RunLog) -> dict:
+    r = evaluate(net, plain_forward, *splits.test, build_transform(cfg.data, cfg.run.channels_last),
+                 len(splits.classes), cfg.model.eval_batch, device, cfg.run.amp)
+    out = {"step": at, "test_acc": r["acc"], "test_top5": r["top5"], "test_loss": r["loss"],
+           "n": r["n"]}
+    log.metric({"type": "test", "which": which, **out, "step": step, "from_step": at})
+    log.info(f"test ({which} weights, step {at}): top-1 {r['acc']:.4f} top-5 {r['top5']:.4f} "
+             f"loss {r['loss']:.4f} on {r['n']} images")
+    return out
 
 
 def retrain(cfg: TrainConfig) -> dict:
