@@ -1,9 +1,9 @@
 import dataclasses
 
-import onnxruntime
 import pytest
 import torch
 
+from conftest import cli_argv
 from spnas import export as export_mod
 from spnas.arch import Arch
 from spnas.checkpoint import load_checkpoint, save_checkpoint
@@ -45,10 +45,7 @@ def finetune_argv(data, ckpt, save, exp, **over):
              "--lr": 0.05, "--val_interval": 1, "--save_path": save, "--exp_name": exp,
              "--data_path": data, "--val_size": 50, "--eval_batch": 50, "--no-download": None}
     flags.update(over)
-    argv = ["finetune"]
-    for k, v in flags.items():
-        argv += [k] if v is None else [k, str(v)]
-    return argv
+    return cli_argv("finetune", flags)
 
 
 def split_state(state: dict):
@@ -117,6 +114,7 @@ def test_inference_path_equals_the_autograd_path():
 
 def load_back(fmt: str, path):
     if fmt == "onnx":
+        import onnxruntime
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     return torch.jit.load(str(path))
@@ -124,6 +122,9 @@ def load_back(fmt: str, path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch(fake_cifar, tmp_path, capsys, fmt):
+    if fmt == "onnx":  # the optional extra spnas[onnx]
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(module)
     net = busy_child(10)
     ckpt = save_child(tmp_path / "best.pt", net, fake_cifar)
     assert main(["export", "--checkpoint", str(ckpt), "--format", fmt,

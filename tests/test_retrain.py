@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import write_official
+from conftest import cli_argv, write_official
 from spnas.arch import Arch
 from spnas.augment import MEAN_STD, AugmentConfig, BatchTransform
 from spnas.checkpoint import load_checkpoint
@@ -24,16 +24,13 @@ OLD_BEST_INDICES = "1,0,3,1,3,0,3,0,0,3,3,0,1,0,1,2,2,1,1,3"  # 0=k3 1=k5 2=k7 3
 
 
 def retrain_argv(data, save, exp, **over):
-    flags = {"--arch": ARCH, "--layers": 4, "--batch_size": 16, "--epochs": 2, "--num_steps": 3,
+    flags = {"--arch": ARCH, "--layers": 4, "--batch_size": 16, "--epochs": 3, "--num_steps": 2,
              "--lr": 0.05, "--print_freq": 1, "--val_interval": 1, "--save_path": save,
              "--exp_name": exp, "--seed": 3, "--data_path": data, "--val_size": 50,
-             "--dropout": 0.2, "--eval_batch": 32, "--no-download": None}
+             "--dropout": 0.2, "--ema": None, "--ema_decay": 0.7, "--eval_batch": 32,
+             "--no-download": None}
     flags.update(over)
-    argv = ["retrain"]
-    for k, v in flags.items():
-        if v is not False:
-            argv += [k] if v is None else [k, str(v)]
-    return argv
+    return cli_argv("retrain", flags)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +49,10 @@ def test_retrain_leaves_checkpoints_test_results_and_curve(run):
     for name in ("best.pt", "last.pt", "metrics.jsonl", "train.log", "results.json", "curve.png"):
         assert (run / name).is_file(), name
     recs = read_metrics(run)
-    assert [r["step"] for r in recs if r["type"] == "val"] == [3, 6]
+    assert [r["step"] for r in recs if r["type"] == "val"] == [2, 4, 6]
     tests = {r["which"]: r for r in recs if r["type"] == "test"}
     results = json.loads((run / "results.json").read_text())
-    assert results["arch"] == ARCH and results["step"] == 6
+    assert results["arch"] == ARCH and results["step"] == 6 and not results["val_is_test"]
     for which in ("best", "last"):
         assert 0 <= results[which]["test_acc"] <= results[which]["test_top5"] <= 1
         assert results[which]["test_acc"] == tests[which]["test_acc"]
@@ -63,7 +60,7 @@ def test_retrain_leaves_checkpoints_test_results_and_curve(run):
     assert results["best"]["val_acc"] == best_val
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["kind"] == "child" and ckpt["model_args"] == {"dropout": 0.2}
-    assert ckpt["train_model"] is None  # no EMA: the trained weights are the shipped ones
+    assert ckpt["extra"]["ema_updates"] == ckpt["step"]
     assert results["params"] == count_params(build_child(Arch.parse(ARCH, spos_space(4)), 10))
 
 
@@ -114,10 +111,7 @@ def test_evaluation_numbers_equal_a_direct_computation(run, data, tmp_path):
     assert sum(map(sum, r["confusion"])) == len(y)
 
 
-def test_ema_ships_the_average_and_resumes_exactly(data, tmp_path, monkeypatch):
-    flags = {"--ema": None, "--ema_decay": 0.7, "--epochs": 3, "--num_steps": 2,
-             "--ckpt_interval": 2, "--val_interval": 5, "--print_freq": 2}
-    assert main(retrain_argv(data, tmp_path, "full", **flags)) == 0
+def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch):
     real_batch = DeviceLoader.batch
 
     def crash_at_step_5(self, epoch, i):
@@ -125,18 +119,19 @@ def test_ema_ships_the_average_and_resumes_exactly(data, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_batch(self, epoch, i)
     monkeypatch.setattr(DeviceLoader, "batch", crash_at_step_5)
-    assert main(retrain_argv(data, tmp_path, "part", **flags)) == 130
+    save = run.parent
+    assert main(retrain_argv(data, save, "part")) == 130
     monkeypatch.setattr(DeviceLoader, "batch", real_batch)
-    assert main(retrain_argv(data, tmp_path, "part", **flags, **{"--resume": None})) == 0
-    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    part = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert main(retrain_argv(data, save, "part", **{"--resume": None})) == 0
+    full = torch.load(run / "last.pt", weights_only=True)
+    part = torch.load(save / "part" / "last.pt", weights_only=True)
     assert full["extra"] == part["extra"] == {"ema_updates": 6}
     for key in ("model", "train_model"):
         assert all(torch.equal(full[key][k], part[key][k]) for k in full[key]), key
     w = "layers.0.main.0.0.weight"
     assert not torch.equal(full["model"][w], full["train_model"][w])  # the EMA is shipped
-    no_ema = {**flags, "--resume": None, "--ema": False}
-    assert main(retrain_argv(data, tmp_path, "part", **no_ema)) == 2  # refused: same flags
+    no_ema = {"--resume": None, "--ema": False}
+    assert main(retrain_argv(data, save, "part", **no_ema)) == 2  # refused: same flags
 
 
 def test_profile_counts_match_the_per_layer_cost_table():
