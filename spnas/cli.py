@@ -170,6 +170,8 @@ def add_finetune_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_finetune(args: argparse.Namespace) -> dict:
     from .finetune import finetune
     check_positive(args, "eval_batch", "recal_images")
+    if args.backbone_lr_scale < 0:
+        raise SpnasError(f"--backbone_lr_scale must be 0 or more, got {args.backbone_lr_scale}")
     return finetune(train_config(args, from_namespace(FinetuneConfig, args)))
 
 
@@ -244,6 +246,7 @@ def add_export_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_export(args: argparse.Namespace) -> dict:
     from .export import export_checkpoint, format_export
+    check_positive(args, "tolerance")
     if args.check_images < 0:
         raise SpnasError(f"--check_images must be 0 or more, got {args.check_images}")
     r = export_checkpoint(args.checkpoint, args.format, args.out, args.data_path,
