@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -117,7 +118,9 @@ def load_back(fmt: str, path):
         import onnxruntime
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    return torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still works
+        return torch.jit.load(str(path))
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
