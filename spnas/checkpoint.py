@@ -6,7 +6,9 @@ A checkpoint is a dict of plain data and tensors::
     kind        "supernet" | "child" | "superkernel"
     space       SpaceSpec as a dict;  arch: arch string or None
     num_classes int;  model_args: constructor kwargs (e.g. {"dropout": 0.2})
-    model       state_dict;  optimizer: state_dict or None
+    model       state_dict of the network the run ships (its EMA when it kept one)
+    train_model state_dict of the trained weights when ``model`` is their EMA, else None
+    optimizer   state_dict or None
     step        the next optimizer step to run;  epoch: the epoch it belongs to
     config      the run's resolved config (JSON-able dict)
     rng         {"seed": run seed, "torch": CPU RNG state, "cuda": [states]}

@@ -66,6 +66,31 @@ class SupernetConfig:
 
 
 @dataclass
+class RetrainConfig:
+    arch: str = ""                  # arch string, choice indices ("1,0,3,...") or arch file (JSON)
+    space: str = "spos"             # space of an arch string (an arch file names its own)
+    layers: int = 20                # searchable layers of that space
+    num_choices: int = 4            # blocks per layer of that space
+    dropout: float = 0.0            # probability, before the classifier
+    ema: bool = False               # validate and ship an exponential moving average of the weights
+    ema_decay: float = 0.9998       # per optimizer step (horizon about 1 / (1 - decay) steps)
+    eval_batch: int = 500           # images per evaluation batch
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = ""            # a child checkpoint, or a supernet checkpoint with ``arch``
+    arch: str | None = None         # the path to take out of a supernet checkpoint
+    dropout: float | None = None    # probability before the classifier; None = the checkpoint's
+    freeze_epochs: int = 0          # epochs with the backbone frozen (weights and BN statistics)
+    backbone_lr_scale: float = 1.0  # backbone learning rate / classifier learning rate, after
+    ema: bool = False
+    ema_decay: float = 0.9998       # per optimizer step
+    eval_batch: int = 500           # images per evaluation batch
+    recal_images: int = 2048        # training images for BN statistics of a supernet path
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

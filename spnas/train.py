@@ -111,6 +111,15 @@ def load_splits(data: DataConfig, seed: int) -> Splits:
     return make_splits(ds, data.val_size, seed)
 
 
+def steps_per_epoch(n: int, batch_size: int, world: int = 1, num_steps: int | None = None) -> int:
+    """Optimizer steps per epoch of ``n`` images: full global batches, capped by ``num_steps``."""
+    full = n // (batch_size * world)
+    if full == 0:
+        raise SpnasError(f"--batch_size {batch_size} x {world} process(es) is "
+                         f"larger than the {n} training images")
+    return min(full, num_steps) if num_steps else full
+
+
 class DeviceLoader:
     """Training batches held on the device as uint8; batch (epoch, i) is a pure function.
 
@@ -124,11 +133,7 @@ class DeviceLoader:
         self.x, self.y = x.to(device), y.to(device)
         self.batch_size, self.transform, self.device, self.seed = batch_size, transform, device, seed
         self.dist = dist_info
-        full = len(x) // (batch_size * dist_info.world)
-        if full == 0:
-            raise SpnasError(f"--batch_size {batch_size} x {dist_info.world} process(es) is "
-                             f"larger than the {len(x)} training images")
-        self.steps_per_epoch = min(full, num_steps) if num_steps else full
+        self.steps_per_epoch = steps_per_epoch(len(x), batch_size, dist_info.world, num_steps)
         self._perm_epoch, self._perm = -1, None
 
     def indices(self, epoch: int, i: int) -> torch.Tensor:
@@ -169,6 +174,7 @@ class Task:
     select: str = "val_acc"                      # higher is better; picks best.pt
     find_unused_parameters: bool = False         # DDP: True when a step uses part of the model
     on_step_end: Callable[[int], None] | None = None
+    deploy: nn.Module | None = None              # a separate network shipped as "model" (an EMA)
     extra_state: Callable[[], dict] = field(default=lambda: {})
     load_extra_state: Callable[[dict], None] = field(default=lambda state: None)
 
@@ -195,9 +201,11 @@ class Trainer:
     # -- checkpoints
     def _payload(self) -> dict:
         t = self.task
+        shipped = t.model if t.deploy is None else t.deploy
         return {"kind": t.kind, "space": t.space.to_dict(), "arch": str(t.arch) if t.arch else None,
                 "num_classes": t.num_classes, "model_args": t.model_args,
-                "model": t.model.state_dict(),
+                "model": shipped.state_dict(),
+                "train_model": None if t.deploy is None else t.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step,
                 "epoch": self.step // self.loader.steps_per_epoch, "config": self.cfg.to_dict(),
                 "rng": {"seed": self.cfg.run.seed, **rng_state()},
@@ -214,12 +222,24 @@ class Trainer:
         if (ckpt.get("arch") or None) != (str(self.task.arch) if self.task.arch else None):
             raise SpnasError(f"{ckpt['path']} trains arch {ckpt.get('arch')}, not "
                              f"{self.task.arch}; resume with the same --arch")
-        load_model_state(self.task.model, ckpt["model"], ckpt["path"])
+        self._load_weights(ckpt)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.best = int(ckpt["step"]), float(ckpt["metrics"].get("best", -math.inf))
         self.task.load_extra_state(ckpt.get("extra") or {})
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
+
+    def _load_weights(self, ckpt: dict) -> None:
+        t, trained = self.task, ckpt.get("train_model")
+        if (trained is None) != (t.deploy is None):
+            kept = "kept" if trained is not None else "did not keep"
+            raise SpnasError(f"{ckpt['path']} {kept} an EMA of the weights (--ema); resume "
+                             "with the same flags")
+        if t.deploy is None:
+            load_model_state(t.model, ckpt["model"], ckpt["path"])
+        else:
+            load_model_state(t.deploy, ckpt["model"], ckpt["path"])
+            load_model_state(t.model, trained, ckpt["path"])
 
     def _prepare_run_dir(self) -> None:
         if self.cfg.run.resume:

@@ -62,6 +62,15 @@ def write_image_folders(root: Path, n_train: int = 60, n_test: int = 30, size: i
     return root
 
 
+def cli_argv(command: str, flags: dict) -> list[str]:
+    """``spnas`` arguments from {flag: value}: None = a bare switch, False = left out."""
+    argv = [command]
+    for k, v in flags.items():
+        if v is not False:
+            argv += [k] if v is None else [k, str(v)]
+    return argv
+
+
 @pytest.fixture
 def fake_cifar(tmp_path) -> Path:
     """A data folder holding a small official-layout CIFAR-10 (250 train, 100 test images)."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import cli_argv
 from spnas.checkpoint import load_checkpoint
 from spnas.cli import main
 from spnas.config import OptimConfig
@@ -77,11 +78,7 @@ def train_argv(data, save, exp="run", **over):
              "--classes": 10, "--dataset": "cifar10", "--val_size": 50, "--val_paths": 1,
              "--recal_images": 32, "--no-download": None}
     flags.update(over)
-    argv = ["train"]
-    for k, v in flags.items():
-        if v is not False:
-            argv += [k] if v is None else [k, str(v)]
-    return argv
+    return cli_argv("train", flags)
 
 
 def losses(run_dir):

@@ -24,9 +24,8 @@ class _ShuffleSplit(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        fmt = _format_of(x)
-        ctx.fmt = fmt
-        return x[:, 0::2].contiguous(memory_format=fmt), x[:, 1::2].contiguous(memory_format=fmt)
+        ctx.fmt = _format_of(x)
+        return _even_odd(x)
 
     @staticmethod
     def backward(ctx, g_even, g_odd):
@@ -66,15 +65,34 @@ class _GlobalAvgPool(torch.autograd.Function):
         return (g / (h * w))[:, :, None, None].expand(n, c, h, w).contiguous(memory_format=ctx.fmt)
 
 
-shuffle_split = _ShuffleSplit.apply
-concat_channels = _ConcatChannels.apply
+def _plain_path() -> bool:
+    """No backward pass will run (inference, ``torch.jit.trace``, ONNX export).
+
+    The autograd Functions above exist only for their backward; without one,
+    the same forward ops run as plain tensor ops, which every tracer and
+    exporter understands (``torch.jit.trace`` cannot record a Python Function).
+    """
+    return not torch.is_grad_enabled() or torch.jit.is_tracing()
+
+
+def _even_odd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    fmt = _format_of(x)
+    return x[:, 0::2].contiguous(memory_format=fmt), x[:, 1::2].contiguous(memory_format=fmt)
+
+
+def shuffle_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _even_odd(x) if _plain_path() else _ShuffleSplit.apply(x)
+
+
+def concat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cat((a, b), 1) if _plain_path() else _ConcatChannels.apply(a, b)
 
 
 class GlobalAvgPool(nn.Module):
     """Global average pooling to [N, C] (see ``_GlobalAvgPool``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GlobalAvgPool.apply(x)
+        return x.mean((2, 3)) if _plain_path() else _GlobalAvgPool.apply(x)
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int, affine: bool,

@@ -1,0 +1,143 @@
+"""Retraining throughput (training images/s) of a standalone network, through the real trainer.
+
+Runs ``spnas.retrain.child_task`` with the ``Trainer`` for a few hundred
+steps per setting, on CIFAR-shaped data held on the device (random uint8
+images unless ``--data_path`` is given; the speed does not depend on the
+pixels), and reads the ``img_per_s`` of the metrics windows after the first
+(warm-up: allocator, cudnn.benchmark). Augmentation, the optimizer step, the
+EMA and the logging are all included, as in a real run.
+
+    PYTHONPATH=. python benchmarks/bench_retrain.py                      # CPU or the GPU present
+    PYTHONPATH=. python benchmarks/bench_retrain.py --batch_sizes 128 256 512 --ema
+
+Prints the machine and one line per setting, and appends the rows to
+benchmarks/results/retrain_<device>_torch<version>.csv. The last column is
+what the old recipe's 600 epochs of 50,000 images would take at that speed
+(target on one H100: under 1 hour).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spnas.arch import Arch  # noqa: E402
+from spnas.config import (DataConfig, OptimConfig, RetrainConfig, RunConfig,  # noqa: E402
+                          TrainConfig)
+from spnas.cost import device_description  # noqa: E402
+from spnas.data import Splits  # noqa: E402
+from spnas.retrain import child_task, place  # noqa: E402
+from spnas.runlog import read_metrics  # noqa: E402
+from spnas.runtime import tune_allocator  # noqa: E402
+from spnas.spaces import build_child, make_space  # noqa: E402
+from spnas.train import (DeviceLoader, Trainer, build_transform, load_splits,  # noqa: E402
+                         resolve_device, setup_torch)
+
+OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
+EPOCH_IMAGES, RECIPE_EPOCHS = 50_000, 600
+
+
+def synthetic_splits(n: int, seed: int = 0) -> Splits:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    small = (x[:256], y[:256])
+    return Splits((x, y), small, small, [str(i) for i in range(10)], False)
+
+
+def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device) -> dict:
+    """Train ``cfg.optim.num_steps`` steps; median img/s over the windows after the first."""
+    torch.manual_seed(0)
+    model = place(build_child(arch, len(splits.classes), dropout=cfg.model.dropout), device,
+                  cfg.run.channels_last)
+    task = child_task(model, splits, cfg, device, {"dropout": cfg.model.dropout})
+    transform = build_transform(cfg.data, cfg.run.channels_last)
+    loader = DeviceLoader(*splits.train, cfg.optim.batch_size, transform, device, cfg.run.seed,
+                          cfg.optim.num_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        Trainer(task, loader, replace(cfg, run=replace(cfg.run, save_path=tmp)),
+                Path(tmp) / cfg.run.exp_name).fit()
+        wall = time.perf_counter() - t0
+        rates = [r["img_per_s"] for r in read_metrics(Path(tmp) / cfg.run.exp_name)
+                 if r["type"] == "train"][1:]
+    ips = statistics.median(rates)
+    return {"img_per_s": ips, "ms_per_step": cfg.optim.batch_size / ips * 1e3,
+            "epoch_s": EPOCH_IMAGES / ips, "recipe_h": RECIPE_EPOCHS * EPOCH_IMAGES / ips / 3600,
+            "wall_s": wall}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default=OLD_BEST)
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[128])
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per setting (default: 300 on CUDA, 12 on the CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ema", action="store_true")
+    p.add_argument("--cutout", action="store_true")
+    p.add_argument("--auto_aug", action="store_true")
+    p.add_argument("--data_path", default=None, help="real CIFAR-10 instead of random images")
+    args = p.parse_args()
+    tune_allocator()
+    device = resolve_device(args.device)
+    steps = args.steps or (300 if device.type == "cuda" else 12)
+    data = DataConfig(cutout=args.cutout, auto_aug=args.auto_aug,
+                      data_path=args.data_path or "", download=False)
+    run = RunConfig(exp_name="bench", device=str(device), amp=args.amp,
+                    channels_last=args.channels_last, print_freq=max(steps // 6, 2),
+                    val_interval=10 ** 6)
+    setup_torch(run, device)
+    splits = (load_splits(replace(data, val_size=256), 0) if args.data_path
+              else synthetic_splits(max(args.batch_sizes) * steps))
+    arch = Arch.parse(args.arch, make_space("spos", "cifar"))
+    name = device_description(device)
+    amp = args.amp and device.type == "cuda"
+    print(f"device {name} | torch {torch.__version__} | arch {arch} | "
+          f"{'real' if args.data_path else 'random'} 32x32 images | amp {amp} | "
+          f"channels_last {args.channels_last} | ema {args.ema} | {steps} steps per batch size")
+    rows = []
+    for batch in args.batch_sizes:
+        cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch, lr=0.05),
+                          run, RetrainConfig(arch=str(arch), ema=args.ema))
+        r = measure(splits, arch, cfg, device)
+        print(f"batch {batch:5d}: {r['img_per_s']:9.0f} img/s  {r['ms_per_step']:8.2f} ms/step  "
+              f"epoch {r['epoch_s']:7.1f} s  600 epochs {r['recipe_h']:6.2f} h", flush=True)
+        rows.append({"device": name, "torch": torch.__version__, "arch": str(arch),
+                     "batch": batch, "amp": amp,
+                     "channels_last": args.channels_last, "ema": args.ema,
+                     "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
+                     "threads": torch.get_num_threads(), **{k: round(v, 3) for k, v in r.items()}})
+    write_rows(rows, name)
+
+
+def write_rows(rows: list[dict], device_name: str) -> None:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()
+    out = Path(__file__).resolve().parent / "results" / (
+        f"retrain_{slug}_torch{torch.__version__.split('+')[0]}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists()
+    with open(out, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["date", *rows[0]])
+        if new:
+            w.writeheader()
+        for row in rows:
+            w.writerow({"date": time.strftime("%Y-%m-%d %H:%M"), **row})
+    print(f"appended {len(rows)} row(s) to {os.path.relpath(out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""``spnas evaluate``: a trained network's numbers on any split, with a confusion matrix.
+
+The data is read as the run read it: the checkpoint's own data config
+(dataset, normalisation, --resize), with ``--data_path`` / ``--dataset``
+overriding where the files are. ``--split val`` rebuilds exactly the held-out
+split the run validated on, from the checkpoint's seed and ``val_size``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write_text, load_checkpoint
+from .config import DataConfig
+from .data import Splits
+from .errors import SpnasError
+from .evaluation import evaluate, per_class_accuracy, plain_forward
+from .plots import plot_confusion
+from .spaces import model_from_checkpoint
+from .train import build_transform, load_splits, resolve_device
+
+SPLITS = ("test", "val", "train")
+
+
+def load_child(path: str | Path) -> tuple[dict, nn.Module]:
+    """A child checkpoint and its network, rebuilt from the checkpoint alone (eval mode)."""
+    ckpt = load_checkpoint(path, kinds=("child",))
+    return ckpt, model_from_checkpoint(ckpt).eval()
+
+
+def checkpoint_data(ckpt: dict, data_path: str | None = None,
+                    dataset: str | None = None) -> DataConfig:
+    """The data config the checkpoint's run used, with the data's location overridden."""
+    saved = (ckpt.get("config") or {}).get("data") or {}
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    data = DataConfig(**{k: v for k, v in saved.items() if k in known})
+    data.classes = None
+    if data_path:
+        data.data_path = data_path
+    if dataset:
+        data.dataset = dataset
+    return data
+
+
+def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int) -> Splits:
+    """Train/val/test as the run split them (its seed and val_size)."""
+    seed = int(((ckpt.get("config") or {}).get("run") or {}).get("seed", 0))
+    splits = load_splits(data, seed)
+    if len(splits.classes) != num_classes:
+        raise SpnasError(f"{ckpt['path']} classifies {num_classes} classes, but {data.dataset} "
+                         f"under {data.data_path} has {len(splits.classes)}; pass the "
+                         "--dataset/--data_path it was trained on")
+    return splits
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,
+                        dataset: str | None = None, out_dir: str | Path | None = None,
+                        batch_size: int = 500, device_name: str = "auto",
+                        amp: bool = True) -> dict:
+    """Top-1, top-5, loss, per-class accuracy and confusion matrix of a child checkpoint.
+
+    Writes ``evaluation.json`` and ``confusion.png`` to ``out_dir`` (default: a
+    folder ``eval_<checkpoint>_<split>`` beside the checkpoint) and returns the numbers.
+    """
+    if split not in SPLITS:
+        raise SpnasError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    ckpt, net = load_child(path)
+    data = checkpoint_data(ckpt, data_path, dataset)
+    splits = checkpoint_splits(ckpt, data, ckpt["num_classes"])
+    device = resolve_device(device_name)
+    x, y = getattr(splits, split)
+    r = evaluate(net.to(device), plain_forward, x, y, build_transform(data, False),
+                 ckpt["num_classes"], batch_size, device, amp)
+    ckpt_path = Path(ckpt["path"])
+    out = Path(out_dir) if out_dir else ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "step": ckpt.get("step"),
+              "dataset": data.dataset, "split": split, "n": r["n"],
+              "split_is_test": split == "test" or (split == "val" and splits.val_is_test),
+              "top1": r["acc"], "top5": r["top5"], "loss": r["loss"],
+              "per_class": dict(zip(splits.classes, per_class_accuracy(r["confusion"]))),
+              "confusion": r["confusion"].tolist(), "out": str(out)}
+    atomic_write_text(out / "evaluation.json", json.dumps(result, indent=1) + "\n")
+    plot_confusion(r["confusion"], splits.classes, out / "confusion.png",
+                   title=f"{data.dataset} {split}: top-1 {r['acc']:.4f} ({r['n']} images)")
+    return result
+
+
+def format_evaluation(r: dict, max_classes: int = 20) -> str:
+    """A short table: the totals, then per-class accuracy (the worst ones when many)."""
+    lines = [f"{r['checkpoint']} (step {r['step']}) on {r['dataset']} {r['split']}, "
+             f"{r['n']} images" + (" (the run validated on this test set)"
+                                   if r["split"] == "val" and r["split_is_test"] else ""),
+             f"  top-1 {r['top1']:.4f}   top-5 {r['top5']:.4f}   loss {r['loss']:.4f}"]
+    per = list(r["per_class"].items())
+    if len(per) > max_classes:
+        lines.append(f"  the {max_classes} worst of {len(per)} classes:")
+        per = sorted(per, key=lambda kv: kv[1])[:max_classes]
+    width = max(len(c) for c, _ in per)
+    lines += [f"  {c:<{width}}  {a:.4f}" for c, a in per]
+    lines.append(f"  wrote {r['out']}/evaluation.json and confusion.png")
+    return "\n".join(lines)

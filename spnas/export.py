@@ -1,0 +1,130 @@
+"""``spnas export``: ONNX or TorchScript, loaded back and checked against PyTorch.
+
+* ONNX: ``torch.onnx.export(..., dynamo=True)``, the torch.export-based exporter
+  (PyTorch's default since 2.9; the TorchScript-based one is deprecated and
+  slated for removal). Needs ``onnx`` and ``onnxscript``; the check runs the
+  file in onnxruntime. All three are the optional extra ``spnas[onnx]``.
+  The batch dimension is dynamic (input ``images``, output ``logits``).
+* TorchScript: ``torch.jit.trace`` under ``no_grad`` (the SPOS units then run
+  plain tensor ops instead of their autograd Functions, see spaces/common.py),
+  loaded back with ``torch.jit.load``.
+
+The exported file is written beside the target under a temporary name, loaded
+back, and its outputs compared with the PyTorch network's on random inputs
+and on real test images (normalised as in training). Only when the largest
+absolute difference is within ``tolerance`` is it renamed into place; an
+existing file is never replaced without ``force``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import checkpoint_space
+from .cost import default_resolution
+from .data import load_dataset
+from .errors import SpnasError
+from .eval_checkpoint import checkpoint_data, load_child
+from .train import build_transform
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+ONNX_HINT = "pip install 'spnas[onnx]' (onnx, onnxscript, onnxruntime)"
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        program = torch.onnx.export(net, (example,), dynamo=True, verbose=False,
+                                    input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except ImportError as e:
+        raise SpnasError(f"ONNX export needs {e.name or 'onnx and onnxscript'}: "
+                         f"{ONNX_HINT}") from None
+    program.save(str(path))
+
+
+def _load_onnx(path: Path) -> Runner:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise SpnasError(f"checking the ONNX file needs onnxruntime: {ONNX_HINT}") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+
+
+def _export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still works
+        traced = torch.jit.trace(net, example, check_trace=False)  # checked below, on more inputs
+        torch.jit.save(traced, str(path))
+
+
+def _load_torchscript(path: Path) -> Runner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    return lambda x: module(x)
+
+
+EXPORTERS = {"onnx": (_export_onnx, _load_onnx),
+             "torchscript": (_export_torchscript, _load_torchscript)}
+
+
+def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) -> dict:
+    """Random inputs, and the first ``images`` test images normalised as the run did."""
+    res = default_resolution(checkpoint_space(ckpt))
+    gen = torch.Generator().manual_seed(seed)
+    inputs = {"random": torch.randn(3, 3, res, res, generator=gen) * 2}
+    if images:
+        data = checkpoint_data(ckpt, data_path)
+        ds = load_dataset(data.dataset, data.data_path, download_ok=False,
+                          image_size=data.image_size)
+        inputs["real images"] = build_transform(data, False).eval(ds.test_x[:images])
+    return inputs
+
+
+@torch.no_grad()
+def export_checkpoint(path: str | Path, fmt: str, out: str | Path | None = None,
+                      data_path: str | None = None, images: int = 64, tolerance: float = 1e-3,
+                      force: bool = False) -> dict:
+    """Export a child checkpoint's network; returns the file and the largest differences."""
+    if fmt not in EXPORTERS:
+        raise SpnasError(f"--format must be one of {', '.join(EXPORTERS)}, got {fmt!r}")
+    ckpt, net = load_child(path)
+    target = Path(out) if out else Path(ckpt["path"]).with_suffix(FORMATS[fmt])
+    if target.exists() and not force:
+        raise SpnasError(f"{target} already exists; pass --force to replace it or choose --out")
+    inputs = check_inputs(ckpt, images, data_path)
+    export, load = EXPORTERS[fmt]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        export(net, inputs["random"][:2], Path(tmp))
+        run = load(Path(tmp))
+        diffs = {name: (run(x).float() - net(x)).abs().max().item() for name, x in inputs.items()}
+        worst = max(diffs.values())
+        if not worst <= tolerance:
+            raise SpnasError(f"the {fmt} export differs from PyTorch by up to {worst:.3g} "
+                             f"(> --tolerance {tolerance:g}); nothing was written")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return {"file": str(target), "format": fmt, "arch": ckpt["arch"], "max_abs_diff": diffs,
+            "tolerance": tolerance, "bytes": target.stat().st_size,
+            "inputs": {k: list(v.shape) for k, v in inputs.items()}}
+
+
+def format_export(r: dict) -> str:
+    lines = [f"wrote {r['file']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB)"]
+    lines += [f"  max |{r['format']} - PyTorch| on {name} {r['inputs'][name]}: {d:.3g}"
+              for name, d in r["max_abs_diff"].items()]
+    lines.append(f"  within the tolerance {r['tolerance']:g}")
+    return "\n".join(lines)

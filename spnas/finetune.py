@@ -1,0 +1,150 @@
+"""Fine-tuning a trained network, optionally on other data with another number of classes.
+
+The source is a child checkpoint (``model_from_checkpoint``) or a supernet
+checkpoint plus ``--arch`` (``supernet.extract(arch)``, then BN statistics
+recalibrated on the new training data, since a supernet's statistics are
+shared by every path). When the data has another number of classes the
+classifier is replaced, and the run log says so.
+
+``--freeze_epochs E``: for the first E epochs the backbone (everything but
+the classifier) gets no gradients, hence no updates (no momentum, no weight
+decay), and its BatchNorms stay in eval mode, so their statistics stay too.
+After that the backbone trains at ``backbone_lr_scale`` times the learning
+rate. The run is a ``Task`` of kind "child" for the one ``Trainer``
+(``retrain.train_child``), so everything else is as in ``spnas retrain``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .arch import Arch, arch_from_text_or_file
+from .checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint
+from .config import FinetuneConfig, TrainConfig, derive_seed
+from .errors import SpnasError
+from .evaluation import plain_forward, recalibrate_bn, recalibration_batches
+from .retrain import check_layout, is_arch_file, place, train_child
+from .spaces import build_child, model_from_checkpoint
+from .supernet import recal_transform
+from .train import init_distributed, load_splits, param_groups, setup_torch, steps_per_epoch
+
+
+def _path_arch(ckpt: dict, text: str | None) -> Arch:
+    if ckpt["kind"] == "child":
+        arch = checkpoint_arch(ckpt)
+        if text and arch_from_text_or_file(text, None if is_arch_file(text) else arch.space) != arch:
+            raise SpnasError(f"{ckpt['path']} holds the network {arch}; --arch picks a path "
+                             "out of a supernet checkpoint only: drop it")
+        return arch
+    if not text:
+        raise SpnasError(f"{ckpt['path']} is a supernet checkpoint: pass --arch to say which "
+                         "path to fine-tune")
+    space = checkpoint_space(ckpt)
+    arch = arch_from_text_or_file(text, None if is_arch_file(text) else space)
+    if arch.space != space:
+        raise SpnasError(f"--arch is for {arch.space.describe()}, the supernet "
+                         f"{ckpt['path']} for {space.describe()}")
+    return arch
+
+
+@dataclass
+class Source:
+    """The network a fine-tune starts from."""
+
+    net: nn.Module
+    model_args: dict            # its constructor kwargs (dropout), written into checkpoints
+    description: str
+    from_supernet: bool         # its BN statistics are the supernet's shared ones
+
+
+def load_source(fc: FinetuneConfig) -> Source:
+    ckpt = load_checkpoint(fc.checkpoint, kinds=("child", "supernet"))
+    arch = _path_arch(ckpt, fc.arch)
+    args = dict(ckpt.get("model_args") or {}) if ckpt["kind"] == "child" else {}
+    if fc.dropout is not None:
+        args["dropout"] = fc.dropout
+    if ckpt["kind"] == "child":
+        return Source(model_from_checkpoint({**ckpt, "model_args": args}), args, ckpt["path"],
+                      False)
+    net = build_child(arch, ckpt["num_classes"], **args)
+    net.load_state_dict(model_from_checkpoint(ckpt).extract(arch).state_dict())
+    return Source(net, args, f"path {arch} of the supernet {ckpt['path']}", True)
+
+
+class BackboneFreeze:
+    """A Task forward that freezes all but the classifier for the first ``steps`` steps."""
+
+    def __init__(self, model: nn.Module, steps: int):
+        head = {id(p) for p in model.classifier.parameters()}
+        self.params = [p for p in model.parameters() if id(p) not in head]
+        self.bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        self.steps, self._frozen = steps, None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
+        frozen = step < self.steps
+        if frozen != self._frozen:
+            for p in self.params:
+                p.requires_grad_(not frozen)
+            self._frozen = frozen
+        if frozen:  # validation puts the whole model back in training mode: redo each step
+            for bn in self.bns:
+                bn.eval()
+        return model(x)
+
+
+def _groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
+    head = {id(p) for p in model.classifier.parameters()}
+    backbone = [dict(g, lr_scale=backbone_lr_scale)
+                for g in param_groups(model, weight_decay, exclude=head)]
+    return backbone + param_groups(model.classifier, weight_decay)
+
+
+def _recalibrate(model: nn.Module, train_x: torch.Tensor, cfg: TrainConfig, n: int,
+                 device: torch.device) -> str:
+    batches = recalibration_batches(train_x, n, cfg.optim.batch_size * 4,
+                                    recal_transform(cfg.data, cfg.run.channels_last),
+                                    derive_seed(cfg.run.seed, "recal"), device)
+    count = recalibrate_bn(model, plain_forward, batches, device, cfg.run.amp)
+    return f"recalibrated {count} BatchNorm layers on {min(n, len(train_x))} training images"
+
+
+def finetune(cfg: TrainConfig) -> dict:
+    """Fine-tune ``cfg.model.checkpoint`` on ``cfg.data``; returns the results."""
+    fc: FinetuneConfig = cfg.model
+    if fc.freeze_epochs < 0 or fc.freeze_epochs > cfg.optim.epochs:
+        raise SpnasError(f"--freeze_epochs must be 0..{cfg.optim.epochs} (--epochs), "
+                         f"got {fc.freeze_epochs}")
+    if fc.dropout is not None and not 0.0 <= fc.dropout < 1.0:
+        raise SpnasError(f"--dropout must be in [0, 1), got {fc.dropout}")
+    src = load_source(fc)
+    check_layout(src.net.arch, cfg.data, "the network")
+    dist_info, device = init_distributed(cfg.run.device)
+    if fc.freeze_epochs and dist_info.world > 1:
+        raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
+    setup_torch(cfg.run, device)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    model = place(src.net, device, cfg.run.channels_last)
+    notes = [f"fine-tuning {src.description} on {cfg.data.dataset} "
+             f"({len(splits.train[0])} training images)"]
+    if model.classifier.out_features != len(splits.classes):
+        notes.append(f"replaced the classifier: {model.classifier.out_features} -> "
+                     f"{len(splits.classes)} classes (new weights)")
+        torch.manual_seed(derive_seed(cfg.run.seed, "classifier"))
+        model.replace_classifier(len(splits.classes))
+    if src.from_supernet:
+        notes.append(_recalibrate(model, splits.train[0], cfg, fc.recal_images, device))
+    freeze = None
+    if fc.freeze_epochs:
+        steps = fc.freeze_epochs * steps_per_epoch(len(splits.train[0]), cfg.optim.batch_size,
+                                                   dist_info.world, cfg.optim.num_steps)
+        freeze = BackboneFreeze(model, steps)
+        notes.append(f"backbone frozen (weights and BN statistics) for {fc.freeze_epochs} "
+                     f"epochs ({steps} steps)")
+    groups = _groups(model, cfg.optim.weight_decay, fc.backbone_lr_scale)
+    return train_child(model, splits, cfg, device, dist_info, src.model_args, groups, freeze,
+                       tuple(notes))
+
+

@@ -1,0 +1,190 @@
+"""Retraining a found architecture from scratch: the standalone network, affine BN.
+
+A retrain is a ``Task`` of kind "child" for the one ``Trainer``: a plain
+forward, cross-entropy with optional label smoothing, and validation by
+``evaluation.evaluate`` on the held-out split (the test set with
+``--val_size 0``, as the old recipe did). With ``--ema`` an exponential
+moving average of the weights (torch's ``AveragedModel``; BN statistics
+averaged too) is what gets validated and what checkpoints ship as ``model``;
+the trained weights ride along as ``train_model`` so a run resumes exactly.
+
+After the last step the test set is evaluated once, for the best checkpoint
+(by validation) and for the final weights: ``type: "test"`` records in
+metrics.jsonl, ``results.json`` and ``curve.png`` in the run folder.
+``train_child`` is shared with ``spnas finetune``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .arch import Arch, arch_from_text_or_file
+from .checkpoint import atomic_write_text, load_checkpoint
+from .config import DataConfig, RetrainConfig, TrainConfig, derive_seed
+from .cost import count_macs, count_params, default_resolution
+from .data import Splits
+from .errors import SpnasError
+from .evaluation import evaluate, plain_forward
+from .plots import plot_curves
+from .runlog import RunLog, read_metrics
+from .spaces import build_child, make_space, model_from_checkpoint
+from .train import (Dist, DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss,
+                    init_distributed, load_splits, param_groups, run_dir_for, setup_torch)
+
+
+# ---- the architecture ------------------------------------------------------------------
+def is_arch_file(text: str) -> bool:
+    return text.endswith(".json") or Path(text).is_file()
+
+
+def load_arch(cfg: RetrainConfig, data: DataConfig) -> Arch:
+    """``--arch``: an arch file, or a string/indices of the space the flags describe."""
+    if not cfg.arch:
+        raise SpnasError("--arch is required: an arch file (.json), tokens ('k3 k5 x ...') "
+                         "or choice indices ('1,0,3,...')")
+    if is_arch_file(cfg.arch):
+        arch = arch_from_text_or_file(cfg.arch, None)
+        check_layout(arch, data, f"arch file {cfg.arch}")
+        return arch
+    space = make_space(cfg.space, data_layout(data), layers=cfg.layers,
+                       num_choices=cfg.num_choices)
+    return arch_from_text_or_file(cfg.arch, space)
+
+
+def data_layout(data: DataConfig) -> str:
+    return "imagenet" if data.resize else "cifar"
+
+
+def check_layout(arch: Arch, data: DataConfig, what: str) -> None:
+    """The network's strides must suit the images: the imagenet layout goes with --resize."""
+    if arch.space.layout != data_layout(data):
+        raise SpnasError(f"{what} is for the {arch.space.layout} layout; "
+                         + ("drop --resize" if data.resize else "add --resize"))
+
+
+def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+# ---- the task ----------------------------------------------------------------------------
+def ema_hooks(model: nn.Module, decay: float) -> dict:
+    """Task fields that keep an EMA of ``model`` (weights and BN statistics) and ship it."""
+    if not 0.0 < decay < 1.0:
+        raise SpnasError(f"--ema_decay must be between 0 and 1, got {decay}")
+    avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return {"deploy": avg.module,
+            "on_step_end": lambda step: avg.update_parameters(model),
+            "extra_state": lambda: {"ema_updates": int(avg.n_averaged)},
+            "load_extra_state": lambda state: avg.n_averaged.fill_(int(state["ema_updates"]))}
+
+
+def child_validator(net: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
+                    eval_batch: int):
+    """Top-1, top-5 and loss of ``net`` (the trained network or its EMA) on the val split."""
+    transform = build_transform(cfg.data, cfg.run.channels_last)
+    x, y = splits.val
+
+    def validate(model, step):
+        r = evaluate(net, plain_forward, x, y, transform, len(splits.classes), eval_batch,
+                     device, cfg.run.amp)
+        return {"val_acc": r["acc"], "val_top5": r["top5"], "val_loss": r["loss"]}
+    return validate
+
+
+def child_task(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
+               model_args: dict, groups: list[dict] | None = None, forward=None) -> Task:
+    """The Task that trains standalone network ``model``; ``cfg.model`` says ema/eval_batch."""
+    opts = cfg.model
+    ema = ema_hooks(model, opts.ema_decay) if opts.ema else {}
+    return Task(kind="child", model=model, space=model.arch.space,
+                num_classes=len(splits.classes),
+                forward=forward or (lambda net, x, step: net(x)),
+                loss=cross_entropy_loss(cfg.optim.label_smoothing),
+                validate=child_validator(ema.get("deploy", model), splits, cfg, device,
+                                         opts.eval_batch),
+                param_groups=groups or param_groups(model, cfg.optim.weight_decay),
+                arch=model.arch, model_args=model_args, **ema)
+
+
+# ---- training and the final test -----------------------------------------------------------
+def train_child(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
+                dist_info: Dist, model_args: dict, groups: list[dict] | None = None,
+                forward=None, notes: tuple[str, ...] = ()) -> dict:
+    """Train ``model`` as ``cfg`` says, then test it once; returns the results."""
+    task = child_task(model, splits, cfg, device, model_args, groups, forward)
+    transform = build_transform(cfg.data, cfg.run.channels_last)
+    loader = DeviceLoader(*splits.train, cfg.optim.batch_size, transform, device, cfg.run.seed,
+                          cfg.optim.num_steps, dist_info)
+    run_dir = run_dir_for(cfg.run)
+    trainer = Trainer(task, loader, cfg, run_dir, dist_info)
+    for note in notes:
+        trainer.log.info(note)
+    fit = trainer.fit()
+    if not dist_info.main:
+        return fit
+    shipped = task.deploy if task.deploy is not None else task.model
+    results = final_test(shipped, trainer.step, splits, cfg, device, trainer.log)
+    plot_curves(read_metrics(run_dir), loader.steps_per_epoch, run_dir / "curve.png",
+                title=str(task.arch))
+    return results
+
+
+def final_test(shipped: nn.Module, step: int, splits: Splits, cfg: TrainConfig,
+               device: torch.device, log: RunLog) -> dict:
+    """Test accuracy of best.pt and of the final weights, once; written to results.json."""
+    path = log.dir / "results.json"
+    if path.is_file():  # a finished run resumed again: its test is done
+        done = json.loads(path.read_text())
+        if done.get("step") == step:
+            return done
+    best = load_checkpoint(log.dir / "best.pt", kinds=("child",)) \
+        if (log.dir / "best.pt").is_file() else {"step": step, "metrics": {}}
+    nets = {"last": (shipped, step)}
+    if best["step"] != step:
+        nets["best"] = (place(model_from_checkpoint(best), device, cfg.run.channels_last),
+                        best["step"])
+    tested = {which: _test(net, at, step, which, splits, cfg, device, log)
+              for which, (net, at) in nets.items()}
+    tested.setdefault("best", dict(tested["last"]))
+    tested["best"]["val_acc"] = best["metrics"].get("best")
+    res = default_resolution(shipped.arch.space)
+    probe = torch.zeros(1, 3, res, res, device=device)
+    results = {"step": step, "arch": str(shipped.arch), "space": shipped.arch.space.describe(),
+               "num_classes": len(splits.classes), "dataset": cfg.data.dataset,
+               "val_is_test": splits.val_is_test, "params": count_params(shipped),
+               "macs": count_macs(shipped.eval(), probe), "resolution": res, **tested}
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: TrainConfig,
+          device: torch.device, log: RunLog) -> dict:
+    r = evaluate(net, plain_forward, *splits.test, build_transform(cfg.data, cfg.run.channels_last),
+                 len(splits.classes), cfg.model.eval_batch, device, cfg.run.amp)
+    out = {"step": at, "test_acc": r["acc"], "test_top5": r["top5"], "test_loss": r["loss"],
+           "n": r["n"]}
+    log.metric({"type": "test", "which": which, **out, "step": step, "from_step": at})
+    log.info(f"test ({which} weights, step {at}): top-1 {r['acc']:.4f} top-5 {r['top5']:.4f} "
+             f"loss {r['loss']:.4f} on {r['n']} images")
+    return out
+
+
+def retrain(cfg: TrainConfig) -> dict:
+    """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
+    rc: RetrainConfig = cfg.model
+    if not 0.0 <= rc.dropout < 1.0:
+        raise SpnasError(f"--dropout must be in [0, 1), got {rc.dropout}")
+    arch = load_arch(rc, cfg.data)
+    dist_info, device = init_distributed(cfg.run.device)
+    setup_torch(cfg.run, device)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    model_args = {"dropout": rc.dropout}
+    model = place(build_child(arch, len(splits.classes), **model_args), device,
+                  cfg.run.channels_last)
+    return train_child(model, splits, cfg, device, dist_info, model_args)

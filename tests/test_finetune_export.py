@@ -1,0 +1,163 @@
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+from conftest import cli_argv
+from spnas import export as export_mod
+from spnas.arch import Arch
+from spnas.checkpoint import load_checkpoint, save_checkpoint
+from spnas.cli import main
+from spnas.config import DataConfig, TrainConfig
+from spnas.spaces import SposSupernet, build_child
+from spnas.spaces.spos import spos_space
+
+ARCH = "k3 k5 k7 x"
+
+
+def busy_child(num_classes: int, seed: int = 0, dropout: float = 0.1):
+    """A 4-layer network with non-trivial weights and BN statistics (logits of order 1-10)."""
+    torch.manual_seed(seed)
+    net = build_child(Arch.parse(ARCH, spos_space(4)), num_classes, dropout=dropout)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+    torch.nn.init.normal_(net.classifier.weight, 0, 0.3)
+    return net.eval()
+
+
+def save_child(path, net, data_path, seed=0):
+    config = TrainConfig(dataclasses.replace(DataConfig(), data_path=str(data_path),
+                                             download=False)).to_dict()
+    config["run"]["seed"] = seed
+    save_checkpoint(path, {"kind": "child", "space": net.arch.space.to_dict(),
+                           "arch": str(net.arch), "num_classes": net.classifier.out_features,
+                           "model_args": {"dropout": net.head[2].p}, "model": net.state_dict(),
+                           "config": config})
+    return path
+
+
+def finetune_argv(data, ckpt, save, exp, **over):
+    flags = {"--checkpoint": ckpt, "--batch_size": 16, "--epochs": 1, "--num_steps": 3,
+             "--lr": 0.05, "--val_interval": 1, "--save_path": save, "--exp_name": exp,
+             "--data_path": data, "--val_size": 50, "--eval_batch": 50, "--no-download": None}
+    flags.update(over)
+    return cli_argv("finetune", flags)
+
+
+def split_state(state: dict):
+    backbone = {k: v for k, v in state.items() if not k.startswith("head.3.")}
+    return backbone, {k: v for k, v in state.items() if k.startswith("head.3.")}
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_finetune_to_other_classes_freezes_the_backbone(fake_cifar, tmp_path, epochs):
+    source = busy_child(num_classes=5)
+    ckpt = save_child(tmp_path / "src.pt", source, fake_cifar)
+    argv = finetune_argv(fake_cifar, ckpt, tmp_path, "ft", **{"--epochs": epochs,
+                                                              "--freeze_epochs": 1})
+    assert main(argv) == 0
+    log = (tmp_path / "ft" / "train.log").read_text()
+    assert "replaced the classifier: 5 -> 10 classes" in log
+    out = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert out["num_classes"] == 10 and out["model"]["head.3.weight"].shape == (10, 1024)
+    before, _ = split_state(source.state_dict())
+    after, _ = split_state(out["model"])
+    same = [torch.equal(before[k], after[k]) for k in before]
+    if epochs == 1:  # frozen throughout: weights and BN statistics exactly as loaded
+        assert all(same)
+    else:  # the second epoch trained the backbone
+        assert not all(same)
+
+
+def test_finetune_a_supernet_path(fake_cifar, tmp_path):
+    torch.manual_seed(0)
+    supernet = SposSupernet(spos_space(4), 10)
+    save_checkpoint(tmp_path / "super.pt", {"kind": "supernet", "space": supernet.spec.to_dict(),
+                                            "arch": None, "num_classes": 10,
+                                            "model": supernet.state_dict()})
+    argv = finetune_argv(fake_cifar, tmp_path / "super.pt", tmp_path, "ft",
+                         **{"--freeze_epochs": 1, "--recal_images": 64})
+    assert main(argv) == 2  # a supernet needs --arch
+    assert main(argv + ["--arch", ARCH]) == 0
+    assert "recalibrated" in (tmp_path / "ft" / "train.log").read_text()
+    out = load_checkpoint(tmp_path / "ft" / "last.pt")
+    path = supernet.extract(Arch.parse(ARCH, supernet.spec)).state_dict()
+    convs = [k for k in path if k.endswith(".weight") and path[k].dim() == 4]
+    assert convs and all(torch.equal(out["model"][k], path[k]) for k in convs)
+    assert not torch.equal(out["model"]["stem.1.running_mean"], path["stem.1.running_mean"])
+
+
+def test_bad_finetune_flags_are_one_line_errors(fake_cifar, tmp_path, capsys):
+    ckpt = save_child(tmp_path / "src.pt", busy_child(10), fake_cifar)
+    assert main(finetune_argv(fake_cifar, ckpt, tmp_path, "x", **{"--freeze_epochs": 2})) == 2
+    assert main(finetune_argv(fake_cifar, ckpt, tmp_path, "x", **{"--arch": "x x x x"})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--freeze_epochs must be 0..1" in err[0]
+    assert "supernet checkpoint only" in err[1]
+
+
+def test_inference_path_equals_the_autograd_path():
+    """Under no_grad the units run plain ops (exportable); the outputs are bit-identical."""
+    net = busy_child(10)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net = net.to(memory_format=fmt)
+        x = torch.randn(3, 3, 32, 32).contiguous(memory_format=fmt)
+        with_graph = net(x)
+        assert with_graph.grad_fn is not None
+        with torch.no_grad():
+            assert torch.equal(net(x), with_graph.detach())
+
+
+def load_back(fmt: str, path):
+    if fmt == "onnx":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still works
+        return torch.jit.load(str(path))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(fake_cifar, tmp_path, capsys, fmt):
+    if fmt == "onnx":  # the optional extra spnas[onnx]
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(module)
+    net = busy_child(10)
+    ckpt = save_child(tmp_path / "best.pt", net, fake_cifar)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", fmt,
+                 "--check_images", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "real images [16, 3, 32, 32]" in out and "random" in out
+    target = tmp_path / ("best.onnx" if fmt == "onnx" else "best.torchscript.pt")
+    exported = load_back(fmt, target)
+    x = torch.randn(5, 3, 32, 32) * 2  # another batch size than the one exported with
+    with torch.no_grad():
+        want = net(x)
+        assert want.abs().max() > 1  # logits of a useful size, so the check means something
+        torch.testing.assert_close(exported(x), want, rtol=0, atol=1e-4)
+    before = target.read_bytes()
+    assert main(["export", "--checkpoint", str(ckpt), "--format", fmt]) == 2  # no overwrite
+    assert target.read_bytes() == before
+
+
+def test_export_refuses_a_mismatch_and_writes_nothing(fake_cifar, tmp_path, monkeypatch, capsys):
+    ckpt = save_child(tmp_path / "best.pt", busy_child(10), fake_cifar)
+    exporter, loader = export_mod.EXPORTERS["torchscript"]
+    broken = lambda path: (lambda m: (lambda x: m(x) + 0.01))(loader(path))  # noqa: E731
+    monkeypatch.setitem(export_mod.EXPORTERS, "torchscript", (exporter, broken))
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript"]) == 2
+    assert "differs from PyTorch by up to 0.01" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "data"]
+
+
+def test_export_on_real_cifar_images(real_cifar, tmp_path, capsys):
+    ckpt = save_child(tmp_path / "best.pt", busy_child(10), real_cifar)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript",
+                 "--check_images", "64", "--tolerance", "1e-4"]) == 0
+    assert "real images [64, 3, 32, 32]" in capsys.readouterr().out

@@ -1,0 +1,174 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cli_argv, write_official
+from spnas.arch import Arch
+from spnas.augment import MEAN_STD, AugmentConfig, BatchTransform
+from spnas.checkpoint import load_checkpoint
+from spnas.cli import main
+from spnas.cost import build_cost_table, count_params
+from spnas.data import load_dataset
+from spnas.evaluation import evaluate, plain_forward
+from spnas.profiling import profile_arch
+from spnas.runlog import read_metrics
+from spnas.spaces import build_child, model_from_checkpoint
+from spnas.spaces.spos import spos_space
+from spnas.train import DeviceLoader
+
+ARCH = "k3 k5 k7 x"
+OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
+OLD_BEST_INDICES = "1,0,3,1,3,0,3,0,0,3,3,0,1,0,1,2,2,1,1,3"  # 0=k3 1=k5 2=k7 3=x
+
+
+def retrain_argv(data, save, exp, **over):
+    flags = {"--arch": ARCH, "--layers": 4, "--batch_size": 16, "--epochs": 3, "--num_steps": 2,
+             "--lr": 0.05, "--print_freq": 1, "--val_interval": 1, "--save_path": save,
+             "--exp_name": exp, "--seed": 3, "--data_path": data, "--val_size": 50,
+             "--dropout": 0.2, "--ema": None, "--ema_decay": 0.7, "--eval_batch": 32,
+             "--no-download": None}
+    flags.update(over)
+    return cli_argv("retrain", flags)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_official(tmp_path_factory.mktemp("retrain") / "data").parent
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    save = tmp_path_factory.mktemp("runs")
+    assert main(retrain_argv(data, save, "r")) == 0
+    return save / "r"
+
+
+def test_retrain_leaves_checkpoints_test_results_and_curve(run):
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "train.log", "results.json", "curve.png"):
+        assert (run / name).is_file(), name
+    recs = read_metrics(run)
+    assert [r["step"] for r in recs if r["type"] == "val"] == [2, 4, 6]
+    tests = {r["which"]: r for r in recs if r["type"] == "test"}
+    results = json.loads((run / "results.json").read_text())
+    assert results["arch"] == ARCH and results["step"] == 6 and not results["val_is_test"]
+    for which in ("best", "last"):
+        assert 0 <= results[which]["test_acc"] <= results[which]["test_top5"] <= 1
+        assert results[which]["test_acc"] == tests[which]["test_acc"]
+    best_val = max(r["val_acc"] for r in recs if r["type"] == "val")
+    assert results["best"]["val_acc"] == best_val
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["kind"] == "child" and ckpt["model_args"] == {"dropout": 0.2}
+    assert ckpt["extra"]["ema_updates"] == ckpt["step"]
+    assert results["params"] == count_params(build_child(Arch.parse(ARCH, spos_space(4)), 10))
+
+
+def test_checkpoint_rebuilds_the_tested_network(run, data):
+    """last.pt alone rebuilds the network the run tested: same test numbers, same outputs."""
+    ckpt = load_checkpoint(run / "last.pt")
+    net = model_from_checkpoint(ckpt).eval().to(memory_format=torch.channels_last)
+    assert net.head[2].p == 0.2  # dropout came back from model_args
+    ds = load_dataset("cifar10", data, download_ok=False)
+    t = BatchTransform(AugmentConfig(), memory_format=torch.channels_last)  # as the run did
+    r = evaluate(net, plain_forward, ds.test_x, ds.test_y, t, 10, batch_size=32)
+    last = json.loads((run / "results.json").read_text())["last"]
+    assert r["acc"] == last["test_acc"] and r["top5"] == last["test_top5"]
+    assert r["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+
+
+def test_evaluate_val_split_is_the_one_the_run_validated_on(run, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--split", "val",
+                 "--out", str(tmp_path), "--batch_size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "airplane" in out
+    r = json.loads((tmp_path / "evaluation.json").read_text())
+    val = [x for x in read_metrics(run) if x["type"] == "val"]
+    best = max(val, key=lambda x: x["val_acc"])  # first best: best.pt was saved there
+    assert r["n"] == 50 and r["top1"] == best["val_acc"]
+    assert r["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_evaluation_numbers_equal_a_direct_computation(run, data, tmp_path):
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "test", "--out",
+                 str(tmp_path), "--batch_size", "7"]) == 0
+    r = json.loads((tmp_path / "evaluation.json").read_text())
+    net = model_from_checkpoint(load_checkpoint(run / "best.pt")).eval()
+    ds = load_dataset("cifar10", data, download_ok=False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in MEAN_STD["cifar10"])
+    with torch.no_grad():
+        logits = net((ds.test_x.float() / 255 - mean) / std)
+    y = ds.test_y
+    assert r["top1"] == pytest.approx((logits.argmax(1) == y).double().mean().item())
+    assert r["top5"] == pytest.approx((logits.topk(5, 1).indices == y[:, None]).any(1)
+                                      .double().mean().item())
+    assert r["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    for c, name in enumerate(ds.classes):
+        mine = y == c
+        assert r["per_class"][name] == pytest.approx(
+            (logits.argmax(1)[mine] == c).double().mean().item())
+    assert sum(map(sum, r["confusion"])) == len(y)
+
+
+def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch):
+    real_batch = DeviceLoader.batch
+
+    def crash_at_step_5(self, epoch, i):
+        if epoch * 2 + i == 4:
+            raise KeyboardInterrupt
+        return real_batch(self, epoch, i)
+    monkeypatch.setattr(DeviceLoader, "batch", crash_at_step_5)
+    save = run.parent
+    assert main(retrain_argv(data, save, "part")) == 130
+    monkeypatch.setattr(DeviceLoader, "batch", real_batch)
+    assert main(retrain_argv(data, save, "part", **{"--resume": None})) == 0
+    full = torch.load(run / "last.pt", weights_only=True)
+    part = torch.load(save / "part" / "last.pt", weights_only=True)
+    assert full["extra"] == part["extra"] == {"ema_updates": 6}
+    for key in ("model", "train_model"):
+        assert all(torch.equal(full[key][k], part[key][k]) for k in full[key]), key
+    w = "layers.0.main.0.0.weight"
+    assert not torch.equal(full["model"][w], full["train_model"][w])  # the EMA is shipped
+    no_ema = {"--resume": None, "--ema": False}
+    assert main(retrain_argv(data, save, "part", **no_ema)) == 2  # refused: same flags
+
+
+def test_profile_counts_match_the_per_layer_cost_table():
+    space = spos_space(4)
+    arch = Arch.parse(ARCH, space)
+    table = build_cost_table(space, lambda a: build_child(a, 10), 10)
+    r = profile_arch(arch, batch=4, warmup=1, repeats=2)
+    assert r["macs"] == table.arch_macs(arch) and r["params"] == table.arch_params(arch)
+    assert r["resolution"] == 32 and r["batch1_ms"] > 0 and r["images_per_s"] > 0
+    big = profile_arch(arch, resolution=64, batch=1, warmup=0, repeats=1)
+    classifier = 1024 * 10  # every conv costs 4x at twice the side; the classifier does not
+    assert big["macs"] - classifier == 4 * (r["macs"] - classifier)
+
+
+def test_profile_reports_the_old_recipes_best_arch(capsys):
+    assert main(["profile", "--arch", OLD_BEST_INDICES, "--device", "cpu", "--batch_size", "2",
+                 "--warmup", "0", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    arch = Arch.parse(OLD_BEST_INDICES, spos_space())
+    assert str(arch) == OLD_BEST and lines[0].split(None, 1)[1] == OLD_BEST
+    assert "20 layers, input 32x32, 10 classes" in lines[1]
+    assert f"({count_params(build_child(arch, 10)):,})" in lines[2]
+    assert lines[3].startswith("MACs") and "(multiply-accumulates, the 'FLOPs' of NAS" in lines[3]
+    assert f"({conv_linear_macs(build_child(arch, 10)):,})" in lines[3]
+
+
+def conv_linear_macs(net: torch.nn.Module) -> int:
+    """MACs counted by hand: per output element, (in channels / groups) x kernel area."""
+    total = []
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            total.append(out.numel() * m.in_channels // m.groups * m.kernel_size[0] ** 2)
+        elif isinstance(m, torch.nn.Linear):
+            total.append(out.numel() * m.in_features)
+    for m in net.modules():
+        m.register_forward_hook(hook)
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, 32, 32))
+    return sum(total)
