@@ -93,14 +93,20 @@ class CostTable:
 
 def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
                      num_classes: int, resolution: int | None = None) -> CostTable:
-    """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network."""
+    """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network.
+
+    The networks are built and run on the ``meta`` device: torch's FLOP counter
+    needs only shapes, so no arithmetic is done and the count takes the same
+    time on any machine.
+    """
     res = resolution or default_resolution(space)
-    x = torch.zeros(1, 3, res, res)
+    x = torch.zeros(1, 3, res, res, device="meta")
     macs: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
     params: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
     const_macs = const_params = None
     for arch in uniform_archs(space):
-        net = build_child(arch).eval()
+        with torch.device("meta"):
+            net = build_child(arch).eval()
         inputs = _capture_layer_inputs(net, x)
         for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
             macs[i][arch[i]] = count_macs(layer, inp)
