@@ -178,10 +178,11 @@ def add_search_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_search(args: argparse.Namespace):
     from .search_run import search_supernet
     check_positive(args, "population", "top_k", "generations", "max_tries", "num",
-                   "recal_images", "recal_batch", "val_images", "eval_batch", "max_latency_ms",
-                   "cache_gb")
+                   "recal_images", "recal_batch", "val_images", "eval_batch", "max_latency_ms")
     if not 0 <= args.mutation_prob <= 1:
         raise SpnasError(f"--mutation_prob must be within 0..1, got {args.mutation_prob}")
+    if args.cache_gb < 0:
+        raise SpnasError(f"--cache_gb must be 0 or more, got {args.cache_gb}")
     data = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)}
     cfg = SearchRunConfig(args.checkpoint, args.out, from_namespace(SearchConfig, args),
                           from_namespace(ScoringConfig, args), data, args.split_seed,

@@ -218,11 +218,11 @@ def check_budget(costs: CostModel, budget: Budget) -> None:
     least = costs.minimum()
     for key in budget.excess(least):
         flag = BUDGET_KEYS[key]
-        unit = {"flops": f"M {FLOPS_UNIT}", "params": "M parameters", "latency_ms": " ms"}[key]
-        scale = 1.0 if key == "latency_ms" else 1e-6
-        raise SpnasError(f"--{flag} {getattr(budget, flag) * scale:g}{unit[:2].strip()} is below "
-                         f"the cheapest arch of this space ({least[key] * scale:.3f}{unit}); "
-                         "raise it")
+        scale, short, unit = {"flops": (1e-6, "M", f"M {FLOPS_UNIT}"),
+                              "params": (1e-6, "M", "M parameters"),
+                              "latency_ms": (1.0, " ms", " ms")}[key]
+        raise SpnasError(f"--{flag} {getattr(budget, flag) * scale:g}{short} is below the "
+                         f"cheapest arch of this space ({least[key] * scale:.3f}{unit}); raise it")
 
 
 # ---- the record, and resuming from it --------------------------------------------------------
