@@ -6,6 +6,7 @@ Shared by supernet validation, search, retraining and ``spnas evaluate``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -80,8 +81,8 @@ def evaluate_batches(model: nn.Module, forward: Forward,
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         top5 += (logits.topk(k, 1).indices == labels[:, None]).any(1).sum()
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
-                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+        cells = labels * num_classes + logits.argmax(1)  # scatter_add: no sync, unlike bincount
+        confusion.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
     model.train(was_training)
     confusion = confusion.cpu()
     n = int(confusion.sum())
@@ -101,25 +102,19 @@ def recalibrate_bn(model: nn.Module, forward: Forward, batches: Iterable[torch.T
 
     The batches run in training mode (each BN normalises by its batch, as in
     training); each BN's inputs are pooled over all batches, and its running
-    mean and (unbiased) variance become those of the pooled inputs, merged per
-    batch in float64 (Chan et al.). The per-batch statistics are the ones the
-    BN computes itself: with momentum 1 its running buffers hold exactly the
-    last batch's mean and unbiased variance, read after each call, so no
-    extra pass over the activations is made. BNs the forward never reaches
-    keep their statistics. Returns the number of BN layers recalibrated.
+    mean and (unbiased) variance become those of the pooled inputs, merged in
+    float64. The per-batch statistics are the ones the BN computes itself:
+    with momentum 1 its running buffers hold exactly the last batch's mean and
+    unbiased variance, read after each call, so no extra pass over the
+    activations is made. BNs the forward never reaches keep their statistics.
+    Returns the number of BN layers recalibrated.
     """
-    stats: dict[nn.Module, list] = {}
+    seen: dict[nn.Module, list] = {}
 
     def hook(mod, inputs, output):
         x = inputs[0]
-        n = x.numel() // x.shape[1]
-        mean, m2 = mod.running_mean.double(), mod.running_var.double() * (n - 1)
-        if mod not in stats:
-            stats[mod] = [n, mean, m2]
-            return
-        n0, mean0, m20 = stats[mod]
-        delta, tot = mean - mean0, n0 + n
-        stats[mod] = [tot, mean0 + delta * n / tot, m20 + m2 + delta ** 2 * n0 * n / tot]
+        seen.setdefault(mod, []).append(
+            (x.numel() // x.shape[1], mod.running_mean.clone(), mod.running_var.clone()))
 
     bns = [m for m in model.modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -139,10 +134,28 @@ def recalibrate_bn(model: nn.Module, forward: Forward, batches: Iterable[torch.T
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         model.train(was_training)
-    for bn, (n, mean, m2) in stats.items():
-        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-        bn.running_var.copy_((m2 / max(n - 1, 1)).to(bn.running_var.dtype))
-    return len(stats)
+    ratios: dict[tuple[int, ...], torch.Tensor] = {}  # the same for every BN: one copy each
+    for bn, per_batch in seen.items():
+        counts = [n for n, _, _ in per_batch]
+        g = math.gcd(*counts)
+        key = tuple(n // g for n in counts)
+        if key not in ratios:
+            ratios[key] = torch.tensor(key, dtype=torch.float64)[:, None].to(bn.running_mean.device)
+        mean, var = _pooled(ratios[key], sum(counts), torch.stack([m for _, m, _ in per_batch]),
+                            torch.stack([v for _, _, v in per_batch]))
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+    return len(seen)
+
+
+def _pooled(ratios: torch.Tensor, total: int, means: torch.Tensor, variances: torch.Tensor):
+    """Mean and unbiased variance of the union of groups (rows) with these means and unbiased
+    variances, whose sizes are in the proportion ``ratios`` and add up to ``total``; float64."""
+    n = ratios / ratios.sum() * total
+    means, variances = means.double(), variances.double()
+    mean = (n * means).sum(0) / total
+    m2 = ((n - 1) * variances + n * (means - mean) ** 2).sum(0)
+    return mean, m2 / max(total - 1, 1)
 
 
 def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
