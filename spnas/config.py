@@ -119,3 +119,70 @@ def derive_seed(*parts) -> int:
     """
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class SearchConfig:
+    """How candidates are proposed, and the budget they must fit (``spnas search``)."""
+
+    method: str = "evolution"       # evolution | random
+    population: int = 50            # candidates per generation
+    top_k: int = 10                 # best candidates kept across all generations (the parents)
+    generations: int = 20
+    mutation_prob: float = 0.1      # chance that a mutation redraws each layer's choice
+    max_tries: int = 10             # mutation/crossover draws per wanted candidate, then random
+    num: int = 1000                 # random search: candidates
+    max_flops: float | None = None  # multiply-accumulates of the standalone network
+    max_params: float | None = None  # parameters of the standalone network
+    max_latency_ms: float | None = None  # milliseconds per batch, predicted by latency_table
+    latency_table: str | None = None  # JSON file from 'spnas latency-table'
+    seed: int = 0                   # every draw of the search, and the recalibration images
+
+
+@dataclass
+class ScoringConfig:
+    """How one candidate is scored: BN recalibration, then accuracy on held-out images."""
+
+    recal_images: int = 2560        # training images (crop/flip only) for BN recalibration
+    recal_batch: int = 512          # images per recalibration batch (BN uses batch statistics)
+    val_images: int | None = None   # images of the scoring split; None = all of it
+    eval_batch: int = 1000          # images per evaluation batch
+    score_on: str = "val"           # val (held out of training) | test (warned)
+    cache_gb: float = 4.0           # GiB of prepared images kept on the device; more: rebuilt per candidate
+
+
+@dataclass
+class SearchRunConfig:
+    """One ``spnas search`` run: which supernet, which data, where the results go."""
+
+    checkpoint: str = ""            # supernet checkpoint (.pt) or its run folder
+    out: str | None = None          # output folder; None = search_<method> beside the checkpoint
+    search: SearchConfig = field(default_factory=SearchConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    data: dict = field(default_factory=dict)  # DataConfig fields overriding the checkpoint's
+    split_seed: int | None = None   # seed of the train/val split; None = the checkpoint's run seed
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    amp: bool = True                # bf16 autocast on CUDA
+    channels_last: bool = True
+    resume: bool = False            # continue the search recorded in the output folder
+
+
+@dataclass
+class LatencyConfig:
+    """``spnas latency-table``: time every (layer, choice) of a space on one device."""
+
+    out: str = "latency.json"       # the table (JSON)
+    space: str = "spos"             # a registered space (spaces.make_space)
+    layout: str = "cifar"           # cifar | imagenet
+    options: dict = field(default_factory=dict)  # space options, e.g. {"layers": 8}
+    checkpoint: str | None = None   # take the space (and classes) from this checkpoint instead
+    num_classes: int = 10
+    device: str = "cpu"             # cpu | cuda | cuda:N
+    batch: int = 1                  # images per timed forward
+    resolution: int | None = None   # pixels; None = the layout's (32 cifar, 224 imagenet)
+    threads: int | None = None      # CPU threads; None = torch's default
+    validate: int = 20              # random whole networks timed to check the table; 0 = none
+    warmup: int = 10                # untimed calls before each measurement
+    repeats: int = 30               # timed calls; the median is kept
+    channels_last: bool = True
+    overwrite: bool = False         # replace an existing --out

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .arch import Arch, SpaceSpec
+from .config import LatencyConfig
 from .errors import SpnasError
 
 
@@ -92,14 +93,20 @@ class CostTable:
 
 def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
                      num_classes: int, resolution: int | None = None) -> CostTable:
-    """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network."""
+    """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network.
+
+    The networks are built and run on the ``meta`` device: torch's FLOP counter
+    needs only shapes, so no arithmetic is done and the count takes the same
+    time on any machine.
+    """
     res = resolution or default_resolution(space)
-    x = torch.zeros(1, 3, res, res)
+    x = torch.zeros(1, 3, res, res, device="meta")
     macs: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
     params: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
     const_macs = const_params = None
     for arch in uniform_archs(space):
-        net = build_child(arch).eval()
+        with torch.device("meta"):
+            net = build_child(arch).eval()
         inputs = _capture_layer_inputs(net, x)
         for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
             macs[i][arch[i]] = count_macs(layer, inp)
@@ -151,6 +158,7 @@ class LatencyTable:
     layers: list[dict[int, float]]
     channels_last: bool = True
     torch_version: str = torch.__version__
+    validation: dict | None = None  # validate_latency_table's summary, when it was run
 
     def predict(self, arch: Arch) -> float:
         if arch.space != self.space:
@@ -164,7 +172,8 @@ class LatencyTable:
                 "resolution": self.resolution, "threads": self.threads, "unit": "ms",
                 "channels_last": self.channels_last,
                 "torch": self.torch_version, "constant": self.constant,
-                "layers": [{self.space.tokens[c]: v for c, v in d.items()} for d in self.layers]}
+                "layers": [{self.space.tokens[c]: v for c, v in d.items()} for d in self.layers],
+                **({"validation": self.validation} if self.validation else {})}
 
     def save(self, path: str | Path) -> None:
         from .checkpoint import atomic_write_text
@@ -178,7 +187,8 @@ class LatencyTable:
             layers = [{space.tokens.index(t): float(v) for t, v in row.items()} for row in d["layers"]]
             return cls(space, d["device"], d["device_name"], int(d["batch"]), int(d["resolution"]),
                        int(d["threads"]), float(d["constant"]), layers,
-                       bool(d.get("channels_last", True)), d.get("torch", "?"))
+                       bool(d.get("channels_last", True)), d.get("torch", "?"),
+                       d.get("validation"))
         except FileNotFoundError:
             raise SpnasError(f"latency table {path} not found; make one with "
                              "'spnas latency-table'") from None
@@ -237,6 +247,40 @@ def validate_latency_table(table: LatencyTable, build_child: Callable[[Arch], nn
         net = _to_device(build_child(arch), device, table.channels_last)
         measured = time_ms(lambda: net(x), device, warmup, repeats)
         rows.append({"arch": str(arch), "predicted_ms": table.predict(arch), "measured_ms": measured})
-    errs = [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
-    return {"archs": rows, "mean_abs_rel_error": statistics.mean(errs),
-            "max_abs_rel_error": max(errs)}
+    errs = [(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
+    return {"archs": rows, "mean_abs_rel_error": statistics.mean(abs(e) for e in errs),
+            "max_abs_rel_error": max(abs(e) for e in errs), "mean_rel_error": statistics.mean(errs)}
+
+
+def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print) -> LatencyTable:
+    """Build, check against whole networks (``cfg.validate`` random archs) and save a table."""
+    from .checkpoint import checkpoint_space, load_checkpoint
+    from .spaces import build_child, make_space
+    from .train import resolve_device
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise SpnasError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+    if cfg.checkpoint:
+        ckpt = load_checkpoint(cfg.checkpoint)
+        space, num_classes = checkpoint_space(ckpt), int(ckpt["num_classes"])
+    else:
+        space, num_classes = make_space(cfg.space, cfg.layout, **cfg.options), cfg.num_classes
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    child = lambda a: build_child(a, num_classes)  # noqa: E731
+    log(f"timing {space.describe()} on {device_description(device)}, batch {cfg.batch}")
+    table = build_latency_table(space, child, device, cfg.batch, cfg.resolution, cfg.warmup,
+                                cfg.repeats, cfg.channels_last, progress=True)
+    if cfg.validate:
+        report = validate_latency_table(table, child, device, cfg.validate, 0, cfg.warmup,
+                                        cfg.repeats)
+        table.validation = {k: v for k, v in report.items() if k != "archs"} | {
+            "num_archs": cfg.validate, "archs": report["archs"]}
+        meas = statistics.mean(r["measured_ms"] for r in report["archs"])
+        log(f"table vs whole networks ({cfg.validate} random archs, mean {meas:.3f} ms): "
+            f"mean |error| {report['mean_abs_rel_error']:.1%}, max {report['max_abs_rel_error']:.1%}, "
+            f"mean signed {report['mean_rel_error']:+.1%}")
+    table.save(out)
+    log(f"wrote {out}")
+    return table

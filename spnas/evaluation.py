@@ -6,6 +6,7 @@ Shared by supernet validation, search, retraining and ``spnas evaluate``.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -49,32 +50,44 @@ def recalibration_batches(x: torch.Tensor, n: int, batch_size: int, transform: B
         yield transform.train(batch, torch.Generator().manual_seed(seed + 1 + i))
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, forward: Forward, x: torch.Tensor, y: torch.Tensor,
              transform: BatchTransform, num_classes: int, batch_size: int = 500,
              device: torch.device = torch.device("cpu"), amp: bool = True) -> dict:
     """Top-1, top-5, mean cross-entropy and the confusion matrix (rows: true class)."""
+    labels = y.to(device)
+    batches = ((images, labels[i * batch_size:(i + 1) * batch_size])
+               for i, images in enumerate(eval_batches(x, transform, batch_size, device)))
+    return evaluate_batches(model, forward, batches, num_classes, device, amp)
+
+
+@torch.inference_mode()
+def evaluate_batches(model: nn.Module, forward: Forward,
+                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                     device: torch.device = torch.device("cpu"), amp: bool = True) -> dict:
+    """``evaluate`` on ready (normalised, on-device) ``(images, labels)`` batches.
+
+    Used where the same images are evaluated many times (search), so they are
+    prepared once instead of once per call.
+    """
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
-    labels_all = y.to(device)
-    for i, images in enumerate(eval_batches(x, transform, batch_size, device)):
-        labels = labels_all[i * batch_size:(i + 1) * batch_size]
+    k = min(5, num_classes)
+    for images, labels in batches:
         with autocast(device, amp):
             logits = forward(model, images)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-        k = min(5, num_classes)
         top5 += (logits.topk(k, 1).indices == labels[:, None]).any(1).sum()
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
-                                    minlength=num_classes ** 2).view(num_classes, num_classes)
+        cells = labels * num_classes + logits.argmax(1)  # scatter_add: no sync, unlike bincount
+        confusion.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
     model.train(was_training)
-    n = max(len(y), 1)
     confusion = confusion.cpu()
-    return {"acc": confusion.diag().sum().item() / n, "top5": top5.item() / n,
-            "loss": loss_sum.item() / n, "n": len(y), "confusion": confusion}
+    n = int(confusion.sum())
+    return {"acc": confusion.diag().sum().item() / max(n, 1), "top5": top5.item() / max(n, 1),
+            "loss": loss_sum.item() / max(n, 1), "n": n, "confusion": confusion}
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
@@ -89,40 +102,60 @@ def recalibrate_bn(model: nn.Module, forward: Forward, batches: Iterable[torch.T
 
     The batches run in training mode (each BN normalises by its batch, as in
     training); each BN's inputs are pooled over all batches, and its running
-    mean and (unbiased) variance become those of the pooled inputs, merged per
-    batch in float64 (Chan et al.). BNs the forward never reaches keep their
-    statistics. Returns the number of BN layers recalibrated.
+    mean and (unbiased) variance become those of the pooled inputs, merged in
+    float64. The per-batch statistics are the ones the BN computes itself:
+    with momentum 1 its running buffers hold exactly the last batch's mean and
+    unbiased variance, read after each call, so no extra pass over the
+    activations is made. BNs the forward never reaches keep their statistics.
+    Returns the number of BN layers recalibrated.
     """
-    stats: dict[nn.Module, list] = {}
+    seen: dict[nn.Module, list] = {}
 
-    def hook(mod, inputs):
-        x = inputs[0].float()
-        var, mean = torch.var_mean(x, dim=(0, 2, 3) if x.dim() == 4 else 0, correction=0)
-        n = x.numel() // x.shape[1]
-        mean, m2 = mean.double(), var.double() * n
-        if mod not in stats:
-            stats[mod] = [n, mean, m2]
-            return
-        n0, mean0, m20 = stats[mod]
-        delta, tot = mean - mean0, n0 + n
-        stats[mod] = [tot, mean0 + delta * n / tot, m20 + m2 + delta ** 2 * n0 * n / tot]
+    def hook(mod, inputs, output):
+        x = inputs[0]
+        seen.setdefault(mod, []).append(
+            (x.numel() // x.shape[1], mod.running_mean.clone(), mod.running_var.clone()))
 
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [bn.momentum for bn in bns]
+    handles = [bn.register_forward_hook(hook) for bn in bns]
     was_training = model.training
     model.train()
     try:
+        for bn in bns:
+            bn.momentum = 1.0
         for images in batches:
             with autocast(device, amp):
                 forward(model, images)
     finally:
         for h in handles:
             h.remove()
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
         model.train(was_training)
-    for bn, (n, mean, m2) in stats.items():
-        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
-        bn.running_var.copy_((m2 / max(n - 1, 1)).to(bn.running_var.dtype))
-    return len(stats)
+    ratios: dict[tuple[int, ...], torch.Tensor] = {}  # the same for every BN: one copy each
+    for bn, per_batch in seen.items():
+        counts = [n for n, _, _ in per_batch]
+        g = math.gcd(*counts)
+        key = tuple(n // g for n in counts)
+        if key not in ratios:
+            ratios[key] = torch.tensor(key, dtype=torch.float64)[:, None].to(bn.running_mean.device)
+        mean, var = _pooled(ratios[key], sum(counts), torch.stack([m for _, m, _ in per_batch]),
+                            torch.stack([v for _, _, v in per_batch]))
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+    return len(seen)
+
+
+def _pooled(ratios: torch.Tensor, total: int, means: torch.Tensor, variances: torch.Tensor):
+    """Mean and unbiased variance of the union of groups (rows) with these means and unbiased
+    variances, whose sizes are in the proportion ``ratios`` and add up to ``total``; float64."""
+    n = ratios / ratios.sum() * total
+    means, variances = means.double(), variances.double()
+    mean = (n * means).sum(0) / total
+    m2 = ((n - 1) * variances + n * (means - mean) ** 2).sum(0)
+    return mean, m2 / max(total - 1, 1)
 
 
 def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:

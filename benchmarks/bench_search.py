@@ -1,0 +1,141 @@
+"""Candidates per second of search scoring, against the old recipe's evaluation of one path.
+
+Search (``spnas search`` defaults): per candidate, exact BN recalibration on
+2,560 training images (batch 512), then accuracy on 5,000 validation images
+(batch 1,000), images prepared once on the device. Old recipe: one path on
+the 10,000 test images at batch 256, no recalibration. Both on a 20-layer SPOS
+supernet at 32x32 with random weights and random images (timing only).
+
+    python benchmarks/bench_search.py                       # the defaults
+    python benchmarks/bench_search.py --candidates 1 --recal_images 128 \\
+        --val_images 256 --baseline_images 256              # a smoke run
+
+Prints the machine and the figures; appends a row to
+benchmarks/results/search_<device>_torch<version>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spnas.arch import Arch  # noqa: E402
+from spnas.augment import AugmentConfig, BatchTransform  # noqa: E402
+from spnas.cost import device_description  # noqa: E402
+from spnas.evaluation import evaluate  # noqa: E402
+from spnas.runtime import tune_allocator  # noqa: E402
+from spnas.scoring import SupernetScorer, input_dtype, recal_set, val_set  # noqa: E402
+from spnas.spaces.spos import SposSupernet, spos_space  # noqa: E402
+from spnas.train import resolve_device  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--candidates", type=int, default=20, help="timed candidates (after one warm-up)")
+    p.add_argument("--recal_images", type=int, default=2560)
+    p.add_argument("--recal_batch", type=int, default=512)
+    p.add_argument("--val_images", type=int, default=5000)
+    p.add_argument("--eval_batch", type=int, default=1000)
+    p.add_argument("--baseline_images", type=int, default=10000)
+    p.add_argument("--baseline_batch", type=int, default=256)
+    p.add_argument("--layers", type=int, default=20)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    return p.parse_args(argv)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    tune_allocator()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = resolve_device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    space = spos_space(a.layers)
+    model = SposSupernet(space, 10).to(device).to(memory_format=torch.channels_last)
+    n = max(a.recal_images, a.val_images, a.baseline_images)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,))
+    transform = BatchTransform(AugmentConfig(), memory_format=torch.channels_last)
+    dtype = input_dtype(device, a.amp)
+    t0 = time.perf_counter()
+    recal = recal_set(x, a.recal_images, a.recal_batch, transform, 1, device, dtype, 64 * 2 ** 30)
+    val = val_set(x[:a.val_images], y[:a.val_images], None, a.eval_batch, transform, 2, device,
+                  dtype, 64 * 2 ** 30)
+    sync(device)
+    prepare_s = time.perf_counter() - t0
+    scorer = SupernetScorer(model, recal, val, 10, device, a.amp)
+    rng = random.Random(0)
+    scorer(Arch.sample(space, rng))  # warm-up: kernels chosen, memory allocated
+    archs = [Arch.sample(space, rng) for _ in range(a.candidates)]
+    t0 = time.perf_counter()
+    for arch in archs:
+        scorer(arch)  # ends in .item(): synchronised
+    per_candidate = (time.perf_counter() - t0) / a.candidates
+
+    path = archs[0]
+    fwd = lambda m, images: m(images, path)  # noqa: E731
+    bx, by = x[:a.baseline_images], y[:a.baseline_images]
+    evaluate(model, fwd, bx[:a.baseline_batch], by[:a.baseline_batch], transform, 10,
+             a.baseline_batch, device, a.amp)  # warm-up
+    t0 = time.perf_counter()
+    evaluate(model, fwd, bx, by, transform, 10, a.baseline_batch, device, a.amp)
+    baseline_s = time.perf_counter() - t0
+
+    row = {"device": str(device), "device_name": device_description(device),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": a.amp,
+           "layers": a.layers, "recal_images": a.recal_images, "recal_batch": a.recal_batch,
+           "val_images": a.val_images, "eval_batch": a.eval_batch, "candidates": a.candidates,
+           "prepare_s": round(prepare_s, 3), "s_per_candidate": round(per_candidate, 4),
+           "candidates_per_s": round(1 / per_candidate, 3),
+           "images_per_s": round((a.recal_images + a.val_images) / per_candidate, 1),
+           "baseline_images": a.baseline_images, "baseline_batch": a.baseline_batch,
+           "baseline_s": round(baseline_s, 4),
+           "baseline_images_per_s": round(a.baseline_images / baseline_s, 1)}
+    print(f"machine: {row['device_name']}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(f"search scoring: {row['s_per_candidate']:.3f} s per candidate = "
+          f"{row['candidates_per_s']:.2f} candidates/s ({a.recal_images} recal + "
+          f"{a.val_images} val images, {row['images_per_s']:.0f} img/s); prepared in "
+          f"{prepare_s:.2f} s once")
+    print(f"old recipe: one path on {a.baseline_images} images at batch {a.baseline_batch}, "
+          f"no recalibration: {baseline_s:.3f} s ({row['baseline_images_per_s']:.0f} img/s)")
+    print(f"a search candidate costs {per_candidate / baseline_s:.2f}x an old-recipe evaluation"
+          + ("; target on one H100: >= 10 candidates/s" if device.type == "cuda" else ""))
+    write_row(Path(a.out), device, row)
+    return row
+
+
+def write_row(folder: Path, device: torch.device, row: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+    path = folder / f"search_{slug}_torch{torch.__version__.split('+')[0]}.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

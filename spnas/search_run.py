@@ -1,0 +1,312 @@
+"""``spnas search``: search the paths of a trained supernet, into a folder that records them.
+
+The output folder::
+
+    search.json        the settings (``--resume`` checks them) and how it ran
+    candidates.jsonl   one line per scored candidate: index, generation, origin (random,
+                       mutation, crossover), arch, choices, flops (multiply-accumulates),
+                       params, latency_ms (predicted; null without a table), val_acc, val_loss
+    search.log         the log
+    best_arch.json     the best arch as an arch file; top/rank_01.json ... the top-k
+    accuracy_vs_flops.png (or _latency) with the Pareto front; generations.png (evolution)
+
+Data: by default the checkpoint's own data flags and training seed, so the
+scoring split is the very one held out of supernet training. The test set is
+dropped as soon as it is read, unless ``score_on="test"`` asks for it (warned).
+
+Resume: ``candidates.jsonl`` is the record. The search runs again from its
+start, and each candidate already recorded takes its scores from the file (it
+must be the arch recorded at that position); the search is a pure function of
+its seed and the scores, so it continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arch import SpaceSpec
+from .checkpoint import atomic_write_text, checkpoint_space, load_checkpoint
+from .config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
+from .cost import LatencyTable, build_cost_table
+from .data import Splits
+from .errors import SpnasError
+from .runlog import RunLog
+from .scoring import SupernetScorer, input_dtype, recal_set, val_set
+from .search import BUDGET_KEYS, Budget, Candidate, CostModel, evolution_search, random_search
+from .search_report import FLOPS_UNIT, plot_search, write_arch_files
+from .spaces import build_child, model_from_checkpoint
+from .supernet import recal_transform
+from .train import build_transform, load_splits, resolve_device, setup_torch
+
+RECORD = "candidates.jsonl"
+
+
+def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
+    """Run (or resume) the search ``cfg`` describes; returns the top-k, best first."""
+    ckpt = load_checkpoint(cfg.checkpoint, kinds=("supernet",))
+    data, split_seed, held_out = resolve_data(ckpt, cfg.data, cfg.split_seed)
+    out = Path(cfg.out) if cfg.out else Path(ckpt["path"]).parent / f"search_{cfg.search.method}"
+    settings = {"checkpoint": str(Path(ckpt["path"]).resolve()), "step": ckpt.get("step"),
+                "search": dataclasses.asdict(cfg.search), "split_seed": split_seed,
+                "scoring": {k: v for k, v in dataclasses.asdict(cfg.scoring).items()
+                            if k not in ("eval_batch", "cache_gb")},
+                "data": {k: v for k, v in dataclasses.asdict(data).items()
+                         if k not in ("data_path", "download")}}
+    records = prepare_out_dir(out, settings, cfg.resume)
+    log = RunLog(out, metrics_name=RECORD, log_name="search.log")
+    try:
+        if not held_out and cfg.scoring.score_on == "val":
+            log.info("WARNING: the data flags or split seed differ from the supernet's training, "
+                     "so the scoring split is not the one held out of it (it may hold images "
+                     "the supernet trained on)")
+        job = _prepare(cfg, ckpt, data, split_seed, out, log)
+        atomic_write_text(out / "search.json", json.dumps(
+            {"settings": settings, "run": {"device": cfg.device, "amp": cfg.amp,
+                                           "data_path": data.data_path,
+                                           **dataclasses.asdict(cfg.scoring)}}, indent=2) + "\n")
+        found = _run(cfg.search, job, Replay(records, job.scorer, log), log)
+        return _report(out, cfg.search, job, found, log)
+    finally:
+        log.close()
+
+
+@dataclass
+class _Job:
+    space: SpaceSpec
+    costs: CostModel
+    budget: Budget
+    scorer: SupernetScorer
+    found_by: dict  # what the arch files say about how they were found
+
+
+def _prepare(cfg: SearchRunConfig, ckpt: dict, data: DataConfig, split_seed: int, out: Path,
+             log: RunLog) -> _Job:
+    """Everything the search needs, checked before any candidate is scored."""
+    space, device = checkpoint_space(ckpt), resolve_device(cfg.device)
+    setup_torch(RunConfig(device=cfg.device, amp=cfg.amp), device)
+    log.info(f"search of {space.describe()} in {ckpt['path']} (step {ckpt.get('step')}), "
+             f"method {cfg.search.method}, seed {cfg.search.seed}, device {device}, out {out}")
+    splits = load_splits(data, split_seed)
+    if len(splits.classes) != ckpt["num_classes"]:
+        raise SpnasError(f"the data has {len(splits.classes)} classes, the supernet "
+                         f"{ckpt['num_classes']}; pass the --dataset/--data_path it was trained on")
+    x, y = scoring_split(splits, cfg.scoring.score_on, log)
+    resolution = 224 if data.resize else splits.train[0].shape[-1]
+    costs = cost_model(space, ckpt["num_classes"], resolution, cfg.search.latency_table, log)
+    budget = Budget.of(cfg.search)
+    check_budget(costs, budget)
+    scorer = make_scorer(ckpt, splits.train[0], x, y, data, cfg, device, log)
+    s = cfg.search
+    found_by = {"method": s.method, "checkpoint": ckpt["path"], "step": ckpt.get("step"),
+                "seed": s.seed, "score_on": cfg.scoring.score_on,
+                "recal_images": min(cfg.scoring.recal_images, len(splits.train[0])),
+                "scored_images": scored_count(len(y), cfg.scoring.val_images),
+                "budget": {k: v for k, v in dataclasses.asdict(budget).items() if v is not None}}
+    return _Job(space, costs, budget, scorer, found_by)
+
+
+def _run(s: SearchConfig, job: _Job, replay: "Replay", log: RunLog) -> list[Candidate]:
+    total = s.num if s.method == "random" else s.population * s.generations
+    log.progress(total, len(replay.records), desc="search")
+    if s.method == "random":
+        found = random_search(job.space, replay, job.costs, job.budget, s.num, s.seed,
+                              replay.record)
+    else:
+        found = evolution_search(job.space, replay, job.costs, job.budget, s, s.seed,
+                                 replay.record, replay.generation_done)
+    log.close()
+    replay.finish()
+    return found
+
+
+def _report(out: Path, s: SearchConfig, job: _Job, found: list[Candidate],
+            log: RunLog) -> list[Candidate]:
+    top = write_arch_files(out, found, s.top_k, {**job.found_by, "candidates": len(found)})
+    plot_search(out, "latency_ms" if job.costs.latency else "flops")
+    for i, c in enumerate(top[:5], start=1):
+        lat = c.cost["latency_ms"]
+        log.info(f"#{i} val_acc {c.fitness:.4f} {c.cost['flops'] / 1e6:.1f}M FLOPs "
+                 f"({FLOPS_UNIT}) {c.cost['params'] / 1e6:.2f}M params"
+                 + (f" {lat:.3f} ms" if lat is not None else "") + f"  {c.arch}")
+    log.info(f"best arch: {out / 'best_arch.json'}")
+    return top
+
+
+# ---- data ----------------------------------------------------------------------------------
+def resolve_data(ckpt: dict, overrides: dict,
+                 split_seed: int | None) -> tuple[DataConfig, int, bool]:
+    """The checkpoint's data flags and seed, with the given overrides (None = not given),
+    and whether the validation split is still the one held out of supernet training."""
+    config = ckpt.get("config") or {}
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    trained = {k: v for k, v in (config.get("data") or {}).items() if k in fields}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data = DataConfig(**{**trained, **given})
+    seed = split_seed if split_seed is not None else int((config.get("run") or {}).get("seed", 0))
+    layout = checkpoint_space(ckpt).layout
+    if data.resize != (layout == "imagenet"):
+        raise SpnasError(f"the supernet was built for the {layout} layout, which needs "
+                         f"{'--resize' if layout == 'imagenet' else 'no --resize'}; "
+                         "drop the flag to use the checkpoint's")
+    was = (trained.get("dataset"), trained.get("val_size"), (config.get("run") or {}).get("seed"))
+    return data, seed, was == (data.dataset, data.val_size, seed)
+
+
+def scoring_split(splits: Splits, score_on: str, log: RunLog) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images candidates are scored on; the test set is dropped unless asked for."""
+    if score_on == "test":
+        log.info("WARNING: scoring candidates on the TEST set, as asked: the test accuracy of "
+                 "the arch found is no longer an unbiased estimate")
+        return splits.test
+    splits.test = None  # never read again
+    if splits.val_is_test:
+        raise SpnasError("no validation split is held out (--val_size 0); pass --val_size N "
+                         "(e.g. 5000) to score on N held-out training images")
+    return splits.val
+
+
+def scored_count(split_size: int, val_images: int | None) -> int:
+    return split_size if val_images is None else min(val_images, split_size)
+
+
+def make_scorer(ckpt: dict, train_x: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                data: DataConfig, cfg: SearchRunConfig, device: torch.device,
+                log: RunLog) -> SupernetScorer:
+    """The supernet on the device, and its recalibration and scoring images prepared there."""
+    sc, seed = cfg.scoring, cfg.search.seed
+    model = model_from_checkpoint(ckpt).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    dtype, max_bytes = input_dtype(device, cfg.amp), sc.cache_gb * 2 ** 30
+    t0 = time.perf_counter()
+    recal = recal_set(train_x, sc.recal_images, sc.recal_batch,
+                      recal_transform(data, cfg.channels_last), derive_seed(seed, "recal"),
+                      device, dtype, max_bytes)
+    val = val_set(x, y, sc.val_images, sc.eval_batch, build_transform(data, cfg.channels_last),
+                  derive_seed(seed, "val subset"), device, dtype, max_bytes)
+    n_val = scored_count(len(y), sc.val_images)
+    log.info(f"scoring: BN recalibration on {min(sc.recal_images, len(train_x))} training images "
+             f"(batch {sc.recal_batch}), accuracy on {n_val} {sc.score_on} images; prepared on "
+             f"{device} in {time.perf_counter() - t0:.1f} s"
+             + ("" if recal.prepared and val.prepared else " (too big to keep: rebuilt per candidate)"))
+    return SupernetScorer(model, recal, val, ckpt["num_classes"], device, cfg.amp, seed)
+
+
+# ---- costs -----------------------------------------------------------------------------------
+def cost_model(space, num_classes: int, resolution: int, latency_table: str | None,
+               log: RunLog) -> CostModel:
+    table = build_cost_table(space, lambda a: build_child(a, num_classes), num_classes, resolution)
+    latency = LatencyTable.load(latency_table) if latency_table else None
+    if latency is not None:
+        log.info(f"latency: {latency_table} ({latency.device_name}, batch {latency.batch}, "
+                 f"{latency.resolution}x{latency.resolution})")
+        if latency.resolution != resolution:
+            log.info(f"WARNING: the latency table was measured at {latency.resolution}x"
+                     f"{latency.resolution}, the data is {resolution}x{resolution}")
+    return CostModel(table, latency)
+
+
+def check_budget(costs: CostModel, budget: Budget) -> None:
+    if budget.max_latency_ms is not None and costs.latency is None:
+        raise SpnasError("--max_latency_ms needs --latency_table FILE "
+                         "(make one with 'spnas latency-table')")
+    least = costs.minimum()
+    for key in budget.excess(least):
+        flag = BUDGET_KEYS[key]
+        scale, short, unit = {"flops": (1e-6, "M", f"M {FLOPS_UNIT}"),
+                              "params": (1e-6, "M", "M parameters"),
+                              "latency_ms": (1.0, " ms", " ms")}[key]
+        raise SpnasError(f"--{flag} {getattr(budget, flag) * scale:g}{short} is below the "
+                         f"cheapest arch of this space ({least[key] * scale:.3f}{unit}); raise it")
+
+
+# ---- the record, and resuming from it --------------------------------------------------------
+def prepare_out_dir(out: Path, settings: dict, resume: bool) -> list[dict]:
+    """The candidates recorded by an earlier run of this search (none for a new one)."""
+    record, meta = out / RECORD, out / "search.json"
+    if not (record.exists() and record.stat().st_size):
+        return []  # nothing scored yet: nothing to lose
+    if not resume:
+        raise SpnasError(f"{out} already holds a search; pass --resume to continue it, or "
+                         "choose another --out")
+    try:
+        before = json.loads(meta.read_text())["settings"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SpnasError(f"{meta} is unreadable ({e!r}); choose another --out") from None
+    changed = _diff(before, json.loads(json.dumps(settings)))
+    if changed:
+        raise SpnasError(f"{out} holds a search with other settings ({', '.join(changed)}); "
+                         "resume with the same flags, or choose another --out")
+    return read_record(record)
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(a.keys() | b.keys())
+                for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def read_record(path: Path) -> list[dict]:
+    """The complete lines of ``candidates.jsonl``; a line torn by a kill is dropped."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i != len(lines) - 1:
+                raise SpnasError(f"{path} line {i + 1} is corrupt; choose another --out") from None
+    if len(records) != len(lines):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+class Replay:
+    """The search's ``score``: recorded scores for recorded candidates, the scorer for new ones."""
+
+    NOT_SCORES = {"index", "generation", "origin", "arch", "choices", *BUDGET_KEYS}
+
+    def __init__(self, records: list[dict], scorer, log: RunLog):
+        self.records, self.scorer, self.log = records, scorer, log
+        self.asked = self.written = 0
+        self.t0, self.new = time.perf_counter(), 0
+        if records:
+            log.info(f"resuming: {len(records)} candidates recorded; replaying them")
+
+    def __call__(self, arch) -> dict:
+        i = self.asked
+        self.asked += 1
+        if i < len(self.records):
+            rec = self.records[i]
+            if rec["arch"] != str(arch):
+                raise SpnasError(f"candidate {i} should be {arch}, but {RECORD} records "
+                                 f"{rec['arch']}; the folder is from another search")
+            return {k: v for k, v in rec.items() if k not in self.NOT_SCORES}
+        self.new += 1
+        return self.scorer(arch)
+
+    def record(self, cand: Candidate) -> None:
+        if self.written >= len(self.records):
+            self.log.metric(cand.to_json(self.written))
+            self.log.advance(1, acc=f"{cand.fitness:.4f}")
+        self.written += 1
+
+    def generation_done(self, gen: int, new: list[Candidate], top: list[Candidate]) -> None:
+        accs = [c.fitness for c in new]
+        self.log.info(f"generation {gen}: {len(new)} candidates, val_acc best {max(accs):.4f} "
+                      f"mean {sum(accs) / len(accs):.4f}; best so far {top[0].fitness:.4f} "
+                      f"{top[0].cost['flops'] / 1e6:.1f}M FLOPs")
+
+    def finish(self) -> None:
+        dt = time.perf_counter() - self.t0
+        if self.new:
+            self.log.info(f"scored {self.new} new candidates in {dt:.1f} s "
+                          f"({dt / self.new:.2f} s per candidate)")

@@ -1,0 +1,73 @@
+"""Exact costs: the per-(layer, choice) cache against counting whole networks; latency tables."""
+import json
+import random
+
+import pytest
+import torch
+
+from spnas.arch import Arch
+from spnas.cli import main
+from spnas.cost import LatencyTable, build_cost_table, count_macs, count_params
+from spnas.spaces import build_child
+from spnas.spaces.spos import spos_space
+
+
+@pytest.fixture
+def one_thread():
+    """Batch-1 forwards on a busy 2-core machine: one thread avoids OpenMP barrier stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("layout, layers, res", [("cifar", 20, 32), ("imagenet", 9, 64)])
+def test_cached_costs_equal_counting_the_whole_standalone_network(layout, layers, res, one_thread):
+    """The table counts on the meta device; here whole CPU networks are counted."""
+    space = spos_space(layers=layers, layout=layout)
+    table = build_cost_table(space, lambda a: build_child(a, 10), 10, resolution=res)
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(4):
+        arch = Arch.sample(space, rng)
+        net = build_child(arch, 10).eval()
+        macs = count_macs(net, torch.zeros(1, 3, res, res))
+        assert table.arch_macs(arch) == macs
+        assert table.arch_params(arch) == count_params(net)
+        seen.add(macs)
+    assert len(seen) == 4  # the archs differ in cost, so the sum is not a constant
+
+
+def test_flops_are_multiply_accumulates():
+    """One 3x3 conv, 1 -> 1 channel, on 4x4 'same' output: 16 * 9 multiply-accumulates."""
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    assert count_macs(conv, torch.zeros(1, 1, 4, 4)) == 16 * 9
+
+
+def test_latency_table_command_times_every_choice_and_reports_its_error(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    argv = ["latency-table", "--space", "spos", "--option", "layers=2", "--device", "cpu",
+            "--threads", "1", "--warmup", "1", "--repeats", "2", "--validate", "3",
+            "--out", str(out)]
+    assert main(argv) == 0
+    table = LatencyTable.load(out)
+    assert table.space == spos_space(layers=2) and table.threads == 1 and table.batch == 1
+    assert [sorted(d) for d in table.layers] == [[0, 1, 2, 3]] * 2
+    assert all(v > 0 for d in table.layers for v in d.values()) and table.constant > 0
+    report = json.loads(out.read_text())["validation"]
+    assert report["num_archs"] == 3 and len(report["archs"]) == 3
+    for row in report["archs"]:
+        arch = Arch.parse(row["arch"], table.space)
+        assert row["predicted_ms"] == pytest.approx(table.predict(arch))
+    assert "mean |error|" in capsys.readouterr().out
+    before = out.read_bytes()
+    assert main(argv) == 2  # an existing table is kept
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_latency_table_of_an_unknown_space_is_a_one_line_error(tmp_path, capsys):
+    argv = ["latency-table", "--space", "spos", "--option", "layers=30", "--out",
+            str(tmp_path / "x.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spnas: error: --layers must be 1..20") and len(err.splitlines()) == 1

@@ -1,0 +1,184 @@
+"""``spnas search`` on a tiny supernet trained with ``spnas train``: folder, scoring, resume."""
+import argparse
+import json
+import random
+
+import pytest
+import torch
+
+import spnas.search_run as search_run
+from conftest import write_official
+from spnas.arch import Arch
+from spnas.augment import AugmentConfig, BatchTransform
+from spnas.cli import count_arg, main
+from spnas.evaluation import recalibration_batches
+from spnas.scoring import SupernetScorer, recal_set, val_set
+from spnas.spaces.spos import SposSupernet, spos_space
+from test_train import train_argv
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small forwards on a busy 2-core machine: one thread avoids OpenMP barrier stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def supernet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    write_official(root / "data")
+    assert main(train_argv(root / "data", root, "sn", **{"--epochs": 1, "--num_steps": 2})) == 0
+    return root / "sn"
+
+
+def search_argv(ckpt, out, **over):
+    flags = {"--checkpoint": ckpt, "--out": out, "--population": 4, "--top_k": 2,
+             "--generations": 3, "--recal_images": 16, "--recal_batch": 8, "--val_images": 20,
+             "--eval_batch": 10, "--max_flops": "82.5M", "--seed": 3}
+    flags.update(over)
+    argv = ["search"]
+    for k, v in flags.items():
+        argv += [k] if v is None else [k, str(v)]
+    return argv
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+
+
+class Untouchable(torch.Tensor):
+    """A tensor that fails any use: stands in for the test set."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        raise AssertionError("the test set was read")
+
+
+@pytest.fixture
+def poisoned_test_set(monkeypatch):
+    real = search_run.load_splits
+
+    def load(data, seed):
+        splits = real(data, seed)
+        splits.test = tuple(t.as_subclass(Untouchable) for t in splits.test)
+        return splits
+    monkeypatch.setattr(search_run, "load_splits", load)
+
+
+def test_search_writes_its_folder_within_budget_without_the_test_set(supernet, tmp_path,
+                                                                     poisoned_test_set):
+    out = tmp_path / "evo"
+    assert main(search_argv(supernet, out)) == 0
+    for name in ("search.json", "search.log", "best_arch.json", "top/rank_01.json",
+                 "top/rank_02.json", "accuracy_vs_flops.png", "generations.png"):
+        assert (out / name).is_file(), name
+    recs = records(out)
+    assert [r["index"] for r in recs] == list(range(12))
+    assert [r["generation"] for r in recs] == [0] * 4 + [1] * 4 + [2] * 4
+    assert len({r["arch"] for r in recs}) == 12
+    assert all(r["flops"] <= 82.5e6 and r["params"] > 0 and r["latency_ms"] is None for r in recs)
+    assert all(0 <= r["val_acc"] <= 1 and r["val_loss"] > 0 for r in recs)
+    best = json.loads((out / "best_arch.json").read_text())
+    assert best["metrics"]["val_acc"] == max(r["val_acc"] for r in recs)
+    assert best["found_by"]["scored_images"] == 20 and best["found_by"]["score_on"] == "val"
+    arch = Arch.load(out / "best_arch.json")
+    assert str(arch) in {r["arch"] for r in recs} and arch.space == spos_space(layers=4)
+    # the test set is used only when asked for, with a warning
+    with pytest.raises(AssertionError, match="test set was read"):
+        main(search_argv(supernet, tmp_path / "t", **{"--score_on": "test"}))
+    assert "WARNING: scoring candidates on the TEST set" in (tmp_path / "t" / "search.log").read_text()
+
+
+def test_random_search(supernet, tmp_path):
+    out = tmp_path / "rnd"
+    assert main(search_argv(supernet, out, **{"--method": "random", "--num": 5})) == 0
+    recs = records(out)
+    assert len(recs) == 5 and {r["generation"] for r in recs} == {0}
+    assert {r["origin"] for r in recs} == {"random"}
+    assert (out / "accuracy_vs_flops.png").is_file() and not (out / "generations.png").exists()
+
+
+def test_a_resumed_search_equals_an_uninterrupted_one(supernet, tmp_path, monkeypatch, capsys):
+    assert main(search_argv(supernet, tmp_path / "full")) == 0
+    real = SupernetScorer.__call__
+    calls = []
+
+    def stop_at_the_sixth(self, arch):
+        calls.append(arch)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(self, arch)
+    monkeypatch.setattr(SupernetScorer, "__call__", stop_at_the_sixth)
+    part = tmp_path / "part"
+    assert main(search_argv(supernet, part)) == 130
+    assert len(records(part)) == 5
+    monkeypatch.setattr(SupernetScorer, "__call__", real)
+    assert main(search_argv(supernet, part)) == 2  # a folder with a search needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(search_argv(supernet, part, **{"--resume": None})) == 0
+    for name in ("candidates.jsonl", "best_arch.json", "top/rank_02.json"):
+        assert (part / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+    capsys.readouterr()
+    assert main(search_argv(supernet, part, **{"--resume": None, "--generations": 4})) == 2
+    assert "other settings (search.generations)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"--max_flops": "10M"}, "--max_flops 10M is below the cheapest arch of this space"),
+    ({"--max_latency_ms": 3}, "--max_latency_ms needs --latency_table"),
+    ({"--population": 0}, "--population must be positive"),
+])
+def test_bad_search_flags_are_one_line_errors(supernet, tmp_path, capsys, flags, message):
+    assert main(search_argv(supernet, tmp_path / "x", **flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("spnas: error:") and message in err
+    assert not (tmp_path / "x" / "candidates.jsonl").exists()
+
+
+def test_budget_counts_read_like_papers_write_them():
+    assert count_arg("330M") == 330e6 and count_arg("1.5G") == 1.5e9
+    assert count_arg("2.5e8") == 2.5e8 and count_arg("3500000") == 3.5e6
+    for bad in ("lots", "-5M", "M"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            count_arg(bad)
+
+
+def test_a_candidate_is_recalibrated_to_exactly_the_recalibration_set_statistics():
+    torch.manual_seed(0)
+    space = spos_space(layers=2)
+    model = SposSupernet(space, 10)
+    x = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (60,))
+    aug = BatchTransform(AugmentConfig())
+    cpu = torch.device("cpu")
+    arch = Arch.sample(space, random.Random(1))
+    other = model.layers[0][(arch[0] + 1) % 4].main[0][1]  # a BN the path does not reach
+    before = other.running_mean.clone()
+    scorer = SupernetScorer(model, recal_set(x, 40, 16, aug, 5, cpu, torch.float32, 1e9),
+                            val_set(x, y, None, 25, aug, 0, cpu, torch.float32, 1e9), 10, cpu)
+    result = scorer(arch)
+    head_bn = model.head[0][1]
+    after = {bn: (bn.running_mean.clone(), bn.running_var.clone()) for bn in (model.stem[1], head_bn)}
+    # the recalibration set, made again independently, and each BN's inputs over all of it
+    batches = list(recalibration_batches(x, 40, 16, aug, 5, cpu))
+    assert [len(b) for b in batches] == [16, 16, 8]
+    seen = []
+    hook = head_bn.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    model.train()
+    with torch.no_grad():
+        stem_in = torch.cat([model.stem[0](b) for b in batches])
+        for b in batches:
+            model(b, arch)
+    hook.remove()
+    for bn, inputs in ((model.stem[1], stem_in), (head_bn, torch.cat(seen))):
+        mean, var = after[bn]
+        torch.testing.assert_close(mean, inputs.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(var, inputs.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert torch.equal(other.running_mean, before)
+    # images rebuilt per candidate (too big to keep) give the same score
+    rebuilt = SupernetScorer(model, recal_set(x, 40, 16, aug, 5, cpu, torch.float32, 0),
+                             val_set(x, y, None, 25, aug, 0, cpu, torch.float32, 0), 10, cpu)
+    assert not rebuilt.recal.prepared and rebuilt(arch) == result
