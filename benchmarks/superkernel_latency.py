@@ -61,9 +61,10 @@ def main() -> None:
     rows = []
     for r in report["archs"]:
         arch = Arch.parse(r["arch"], space)
-        rows.append({**r, "paper_formula_ms": paper.of_arch(arch),
-                     "rel_error": (r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"],
-                     "paper_rel_error": (paper.of_arch(arch) - r["measured_ms"]) / r["measured_ms"]})
+        measured, formula = r["measured_ms"], paper.of_arch(arch)
+        rows.append({**r, "paper_formula_ms": formula,
+                     "rel_error": (r["predicted_ms"] - measured) / measured,
+                     "paper_rel_error": (formula - measured) / measured})
     k33, k36, k53, k56 = (space.tokens.index(t) for t in ("k3e3", "k3e6", "k5e3", "k5e6"))
     approx = [(row[k53] * row[k36] / row[k56] - row[k33]) / row[k33] for row in table.layers]
     with open(RESULTS / f"superkernel_latency_{tag}.csv", "w", newline="") as f:
@@ -74,8 +75,9 @@ def main() -> None:
     smallest = Arch(space, tuple(a[-1] if len(a) == 5 else k33 for a in space.allowed))
     print(f"table: constant {table.constant:.3f} ms; largest network {table.predict(largest):.3f}"
           f" ms, smallest {table.predict(smallest):.3f} ms")
+    mean_err, max_err = report["mean_abs_rel_error"], report["max_abs_rel_error"]
     print(f"table vs whole networks ({args.archs} random archs): mean |error| "
-          f"{100 * report['mean_abs_rel_error']:.1f}%, max {100 * report['max_abs_rel_error']:.1f}%")
+          f"{100 * mean_err:.1f}%, max {100 * max_err:.1f}%")
     print(f"paper formula vs whole networks: mean |error| "
           f"{100 * statistics.mean(abs(r['paper_rel_error']) for r in rows):.1f}%")
     print(f"paper's k3e3 estimate vs the timed k3e3, per layer: mean "

@@ -167,7 +167,8 @@ def run_superkernel(args: argparse.Namespace) -> dict:
 COMMANDS = {
     "train": (add_train_parser, run_train, "train a SPOS supernet (one random path per step)"),
     "superkernel": (add_superkernel_parser, run_superkernel,
-                    "Single-Path NAS: superkernel search with a latency model; writes an arch file"),
+                    "Single-Path NAS: superkernel search under a latency model; writes an "
+                    "arch file"),
 }
 
 

@@ -54,7 +54,8 @@ class LatencyModel:
 
     def __init__(self, table: LatencyTable, formula: str = "paper"):
         if formula not in FORMULAS:
-            raise SpnasError(f"--latency_formula must be one of {', '.join(FORMULAS)}, got {formula!r}")
+            raise SpnasError(f"--latency_formula must be one of {', '.join(FORMULAS)}, "
+                             f"got {formula!r}")
         tokens = table.space.tokens
         cols = [tokens.index(t) for t in ("k3e3", "k3e6", "k5e3", "k5e6", "skip")]
         self.table, self.formula = table, formula
@@ -108,10 +109,10 @@ def load_table(cfg: SuperkernelConfig, space: SpaceSpec, num_classes: int,
                              f"the search uses {space.describe()}; make one with 'spnas "
                              f"latency-table --space mbconv --layout {space.layout}'")
     if cfg.target_latency is not None and cfg.target_unit != table.unit:
-        flag = "--target_latency_ms" if cfg.target_unit == "ms" else "--target_mmacs"
-        raise SpnasError(f"{flag} needs a table in {cfg.target_unit}, but the latency table is in "
-                         f"{table.unit}; " + ("give --latency_table FILE (a measured table)"
-                                              if cfg.target_unit == "ms" else "use --target_latency_ms"))
+        flag, fix = (("--target_latency_ms", "give --latency_table FILE (a measured table)")
+                     if cfg.target_unit == "ms" else ("--target_mmacs", "use --target_latency_ms"))
+        raise SpnasError(f"{flag} needs a table in {cfg.target_unit}, but the latency table is "
+                         f"in {table.unit}; {fix}")
     return table
 
 
@@ -184,7 +185,8 @@ def make_validator(splits, cfg: TrainConfig, device: torch.device, table: Latenc
     def validate(model, step):
         r = evaluate(model, plain_forward, val_x, val_y, transform, len(splits.classes), 500,
                      device, cfg.run.amp)
-        return {"val_acc": r["acc"], "val_loss": r["loss"], "latency": table.predict(model.decode())}
+        return {"val_acc": r["acc"], "val_loss": r["loss"],
+                "latency": table.predict(model.decode())}
     return validate
 
 

@@ -59,6 +59,9 @@ def plot_decisions(records: list[dict], path: Path) -> Path:
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("step")
     ax.set_ylabel("layer")
+    ax.set_yticks(range(0, len(image), 4))
+    for y in range(4, len(image), 4):  # stage boundaries
+        ax.axhline(y - 0.5, color="white", lw=1)
     ax.legend(handles=[Patch(color=TOKEN_COLOURS[t], label=t) for t in tokens], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

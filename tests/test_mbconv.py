@@ -7,12 +7,10 @@ from torch import nn
 from spnas.arch import Arch, ArchError
 from spnas.cost import count_params, uniform_archs
 from spnas.spaces import build_child, build_supernet, make_space
-from spnas.spaces.mbconv import (MASK_AT, STAGE_WIDTHS, TOKENS, MbconvNet, SuperkernelNet,
-                                 arch_gates, decode_gates, indicator, layer_geometry,
-                                 mbconv_space)
+from spnas.spaces.mbconv import (MASK_AT, PUBLISHED, STAGE_WIDTHS, TOKENS, MbconvNet,
+                                 SuperkernelNet, arch_gates, decode_gates, indicator,
+                                 layer_geometry, mbconv_space)
 
-PAPER_ARCH = ("k3e3 k3e3 k3e3 skip | k5e6 k3e3 k3e3 k3e3 | k5e6 k3e3 k3e3 k3e3 | "
-              "k5e6 k5e3 k5e3 k5e3 | k5e6 k5e6 k5e6 k5e6")
 # Layer strides after the stem (stem stride: cifar 1, imagenet 2).
 LAYOUTS = {"cifar": (32, 1, (1, 2, 2, 1, 2)), "imagenet": (64, 2, (2, 2, 2, 1, 2))}
 
@@ -68,7 +66,7 @@ def test_layer_widths_and_strides(layout):
 def test_paper_network_has_the_reference_parameter_count():
     # timm 1.0.31 `spnasnet_100` (the Single-Path NAS ImageNet network, 1000 classes):
     # sum(p.numel() for p in timm.create_model("spnasnet_100").parameters()) == 4421616.
-    arch = Arch.parse(PAPER_ARCH, mbconv_space("imagenet"))
+    arch = Arch.parse(PUBLISHED, mbconv_space("imagenet"))
     net = build_child(arch, 1000)
     assert isinstance(net, MbconvNet) and isinstance(net.layers[3], nn.Identity)
     assert count_params(net) == 4421616
@@ -115,7 +113,8 @@ def test_thresholds_decide_decode_and_extract(cifar_superkernel):
         net.layers[6].thresholds[:] = torch.tensor([big, 0.0, big])  # k3e3
     try:
         arch = net.decode()
-        assert str(arch).split()[:8] == ["k5e6", "skip", "k3e6", "k5e6", "|", "k5e6", "k5e3", "k3e3"]
+        assert str(arch).split()[:8] == ["k5e6", "skip", "k3e6", "k5e6", "|",
+                                         "k5e6", "k5e3", "k3e3"]
         x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():
             torch.testing.assert_close(net(x), net.extract().eval()(x), rtol=1e-5, atol=1e-5)
@@ -135,7 +134,7 @@ def test_decode_and_arch_strings_round_trip():
             assert decode_gates(arch_gates(arch), spec) == arch
             assert Arch.parse(str(arch), spec) == arch
     spec = mbconv_space("cifar")
-    gates = arch_gates(Arch.parse(PAPER_ARCH.replace("skip", "k3e3"), spec))
+    gates = arch_gates(Arch.parse(PUBLISHED.replace("skip", "k3e3"), spec))
     gates[0, 1] = 0.0  # layer 0 gated off: a stage's first layer cannot be skip
     with pytest.raises(ArchError, match="layer 0 cannot be 'skip'"):
         decode_gates(gates, spec)
@@ -176,6 +175,21 @@ def test_gated_off_channels_contribute_nothing(mode):
     torch.testing.assert_close(*outs["activation"], rtol=1e-5, atol=1e-5)
     if mode == "eval":  # the paper's kernel mask leaks BN's beta (cancelled by BN in training)
         assert (outs["kernel"][0] - outs["kernel"][1]).abs().max() > 1e-2
+
+
+def test_kernel_mask_starves_the_channel_gates_of_cross_entropy_gradient():
+    """BN after the depthwise conv ignores a channel group's scale: the paper's kernel mask
+    gives d_e3 / d_e6 almost no CE gradient; gating activations gives them a real one."""
+    x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(16) % 10
+    grads = {}
+    for mask_at in MASK_AT:
+        torch.manual_seed(0)
+        net = SuperkernelNet(mbconv_space("imagenet"), 10, dropout=0.0, mask_at=mask_at)
+        nn.functional.cross_entropy(net(x), y).backward()
+        grads[mask_at] = torch.stack([t.grad for t in net.thresholds()]).abs().mean(0)
+    k5, e3, e6 = (grads["kernel"] / grads["activation"]).tolist()
+    assert e3 < 0.05 and e6 < 0.05 and 0.5 < k5 < 2  # the ring is a kernel shape either way
 
 
 def test_gate_dropout_keeps_forced_gates_and_is_seeded():
