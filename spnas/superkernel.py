@@ -144,8 +144,8 @@ class _Decisions:
             arch = self.model.decode()
             self.log.metric({"type": "decisions", "step": done, "arch": str(arch),
                              "choices": list(arch.choices), "latency": self.table.predict(arch),
-                             "thresholds": [[round(float(v), 5) for v in t.detach().cpu()]
-                                            for t in self.model.thresholds()]})
+                             "thresholds": [[round(v, 5) for v in row] for row in torch.stack(
+                                 self.model.thresholds()).detach().cpu().tolist()]})
 
 
 def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, total: int,
