@@ -91,6 +91,21 @@ class FinetuneConfig:
 
 
 @dataclass
+class SuperkernelConfig:
+    layout: str = "cifar"           # cifar | imagenet (strides of the MBConv space)
+    lam: float = 0.1                # weight of ln(predicted latency) after the warm-up
+    target_latency: float | None = None  # in the table's unit: penalise only above it
+    target_unit: str = "ms"         # unit of target_latency: ms (measured table) | MMAC
+    latency_table: str | None = None  # JSON from 'spnas latency-table'; None = MACs table
+    formula: str = "paper"          # paper (R[k3e3] ~ R[k5e3] R[k3e6] / R[k5e6]) | exact
+    warmup_frac: float = 0.625      # fraction of the steps with lambda 0 and gate dropout
+    keep_prob: float = 0.6          # probability a gate is kept during the warm-up
+    threshold_lr_scale: float = 100.0  # thresholds' lr = scale x the weights' lr; no decay
+    mask_at: str = "activation"     # activation (exact zeros) | kernel (the paper's, leaks)
+    dropout: float = 0.2            # before the classifier
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -146,7 +146,11 @@ def device_description(device: torch.device) -> str:
 
 @dataclass
 class LatencyTable:
-    """Median milliseconds per (layer, choice) on one device, plus the stem and head."""
+    """Median milliseconds per (layer, choice) on one device, plus the stem and head.
+
+    ``unit`` is "ms" for a measured table; ``macs_latency_table`` makes one in
+    millions of MACs ("MMAC") where timing is not wanted.
+    """
 
     space: SpaceSpec
     device: str
@@ -158,6 +162,7 @@ class LatencyTable:
     layers: list[dict[int, float]]
     channels_last: bool = True
     torch_version: str = torch.__version__
+    unit: str = "ms"
     validation: dict | None = None  # validate_latency_table's summary, when it was run
 
     def predict(self, arch: Arch) -> float:
@@ -169,7 +174,7 @@ class LatencyTable:
     def to_json(self) -> dict:
         return {"space": self.space.to_dict(), "device": self.device,
                 "device_name": self.device_name, "batch": self.batch,
-                "resolution": self.resolution, "threads": self.threads, "unit": "ms",
+                "resolution": self.resolution, "threads": self.threads, "unit": self.unit,
                 "channels_last": self.channels_last,
                 "torch": self.torch_version, "constant": self.constant,
                 "layers": [{self.space.tokens[c]: v for c, v in d.items()} for d in self.layers],
@@ -188,7 +193,7 @@ class LatencyTable:
             return cls(space, d["device"], d["device_name"], int(d["batch"]), int(d["resolution"]),
                        int(d["threads"]), float(d["constant"]), layers,
                        bool(d.get("channels_last", True)), d.get("torch", "?"),
-                       d.get("validation"))
+                       str(d.get("unit", "ms")), d.get("validation"))
         except FileNotFoundError:
             raise SpnasError(f"latency table {path} not found; make one with "
                              "'spnas latency-table'") from None
@@ -235,17 +240,33 @@ def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Modul
                         torch.get_num_threads(), constant, layers, channels_last=channels_last)
 
 
+def macs_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
+                       num_classes: int, resolution: int | None = None) -> LatencyTable:
+    """A table in millions of MACs instead of milliseconds: the fallback with no timing."""
+    costs = build_cost_table(space, build_child, num_classes, resolution)
+    return LatencyTable(space, "macs", "multiply-accumulates (not timed)", 1, costs.resolution,
+                        0, costs.const_macs / 1e6,
+                        [{c: m / 1e6 for c, m in row.items()} for row in costs.macs],
+                        unit="MMAC")
+
+
+def measure_arch_ms(arch: Arch, table: LatencyTable, build_child: Callable[[Arch], nn.Module],
+                    device: torch.device, warmup: int = 10, repeats: int = 30) -> float:
+    """Median ms of the whole network of ``arch`` at the table's batch, size and format."""
+    x = _input(table.batch, table.resolution, device, table.channels_last)
+    net = _to_device(build_child(arch), device, table.channels_last)
+    return time_ms(lambda: net(x), device, warmup, repeats)
+
+
 def validate_latency_table(table: LatencyTable, build_child: Callable[[Arch], nn.Module],
                            device: torch.device, num_archs: int = 20, seed: int = 0,
                            warmup: int = 10, repeats: int = 30) -> dict:
     """Measure ``num_archs`` random whole networks; compare with the table's prediction."""
     rng = random.Random(seed)
-    x = _input(table.batch, table.resolution, device, table.channels_last)
     rows = []
     for _ in range(num_archs):
         arch = Arch.sample(table.space, rng)
-        net = _to_device(build_child(arch), device, table.channels_last)
-        measured = time_ms(lambda: net(x), device, warmup, repeats)
+        measured = measure_arch_ms(arch, table, build_child, device, warmup, repeats)
         rows.append({"arch": str(arch), "predicted_ms": table.predict(arch), "measured_ms": measured})
     errs = [(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in rows]
     return {"archs": rows, "mean_abs_rel_error": statistics.mean(abs(e) for e in errs),

@@ -90,3 +90,14 @@ def real_cifar(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(SHARED / "make_cifar10.py"), str(out)], check=True,
                    capture_output=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a module of small-tensor tests: as fast, and immune to the
+    OpenMP stalls of a busy shared machine (a 2-thread BatchNorm on a small batch took
+    10-14 ms there, 0.4 ms on one thread). Use with ``pytest.mark.usefixtures``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

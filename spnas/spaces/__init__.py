@@ -9,11 +9,12 @@ from torch import nn
 
 from ..arch import Arch, SpaceSpec
 from ..errors import SpnasError
+from .mbconv import MbconvNet, SuperkernelNet, mbconv_space
 from .spos import SposNet, SposSupernet, spos_space
 
-SPACE_SPECS = {"spos": spos_space}  # name -> function(layout=..., **options) -> SpaceSpec
-CHILDREN: dict[str, type[nn.Module]] = {"spos": SposNet}
-SUPERNETS: dict[str, type[nn.Module]] = {"spos": SposSupernet}
+SPACE_SPECS = {"spos": spos_space, "mbconv": mbconv_space}  # name -> f(layout=..., **options)
+CHILDREN: dict[str, type[nn.Module]] = {"spos": SposNet, "mbconv": MbconvNet}
+SUPERNETS: dict[str, type[nn.Module]] = {"spos": SposSupernet, "mbconv": SuperkernelNet}
 
 
 def _lookup(table: dict, name: str, what: str):
@@ -50,4 +51,4 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
 
 
 __all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "make_space", "SposNet", "SposSupernet", "build_child", "build_supernet",
-           "model_from_checkpoint", "spos_space"]
+           "model_from_checkpoint", "spos_space", "MbconvNet", "SuperkernelNet", "mbconv_space"]

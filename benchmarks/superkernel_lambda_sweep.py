@@ -1,0 +1,74 @@
+"""The accuracy / latency trade-off of the superkernel search over lambda.
+
+Runs ``spnas superkernel`` once per ``--lams`` value (same seed, same flags
+otherwise: everything after ``--`` is passed on) and collects, per lambda,
+the arch found, its predicted latency (table lookup), its measured latency
+when the table is a measured one, and the validation accuracy of the
+superkernel network with those gates (a proxy: the searched weights, not a
+retrained network).
+
+    PYTHONPATH=. python benchmarks/superkernel_lambda_sweep.py --lams 0 0.02 0.1 0.5 -- \\
+        --data_path /tmp/c10 --epochs 8 --batch_size 128 --lr 0.05 --threshold_lr_scale 100 \\
+        --latency_table benchmarks/results/mbconv_cifar_cuda_torch2.14.1.json
+
+Prints one line per lambda and writes
+benchmarks/results/superkernel_sweep_<device>_torch<ver>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spnas.cli import build_parser, run_superkernel  # noqa: E402
+from spnas.cost import device_description  # noqa: E402
+from spnas.errors import SpnasError  # noqa: E402
+from spnas.runtime import tune_allocator  # noqa: E402
+from spnas.train import resolve_device  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FIELDS = ("lam", "arch", "latency", "latency_unit", "measured_latency_ms", "supernet_val_acc",
+          "steps", "run")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    passed = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.02, 0.1, 0.5])
+    p.add_argument("--save_path", default="checkpoints/lambda_sweep")
+    args = p.parse_args(own)
+    tune_allocator()
+    rows = []
+    for lam in args.lams:
+        flags = build_parser().parse_args(["superkernel", *passed, "--lam", str(lam),
+                                           "--save_path", args.save_path,
+                                           "--exp_name", f"lam{lam:g}"])
+        device = resolve_device(flags.device)
+        try:
+            result = run_superkernel(flags)
+        except SpnasError as e:
+            sys.exit(f"spnas: error: {e}")
+        row = {k: result.get(k) for k in FIELDS}
+        row.update(lam=lam, run=str(Path(args.save_path) / f"lam{lam:g}"))
+        rows.append(row)
+        print(f"lambda {lam:g}: {row['latency']:.3f} {row['latency_unit']}, supernet val acc "
+              f"{row['supernet_val_acc']:.4f}, {row['arch']}", flush=True)
+    tag = f"{device.type}_torch{torch.__version__.split('+')[0]}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"superkernel_sweep_{tag}.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    print(f"machine: {device_description(device)}; torch {torch.__version__}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

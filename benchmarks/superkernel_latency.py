@@ -1,0 +1,90 @@
+"""How well a per-layer latency table of the MBConv space predicts whole networks.
+
+Builds the table on this machine with ``cost.build_latency_table`` (each
+layer option timed alone on its real input: warm-up, median of repeats,
+fixed threads; plus the stem and head), then measures ``--archs`` random
+whole networks and compares. Also reports the paper's latency formula: it
+has no k3e3 entry and prices a k3e3 layer at R[k5e3] R[k3e6] / R[k5e6].
+
+    PYTHONPATH=. python benchmarks/superkernel_latency.py --layout cifar --device cpu
+    PYTHONPATH=. python benchmarks/superkernel_latency.py --layout imagenet --device cuda --batch 1
+
+Writes the table to benchmarks/results/mbconv_<layout>_<device>_torch<ver>.json
+(usable as ``spnas superkernel --latency_table``) and one CSV row per arch to
+benchmarks/results/superkernel_latency_<layout>_<device>_torch<ver>.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from spnas.arch import Arch  # noqa: E402
+from spnas.cost import build_latency_table, device_description, validate_latency_table  # noqa: E402
+from spnas.spaces import build_child, make_space  # noqa: E402
+from spnas.superkernel import LatencyModel  # noqa: E402
+from spnas.train import resolve_device  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layout", choices=("cifar", "imagenet"), default="cifar")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--archs", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=30)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    space = make_space("mbconv", args.layout)
+    child = lambda a: build_child(a, 10)  # noqa: E731
+    print(f"machine: {device_description(device)}; torch {torch.__version__}; "
+          f"mbconv/{args.layout}, batch {args.batch}")
+    table = build_latency_table(space, child, device, batch=args.batch, warmup=args.warmup,
+                                repeats=args.repeats, progress=True)
+    tag = f"{args.layout}_{device.type}_torch{torch.__version__.split('+')[0]}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.save(RESULTS / f"mbconv_{tag}.json")
+    report = validate_latency_table(table, child, device, args.archs, 0, args.warmup, args.repeats)
+    paper = LatencyModel(table, "paper")
+    rows = []
+    for r in report["archs"]:
+        arch = Arch.parse(r["arch"], space)
+        measured, formula = r["measured_ms"], paper.of_arch(arch)
+        rows.append({**r, "paper_formula_ms": formula,
+                     "rel_error": (r["predicted_ms"] - measured) / measured,
+                     "paper_rel_error": (formula - measured) / measured})
+    k33, k36, k53, k56 = (space.tokens.index(t) for t in ("k3e3", "k3e6", "k5e3", "k5e6"))
+    approx = [(row[k53] * row[k36] / row[k56] - row[k33]) / row[k33] for row in table.layers]
+    with open(RESULTS / f"superkernel_latency_{tag}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    largest = Arch(space, (k56,) * space.num_layers)
+    smallest = Arch(space, tuple(a[-1] if len(a) == 5 else k33 for a in space.allowed))
+    print(f"table: constant {table.constant:.3f} ms; largest network {table.predict(largest):.3f}"
+          f" ms, smallest {table.predict(smallest):.3f} ms")
+    mean_err, max_err = report["mean_abs_rel_error"], report["max_abs_rel_error"]
+    print(f"table vs whole networks ({args.archs} random archs): mean |error| "
+          f"{100 * mean_err:.1f}%, max {100 * max_err:.1f}%")
+    print(f"paper formula vs whole networks: mean |error| "
+          f"{100 * statistics.mean(abs(r['paper_rel_error']) for r in rows):.1f}%")
+    print(f"paper's k3e3 estimate vs the timed k3e3, per layer: mean "
+          f"{100 * statistics.mean(approx):+.1f}%, range {100 * min(approx):+.1f}% .. "
+          f"{100 * max(approx):+.1f}%")
+    print(f"wrote {RESULTS / f'mbconv_{tag}.json'} and superkernel_latency_{tag}.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Single-Path NAS search (Stamoulis et al. 2019): one superkernel network whose thresholds
+pick each layer's kernel and expansion, trained with the weights by the one ``Trainer``.
+
+The loss is cross-entropy (label smoothing) plus ``lam * ln(R)``, R the latency
+the ``LatencyModel`` predicts from the gates (``spaces.mbconv``), in the unit
+of its table (ms measured on the user's device, or millions of MACs). The
+first ``warmup_frac`` of the steps train the weights alone: lambda is 0 and
+each gate is dropped (set to 0) with probability ``1 - keep_prob``, so the
+warm-up trains sub-networks of the space. Afterwards lambda applies and the
+gates are exact. With a target, the penalty is ``lam * max(0, ln(R / target))``:
+it pushes only while the prediction is above the target.
+
+The run folder gets the Trainer's checkpoints and ``metrics.jsonl`` (train
+records carry ``ce`` and ``latency``; ``decisions`` records the arch every
+``print_freq`` steps), then ``arch.json`` (the decoded arch, its table
+latency, and its measured latency when the table was measured on this kind
+of device) and two plots.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .arch import Arch, SpaceSpec
+from .config import SuperkernelConfig, TrainConfig, derive_seed
+from .cost import LatencyTable, macs_latency_table, measure_arch_ms
+from .errors import SpnasError
+from .evaluation import evaluate, plain_forward
+from .runlog import RunLog
+from .spaces import build_child
+from .spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
+from .train import (DeviceLoader, Task, Trainer, build_transform, init_distributed, load_splits,
+                    param_groups, run_dir_for, setup_torch)
+
+FORMULAS = ("paper", "exact")
+
+
+class LatencyModel:
+    """Predicted latency as a differentiable function of the gates [layers, (d_k5, d_e3, d_e6)].
+
+    ``paper`` is the paper's formula, per layer with r = R[k3e6] / R[k5e6]::
+
+        Rch = d_e3 (R[k5e3] + d_e6 (R[k5e6] - R[k5e3]));   R_l = Rch r + Rch (1 - r) d_k5
+
+    At hard gates it gives the table's value for k3e6, k5e3, k5e6, 0 for skip,
+    and R[k5e3] R[k3e6] / R[k5e6] for k3e3 (the kernel ratio of expansion 6
+    assumed for expansion 3). ``exact`` interpolates all five entries::
+
+        R_l = d_e3 ((1 - d_k5) R3(d_e6) + d_k5 R5(d_e6)) + (1 - d_e3) R[skip],
+        Rk(d) = R[kKe3] + d (R[kKe6] - R[kKe3])
+
+    which equals the table lookup of every decoded arch.
+    """
+
+    def __init__(self, table: LatencyTable, formula: str = "paper"):
+        if formula not in FORMULAS:
+            raise SpnasError(f"--latency_formula must be one of {', '.join(FORMULAS)}, "
+                             f"got {formula!r}")
+        tokens = table.space.tokens
+        cols = [tokens.index(t) for t in ("k3e3", "k3e6", "k5e3", "k5e6", "skip")]
+        self.table, self.formula = table, formula
+        self.costs = torch.tensor([[row.get(c, 0.0) for c in cols] for row in table.layers],
+                                  dtype=torch.float64)
+        self.constant = table.constant
+
+    def __call__(self, gates: torch.Tensor) -> torch.Tensor:
+        r33, r36, r53, r56, rskip = self.costs.to(gates.device, gates.dtype).unbind(1)
+        k5, e3, e6 = gates.unbind(1)
+        if self.formula == "paper":
+            ratio = r36 / r56
+            rch = e3 * (r53 + e6 * (r56 - r53))
+            per_layer = rch * ratio + rch * (1 - ratio) * k5
+        else:
+            k3_cost, k5_cost = r33 + e6 * (r36 - r33), r53 + e6 * (r56 - r53)
+            per_layer = e3 * (k3_cost + k5 * (k5_cost - k3_cost)) + (1 - e3) * rskip
+        return self.constant + per_layer.sum()
+
+    def of_arch(self, arch: Arch) -> float:
+        """The formula at the hard gates of ``arch``."""
+        return float(self(arch_gates(arch).double()))
+
+
+def latency_penalty(latency: torch.Tensor, lam: float, target: float | None) -> torch.Tensor:
+    """``lam * ln(R)``, or ``lam * max(0, ln(R / target))`` with a target."""
+    if target is None:
+        return lam * torch.log(latency)
+    return lam * F.relu(torch.log(latency / target))
+
+
+def search_param_groups(model: SuperkernelNet, weight_decay: float,
+                        threshold_lr_scale: float) -> list[dict]:
+    """The weights' groups (decay on conv/linear weights) and the thresholds': no decay."""
+    thresholds = model.thresholds()
+    groups = param_groups(model, weight_decay, exclude={id(t) for t in thresholds})
+    groups.append({"params": thresholds, "weight_decay": 0.0, "lr_scale": threshold_lr_scale})
+    return groups
+
+
+def load_table(cfg: SuperkernelConfig, space: SpaceSpec, num_classes: int,
+               resolution: int) -> LatencyTable:
+    """The measured table of ``cfg.latency_table``, or the MACs table (at ``resolution``)."""
+    if cfg.latency_table is None:
+        table = macs_latency_table(space, lambda a: build_child(a, num_classes), num_classes,
+                                   resolution)
+    else:
+        table = LatencyTable.load(cfg.latency_table)
+        if table.space != space:
+            raise SpnasError(f"latency table {cfg.latency_table} is for {table.space.describe()}, "
+                             f"the search uses {space.describe()}; make one with 'spnas "
+                             f"latency-table --space mbconv --layout {space.layout}'")
+    if cfg.target_latency is not None and cfg.target_unit != table.unit:
+        flag, fix = (("--target_latency_ms", "give --latency_table FILE (a measured table)")
+                     if cfg.target_unit == "ms" else ("--target_mmacs", "use --target_latency_ms"))
+        raise SpnasError(f"{flag} needs a table in {cfg.target_unit}, but the latency table is "
+                         f"in {table.unit}; {fix}")
+    return table
+
+
+def _describe(table: LatencyTable, path: str | None) -> str:
+    if path is None:
+        return ("latency: no --latency_table given, so the table is MACs (millions) per layer, "
+                "not a timing; make a measured one with 'spnas latency-table'")
+    return f"latency: table {path} ({table.device_name}, batch {table.batch}, in {table.unit})"
+
+
+class _Decisions:
+    """Appends the arch the thresholds select to metrics.jsonl every ``every`` steps.
+
+    Its first call also logs ``note`` (which latency table is used): only then
+    is the run folder known to be this run's (the Trainer refuses a used one).
+    """
+
+    def __init__(self, model: SuperkernelNet, table: LatencyTable, log: RunLog, every: int,
+                 total: int, note: str):
+        self.model, self.table, self.log, self.every, self.total = model, table, log, every, total
+        self.note = note
+
+    def __call__(self, step: int) -> None:
+        if self.note:
+            self.log.info(self.note)
+            self.note = ""
+        done = step + 1
+        if done == 1 or done % self.every == 0 or done == self.total:
+            arch = self.model.decode()
+            self.log.metric({"type": "decisions", "step": done, "arch": str(arch),
+                             "choices": list(arch.choices), "latency": self.table.predict(arch),
+                             "thresholds": [[round(v, 5) for v in row] for row in torch.stack(
+                                 self.model.thresholds()).detach().cpu().tolist()]})
+
+
+def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, total: int,
+               validate, decisions_log: RunLog) -> Task:
+    """The superkernel search as a ``Task`` for the ``Trainer``."""
+    sk: SuperkernelConfig = cfg.model
+    warm = round(sk.warmup_frac * total)
+    latency = LatencyModel(table, sk.formula)
+    smoothing = cfg.optim.label_smoothing
+
+    def forward(m, x, step):
+        return m(x, keep_prob=sk.keep_prob if step < warm else 1.0)
+
+    def loss(logits, labels, step):
+        ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        if step < warm:
+            with torch.no_grad():
+                r = latency(model.gates())
+            return ce, {"ce": ce, "latency": r}
+        r = latency(model.gates())
+        return ce + latency_penalty(r, sk.lam, sk.target_latency), {"ce": ce, "latency": r}
+
+    return Task(kind="superkernel", model=model, space=model.spec, num_classes=model.num_classes,
+                forward=forward, loss=loss, validate=validate,
+                param_groups=search_param_groups(model, cfg.optim.weight_decay,
+                                                 sk.threshold_lr_scale),
+                model_args={"dropout": sk.dropout, "mask_at": sk.mask_at},
+                on_step_end=_Decisions(model, table, decisions_log, cfg.run.print_freq, total,
+                                       _describe(table, sk.latency_table)))
+
+
+def make_validator(splits, cfg: TrainConfig, device: torch.device, table: LatencyTable):
+    """Accuracy of the network the thresholds select now, and its table latency."""
+    transform = build_transform(cfg.data, cfg.run.channels_last)
+    val_x, val_y = splits.val
+
+    def validate(model, step):
+        r = evaluate(model, plain_forward, val_x, val_y, transform, len(splits.classes), 500,
+                     device, cfg.run.amp)
+        return {"val_acc": r["acc"], "val_loss": r["loss"],
+                "latency": table.predict(model.decode())}
+    return validate
+
+
+def search(cfg: TrainConfig) -> dict:
+    """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
+    sk: SuperkernelConfig = cfg.model
+    dist_info, device = init_distributed(cfg.run.device)
+    setup_torch(cfg.run, device)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    num_classes = len(splits.classes)
+    space = mbconv_space(sk.layout)
+    table = load_table(sk, space, num_classes, 224 if cfg.data.resize else cfg.data.image_size)
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    model = SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = DeviceLoader(*splits.train, cfg.optim.batch_size,
+                          build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
+                          cfg.optim.num_steps, dist_info)
+    total = cfg.optim.epochs * loader.steps_per_epoch
+    run_dir = run_dir_for(cfg.run)
+    notes = RunLog(run_dir, enabled=dist_info.main)
+    task = build_task(model, table, cfg, total, make_validator(splits, cfg, device, table), notes)
+    result = Trainer(task, loader, cfg, run_dir, dist_info).fit()
+    if not dist_info.main:
+        return result
+    return finish(model, table, cfg, result, run_dir, notes, round(sk.warmup_frac * total))
+
+
+def _measure(arch: Arch, table: LatencyTable, num_classes: int) -> float | None:
+    """Whole-network ms of ``arch`` where the table was measured on a device present here."""
+    if table.unit != "ms" or (table.device.startswith("cuda") and not torch.cuda.is_available()):
+        return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(table.threads or threads)
+    try:
+        return measure_arch_ms(arch, table, lambda a: build_child(a, num_classes),
+                               torch.device(table.device))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result: dict, run_dir,
+           log: RunLog, warm: int) -> dict:
+    """Decode, write arch.json and the plots, and say what was found."""
+    from .superkernel_plots import plot_search
+    sk: SuperkernelConfig = cfg.model
+    arch = model.decode()
+    metrics = {"latency": table.predict(arch), "latency_unit": table.unit,
+               "formula_latency": LatencyModel(table, sk.formula).of_arch(arch),
+               "supernet_val_acc": result.get("val_acc"), "steps": result["step"]}
+    measured = _measure(arch, table, model.num_classes)
+    if measured is not None:
+        metrics["measured_latency_ms"] = measured
+    found_by = {"method": "superkernel", "run": str(run_dir), "lam": sk.lam,
+                "target_latency": sk.target_latency, "target_unit": sk.target_unit,
+                "latency_table": sk.latency_table or "macs", "table_device": table.device_name,
+                "formula": sk.formula, "mask_at": sk.mask_at, "seed": cfg.run.seed}
+    arch.save(run_dir / "arch.json", found_by=found_by, metrics=metrics)
+    plots = plot_search(run_dir, table.unit, warm, sk.target_latency)
+    log.info(f"found {arch}")
+    log.info(f"predicted latency {metrics['latency']:.3f} {table.unit}"
+             + (f", measured {measured:.3f} ms" if measured is not None else "")
+             + f"; wrote {run_dir / 'arch.json'} and {', '.join(p.name for p in plots)}")
+    if all(model.spec.tokens[c] == "k5e6" for c in arch):
+        log.info("every layer stayed k5e6: the latency pressure was too weak; raise --lam or "
+                 "--threshold_lr_scale, or give a target (--target_latency_ms)")
+    return {**result, "arch": str(arch), **metrics}

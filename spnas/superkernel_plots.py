@@ -1,0 +1,79 @@
+"""Plots of a superkernel search, read from its metrics.jsonl alone.
+
+``latency.png``: the predicted latency over the steps (the formula at the
+gates, averaged between log lines, and the table lookup of the decoded arch),
+with the end of the warm-up and the target. ``decisions.png``: each layer's
+choice at every ``decisions`` record, one colour per token.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .runlog import read_metrics
+
+TOKEN_COLOURS = {"k3e3": "#a6cee3", "k3e6": "#1f78b4", "k5e3": "#b2df8a", "k5e6": "#33a02c",
+                 "skip": "#f0f0f0"}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_latency(records: list[dict], unit: str, warmup_step: int, target: float | None,
+                 path: Path) -> Path:
+    plt = _pyplot()
+    train = [r for r in records if r["type"] == "train" and "latency" in r]
+    decided = [r for r in records if r["type"] == "decisions"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([r["step"] for r in train], [r["latency"] for r in train], label="formula (mean)")
+    ax.step([r["step"] for r in decided], [r["latency"] for r in decided], where="post",
+            label="table, decoded arch")
+    ax.axvline(warmup_step, color="grey", ls=":", label="end of warm-up")
+    if target is not None:
+        ax.axhline(target, color="red", ls="--", label="target")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"predicted latency ({unit})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_decisions(records: list[dict], path: Path) -> Path:
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+    decided = [r for r in records if r["type"] == "decisions"]
+    tokens = list(TOKEN_COLOURS)
+    grid = [[tokens.index(t) for t in r["arch"].replace("|", " ").split()] for r in decided]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    image = [list(col) for col in zip(*grid)]  # layers x records
+    ax.imshow(image, aspect="auto", interpolation="nearest", vmin=0, vmax=len(tokens) - 1,
+              cmap=ListedColormap([TOKEN_COLOURS[t] for t in tokens]))
+    steps = [r["step"] for r in decided]
+    ticks = sorted({0, len(steps) - 1, *range(0, len(steps), max(len(steps) // 6, 1))})
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set_xlabel("step")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(0, len(image), 4))
+    for y in range(4, len(image), 4):  # stage boundaries
+        ax.axhline(y - 0.5, color="white", lw=1)
+    ax.legend(handles=[Patch(color=TOKEN_COLOURS[t], label=t) for t in tokens], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_search(run_dir: str | Path, unit: str, warmup_step: int,
+                target: float | None = None) -> list[Path]:
+    """Write latency.png and decisions.png into ``run_dir``; return their paths."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    return [plot_latency(records, unit, warmup_step, target, run_dir / "latency.png"),
+            plot_decisions(records, run_dir / "decisions.png")]
