@@ -33,16 +33,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from spnas.arch import Arch  # noqa: E402
-from spnas.config import (DataConfig, OptimConfig, RetrainConfig, RunConfig,  # noqa: E402
-                          TrainConfig)
+from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig  # noqa: E402
 from spnas.cost import device_description  # noqa: E402
 from spnas.data import Splits  # noqa: E402
 from spnas.retrain import child_task, place  # noqa: E402
 from spnas.runlog import read_metrics  # noqa: E402
 from spnas.runtime import tune_allocator  # noqa: E402
 from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.train import (DeviceLoader, Trainer, build_transform, load_splits,  # noqa: E402
-                         resolve_device, setup_torch)
+from spnas.train import DeviceLoader, Trainer, build_transform, load_splits, resolve_device, setup_torch  # noqa: E402
 
 OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
 EPOCH_IMAGES, RECIPE_EPOCHS = 50_000, 600

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import cifar_or_random, machine, write_csv
+
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RunConfig, SupernetConfig, TrainConfig
 from spnas.runlog import read_metrics
@@ -100,8 +100,10 @@ def main() -> None:
     x, y, source = cifar_or_random(a.data)
     print(f"machine: {machine()}\ndata: {source}\nbatch 64, {a.steps} steps per row")
     seed_aug = DataConfig(cutout=True, auto_aug=True)
-    rows = [("spnas 32x32 crop+flip", lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device)),
-            ("spnas 32x32 seed augmentation", lambda: spnas_throughput(x, y, seed_aug, a.steps, a.window, device))]
+    rows = [("spnas 32x32 crop+flip",
+             lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device)),
+            ("spnas 32x32 seed augmentation",
+             lambda: spnas_throughput(x, y, seed_aug, a.steps, a.window, device))]
     if device.type == "cpu":
         rows.append(("plain 32x32 crop+flip (PIL, DataLoader, NCHW)",
                      lambda: plain_throughput(x, y, a.steps, a.window)))

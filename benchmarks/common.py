@@ -34,7 +34,8 @@ def device_tag(device: torch.device) -> str:
 
 
 def write_csv(name: str, device: torch.device, rows: list[dict]) -> Path:
-    out = ROOT / "benchmarks" / "results" / f"{name}-{device_tag(device)}-torch{torch.__version__.split('+')[0]}.csv"
+    version = torch.__version__.split("+")[0]
+    out = ROOT / "benchmarks" / "results" / f"{name}-{device_tag(device)}-torch{version}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

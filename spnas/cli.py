@@ -9,9 +9,20 @@ import argparse
 import dataclasses
 import sys
 
-from .config import (DataConfig, FinetuneConfig, LatencyConfig, OptimConfig, RetrainConfig,
-                     RunConfig, ScoringConfig, SearchConfig, SearchRunConfig, SupernetConfig,
-                     TrainConfig, from_namespace)
+from .config import (
+    DataConfig,
+    FinetuneConfig,
+    LatencyConfig,
+    OptimConfig,
+    RetrainConfig,
+    RunConfig,
+    ScoringConfig,
+    SearchConfig,
+    SearchRunConfig,
+    SupernetConfig,
+    TrainConfig,
+    from_namespace,
+)
 from .data import DATASETS
 from .errors import SpnasError
 

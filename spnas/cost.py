@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .arch import Arch, SpaceSpec
 from .config import LatencyConfig
 from .errors import SpnasError
+from .runtime import torch_threads
 
 
 def default_resolution(space: SpaceSpec) -> int:
@@ -287,9 +288,16 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
     else:
         space, num_classes = make_space(cfg.space, cfg.layout, **cfg.options), cfg.num_classes
     device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     child = lambda a: build_child(a, num_classes)  # noqa: E731
+    with torch_threads(cfg.threads):
+        table = _measure_and_check(space, child, device, cfg, log)
+    table.save(out)
+    log(f"wrote {out}")
+    return table
+
+
+def _measure_and_check(space: SpaceSpec, child, device: torch.device, cfg: LatencyConfig,
+                       log: Callable[[str], None]) -> LatencyTable:
     log(f"timing {space.describe()} on {device_description(device)}, batch {cfg.batch}")
     table = build_latency_table(space, child, device, cfg.batch, cfg.resolution, cfg.warmup,
                                 cfg.repeats, cfg.channels_last, progress=True)
@@ -302,6 +310,4 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
         log(f"table vs whole networks ({cfg.validate} random archs, mean {meas:.3f} ms): "
             f"mean |error| {report['mean_abs_rel_error']:.1%}, max {report['max_abs_rel_error']:.1%}, "
             f"mean signed {report['mean_rel_error']:+.1%}")
-    table.save(out)
-    log(f"wrote {out}")
     return table

@@ -11,7 +11,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint

@@ -10,8 +10,15 @@ from __future__ import annotations
 import torch
 
 from .arch import Arch
-from .cost import _input, _to_device, count_macs, count_params, default_resolution, \
-    device_description, time_ms
+from .cost import (
+    _input,
+    _to_device,
+    count_macs,
+    count_params,
+    default_resolution,
+    device_description,
+    time_ms,
+)
 from .evaluation import autocast
 from .spaces import build_child
 

@@ -32,8 +32,19 @@ from .evaluation import evaluate, plain_forward
 from .plots import plot_curves
 from .runlog import RunLog, read_metrics
 from .spaces import build_child, make_space, model_from_checkpoint
-from .train import (Dist, DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss,
-                    init_distributed, load_splits, param_groups, run_dir_for, setup_torch)
+from .train import (
+    DeviceLoader,
+    Dist,
+    Task,
+    Trainer,
+    build_transform,
+    cross_entropy_loss,
+    init_distributed,
+    load_splits,
+    param_groups,
+    run_dir_for,
+    setup_torch,
+)
 
 
 # ---- the architecture ------------------------------------------------------------------

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from contextlib import contextmanager
+
+import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -24,3 +27,15 @@ def tune_allocator(threshold: int = 1 << 30) -> bool:
             bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` intra-op CPU threads (None: unchanged), then restore."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -22,8 +22,7 @@ from torch import nn
 from .arch import Arch
 from .augment import BatchTransform
 from .config import derive_seed
-from .evaluation import (eval_batches, evaluate_batches, recalibrate_bn,
-                         recalibration_batches)
+from .evaluation import eval_batches, evaluate_batches, recalibrate_bn, recalibration_batches
 
 PathForward = Callable[[nn.Module, torch.Tensor, Arch], torch.Tensor]
 

@@ -27,10 +27,20 @@ from .cost import LatencyTable, macs_latency_table, measure_arch_ms
 from .errors import SpnasError
 from .evaluation import evaluate, plain_forward
 from .runlog import RunLog
+from .runtime import torch_threads
 from .spaces import build_child
 from .spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from .train import (DeviceLoader, Task, Trainer, build_transform, init_distributed, load_splits,
-                    param_groups, run_dir_for, setup_torch)
+from .train import (
+    DeviceLoader,
+    Task,
+    Trainer,
+    build_transform,
+    init_distributed,
+    load_splits,
+    param_groups,
+    run_dir_for,
+    setup_torch,
+)
 
 FORMULAS = ("paper", "exact")
 
@@ -220,13 +230,9 @@ def _measure(arch: Arch, table: LatencyTable, num_classes: int) -> float | None:
     """Whole-network ms of ``arch`` where the table was measured on a device present here."""
     if table.unit != "ms" or (table.device.startswith("cuda") and not torch.cuda.is_available()):
         return None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(table.threads or threads)
-    try:
+    with torch_threads(table.threads):
         return measure_arch_ms(arch, table, lambda a: build_child(a, num_classes),
                                torch.device(table.device))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result: dict, run_dir,

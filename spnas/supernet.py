@@ -11,8 +11,18 @@ from .config import DataConfig, SupernetConfig, TrainConfig, derive_seed
 from .data import Splits
 from .evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
 from .spaces.spos import SposSupernet, spos_space
-from .train import (DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss,
-                    init_distributed, load_splits, param_groups, run_dir_for, setup_torch)
+from .train import (
+    DeviceLoader,
+    Task,
+    Trainer,
+    build_transform,
+    cross_entropy_loss,
+    init_distributed,
+    load_splits,
+    param_groups,
+    run_dir_for,
+    setup_torch,
+)
 
 
 def supernet_space(model: SupernetConfig, data: DataConfig) -> SpaceSpec:

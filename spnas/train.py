@@ -23,9 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import Arch, SpaceSpec
-from .augment import MEAN_STD, IMAGENET_MEAN_STD, AugmentConfig, BatchTransform
-from .checkpoint import (atomic_write_text, check_same_space, load_checkpoint, load_model_state,
-                         rng_state, save_checkpoint)
+from .augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
+from .checkpoint import (
+    atomic_write_text,
+    check_same_space,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+)
 from .config import DataConfig, OptimConfig, RunConfig, TrainConfig, derive_seed
 from .data import Splits, load_dataset, make_splits
 from .errors import SpnasError

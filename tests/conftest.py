@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from spnas.runtime import torch_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -97,7 +99,5 @@ def one_thread():
     """One CPU thread for a module of small-tensor tests: as fast, and immune to the
     OpenMP stalls of a busy shared machine (a 2-thread BatchNorm on a small batch took
     10-14 ms there, 0.4 ms on one thread). Use with ``pytest.mark.usefixtures``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

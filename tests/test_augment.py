@@ -3,8 +3,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.autoaugment import _apply_op
 
-from spnas.augment import (AugmentConfig, BatchAutoAugment, BatchTransform, crop_resize, cutout,
-                           random_crop_flip, resized_crop_params)
+from spnas.augment import (
+    AugmentConfig,
+    BatchAutoAugment,
+    BatchTransform,
+    crop_resize,
+    cutout,
+    random_crop_flip,
+    resized_crop_params,
+)
 
 
 def _images(n=64, h=32, seed=0):

@@ -12,15 +12,6 @@ from spnas.spaces import build_child
 from spnas.spaces.spos import spos_space
 
 
-@pytest.fixture
-def one_thread():
-    """Batch-1 forwards on a busy 2-core machine: one thread avoids OpenMP barrier stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("layout, layers, res", [("cifar", 20, 32), ("imagenet", 9, 64)])
 def test_cached_costs_equal_counting_the_whole_standalone_network(layout, layers, res, one_thread):
     """The table counts on the meta device; here whole CPU networks are counted."""

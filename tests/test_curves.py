@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from spnas.cli import main
 from spnas.curves import Curve, compare, load_curve
 

@@ -6,10 +6,18 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_image_folders, write_official
-from spnas.data import (SOURCES, Dataset, download, load_dataset, make_splits, md5sum,
-                        safe_extract, stratified_split)
+
+from spnas.data import (
+    SOURCES,
+    Dataset,
+    download,
+    load_dataset,
+    make_splits,
+    md5sum,
+    safe_extract,
+    stratified_split,
+)
 from spnas.errors import SpnasError
 
 

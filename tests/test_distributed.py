@@ -5,7 +5,6 @@ import sys
 import textwrap
 
 import torch
-
 from conftest import ROOT
 from test_train import train_argv
 

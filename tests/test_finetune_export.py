@@ -3,8 +3,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import cli_argv
+
 from spnas import export as export_mod
 from spnas.arch import Arch
 from spnas.checkpoint import load_checkpoint, save_checkpoint

@@ -7,9 +7,19 @@ from torch import nn
 from spnas.arch import Arch, ArchError
 from spnas.cost import count_params, uniform_archs
 from spnas.spaces import build_child, build_supernet, make_space
-from spnas.spaces.mbconv import (MASK_AT, PUBLISHED, STAGE_WIDTHS, TOKENS, MbconvNet,
-                                 SuperkernelNet, arch_gates, decode_gates, indicator,
-                                 layer_geometry, mbconv_space)
+from spnas.spaces.mbconv import (
+    MASK_AT,
+    PUBLISHED,
+    STAGE_WIDTHS,
+    TOKENS,
+    MbconvNet,
+    SuperkernelNet,
+    arch_gates,
+    decode_gates,
+    indicator,
+    layer_geometry,
+    mbconv_space,
+)
 
 # Layer strides after the stem (stem stride: cifar 1, imagenet 2).
 LAYOUTS = {"cifar": (32, 1, (1, 2, 2, 1, 2)), "imagenet": (64, 2, (2, 2, 2, 1, 2))}

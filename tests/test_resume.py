@@ -7,13 +7,13 @@ import time
 
 import pytest
 import torch
+from conftest import ROOT
+from test_train import losses, train_argv
 
 import spnas.supernet
-from conftest import ROOT
 from spnas.checkpoint import save_checkpoint
 from spnas.cli import main
 from spnas.runlog import read_metrics
-from test_train import losses, train_argv
 
 FLAGS = {"--epochs": 4, "--num_steps": 5, "--ckpt_interval": 3, "--val_interval": 2}
 
@@ -26,7 +26,8 @@ def test_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(fake_cifa
     assert main(train_argv(fake_cifar, tmp_path, "full", **FLAGS)) == 0
     run = tmp_path / "killed"
     argv = [sys.executable, "-m", "spnas"] + train_argv(fake_cifar, tmp_path, "killed", **FLAGS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the same thread count as this process: float sums depend on it
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

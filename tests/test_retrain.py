@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import cli_argv, write_official
+
 from spnas.arch import Arch
 from spnas.augment import MEAN_STD, AugmentConfig, BatchTransform
 from spnas.checkpoint import load_checkpoint

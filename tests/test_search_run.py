@@ -5,25 +5,18 @@ import random
 
 import pytest
 import torch
+from conftest import write_official
+from test_train import train_argv
 
 import spnas.search_run as search_run
-from conftest import write_official
 from spnas.arch import Arch
 from spnas.augment import AugmentConfig, BatchTransform
 from spnas.cli import count_arg, main
 from spnas.evaluation import recalibration_batches
 from spnas.scoring import SupernetScorer, recal_set, val_set
 from spnas.spaces.spos import SposSupernet, spos_space
-from test_train import train_argv
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small forwards on a busy 2-core machine: one thread avoids OpenMP barrier stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

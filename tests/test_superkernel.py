@@ -14,7 +14,6 @@ from spnas.spaces import build_child, model_from_checkpoint
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
 from spnas.superkernel import LatencyModel, latency_penalty, search_param_groups
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

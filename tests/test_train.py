@@ -3,14 +3,14 @@ import math
 
 import pytest
 import torch
+from conftest import cli_argv
 from torch import nn
 
-from conftest import cli_argv
+from spnas.augment import AugmentConfig, BatchTransform
 from spnas.checkpoint import load_checkpoint
 from spnas.cli import main
 from spnas.config import OptimConfig
 from spnas.evaluation import evaluate, plain_forward, recalibrate_bn
-from spnas.augment import AugmentConfig, BatchTransform
 from spnas.runlog import read_metrics
 from spnas.spaces import SposSupernet, model_from_checkpoint
 from spnas.train import DeviceLoader, lr_at, param_groups

@@ -50,5 +50,6 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     return model
 
 
-__all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "make_space", "SposNet", "SposSupernet", "build_child", "build_supernet",
-           "model_from_checkpoint", "spos_space", "MbconvNet", "SuperkernelNet", "mbconv_space"]
+__all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "MbconvNet", "SposNet", "SposSupernet",
+           "SuperkernelNet", "build_child", "build_supernet", "make_space", "mbconv_space",
+           "model_from_checkpoint", "spos_space"]

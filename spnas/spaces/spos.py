@@ -30,8 +30,7 @@ from torch import nn
 
 from ..arch import Arch, SpaceSpec
 from ..errors import SpnasError
-from .common import (ChildNet, GlobalAvgPool, concat_channels, conv_bn, init_weights,
-                     shuffle_split)
+from .common import ChildNet, GlobalAvgPool, concat_channels, conv_bn, init_weights, shuffle_split
 
 TOKENS = ("k3", "k5", "k7", "x")
 KERNELS = (3, 5, 7, 3)
