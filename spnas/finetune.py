@@ -26,10 +26,10 @@ from .checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint
 from .config import FinetuneConfig, TrainConfig, derive_seed
 from .errors import SpnasError
 from .evaluation import plain_forward, recalibrate_bn, recalibration_batches
-from .retrain import check_layout, is_arch_file, place, train_child
+from .retrain import check_layout, is_arch_file, train_child
 from .spaces import build_child, model_from_checkpoint
 from .supernet import recal_transform
-from .train import init_distributed, load_splits, param_groups, setup_torch, steps_per_epoch
+from .train import param_groups, place, start_run, steps_per_epoch
 
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
@@ -121,11 +121,9 @@ def finetune(cfg: TrainConfig) -> dict:
         raise SpnasError(f"--dropout must be in [0, 1), got {fc.dropout}")
     src = load_source(fc)
     check_layout(src.net.arch, cfg.data, "the network")
-    dist_info, device = init_distributed(cfg.run.device)
+    dist_info, device, splits = start_run(cfg)
     if fc.freeze_epochs and dist_info.world > 1:
         raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
-    setup_torch(cfg.run, device)
-    splits = load_splits(cfg.data, cfg.run.seed)
     model = place(src.net, device, cfg.run.channels_last)
     notes = [f"fine-tuning {src.description} on {cfg.data.dataset} "
              f"({len(splits.train[0])} training images)"]

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .arch import Arch, arch_from_text_or_file
 from .checkpoint import atomic_write_text, load_checkpoint
-from .config import DataConfig, RetrainConfig, TrainConfig, derive_seed
+from .config import DataConfig, RetrainConfig, TrainConfig
 from .cost import count_macs, count_params, default_resolution
 from .data import Splits
 from .errors import SpnasError
@@ -33,17 +33,16 @@ from .plots import plot_curves
 from .runlog import RunLog, read_metrics
 from .spaces import build_child, make_space, model_from_checkpoint
 from .train import (
-    DeviceLoader,
     Dist,
     Task,
     Trainer,
     build_transform,
     cross_entropy_loss,
-    init_distributed,
-    load_splits,
     param_groups,
+    place,
     run_dir_for,
-    setup_torch,
+    start_run,
+    train_loader,
 )
 
 
@@ -75,11 +74,6 @@ def check_layout(arch: Arch, data: DataConfig, what: str) -> None:
     if arch.space.layout != data_layout(data):
         raise SpnasError(f"{what} is for the {arch.space.layout} layout; "
                          + ("drop --resize" if data.resize else "add --resize"))
-
-
-def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 # ---- the task ----------------------------------------------------------------------------
@@ -128,9 +122,7 @@ def train_child(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torc
                 forward=None, notes: tuple[str, ...] = ()) -> dict:
     """Train ``model`` as ``cfg`` says, then test it once; returns the results."""
     task = child_task(model, splits, cfg, device, model_args, groups, forward)
-    transform = build_transform(cfg.data, cfg.run.channels_last)
-    loader = DeviceLoader(*splits.train, cfg.optim.batch_size, transform, device, cfg.run.seed,
-                          cfg.optim.num_steps, dist_info)
+    loader = train_loader(splits, cfg, device, dist_info)
     run_dir = run_dir_for(cfg.run)
     trainer = Trainer(task, loader, cfg, run_dir, dist_info)
     for note in notes:
@@ -191,10 +183,7 @@ def retrain(cfg: TrainConfig) -> dict:
     if not 0.0 <= rc.dropout < 1.0:
         raise SpnasError(f"--dropout must be in [0, 1), got {rc.dropout}")
     arch = load_arch(rc, cfg.data)
-    dist_info, device = init_distributed(cfg.run.device)
-    setup_torch(cfg.run, device)
-    splits = load_splits(cfg.data, cfg.run.seed)
-    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}
     model = place(build_child(arch, len(splits.classes), **model_args), device,
                   cfg.run.channels_last)

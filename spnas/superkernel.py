@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .arch import Arch, SpaceSpec
-from .config import SuperkernelConfig, TrainConfig, derive_seed
+from .config import SuperkernelConfig, TrainConfig
 from .cost import LatencyTable, macs_latency_table, measure_arch_ms
 from .errors import SpnasError
 from .evaluation import evaluate, plain_forward
@@ -30,17 +30,7 @@ from .runlog import RunLog
 from .runtime import torch_threads
 from .spaces import build_child
 from .spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from .train import (
-    DeviceLoader,
-    Task,
-    Trainer,
-    build_transform,
-    init_distributed,
-    load_splits,
-    param_groups,
-    run_dir_for,
-    setup_torch,
-)
+from .train import Task, Trainer, build_transform, param_groups, place, run_dir_for, start_run, train_loader
 
 FORMULAS = ("paper", "exact")
 
@@ -203,19 +193,13 @@ def make_validator(splits, cfg: TrainConfig, device: torch.device, table: Latenc
 def search(cfg: TrainConfig) -> dict:
     """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
     sk: SuperkernelConfig = cfg.model
-    dist_info, device = init_distributed(cfg.run.device)
-    setup_torch(cfg.run, device)
-    splits = load_splits(cfg.data, cfg.run.seed)
+    dist_info, device, splits = start_run(cfg)
     num_classes = len(splits.classes)
     space = mbconv_space(sk.layout)
+    model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at), device,
+                  cfg.run.channels_last)
     table = load_table(sk, space, num_classes, 224 if cfg.data.resize else cfg.data.image_size)
-    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    model = SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at).to(device)
-    if cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(*splits.train, cfg.optim.batch_size,
-                          build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
-                          cfg.optim.num_steps, dist_info)
+    loader = train_loader(splits, cfg, device, dist_info)
     total = cfg.optim.epochs * loader.steps_per_epoch
     run_dir = run_dir_for(cfg.run)
     notes = RunLog(run_dir, enabled=dist_info.main)

@@ -12,16 +12,15 @@ from .data import Splits
 from .evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
 from .spaces.spos import SposSupernet, spos_space
 from .train import (
-    DeviceLoader,
     Task,
     Trainer,
     build_transform,
     cross_entropy_loss,
-    init_distributed,
-    load_splits,
     param_groups,
+    place,
     run_dir_for,
-    setup_torch,
+    start_run,
+    train_loader,
 )
 
 
@@ -75,14 +74,9 @@ def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, 
 def train_supernet(cfg: TrainConfig) -> dict:
     """Train the SPOS supernet as ``cfg`` says; returns the final metrics."""
     model_cfg: SupernetConfig = cfg.model
-    dist_info, device = init_distributed(cfg.run.device)
-    setup_torch(cfg.run, device)
-    splits = load_splits(cfg.data, cfg.run.seed)
+    dist_info, device, splits = start_run(cfg)
     space = supernet_space(model_cfg, cfg.data)
-    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    model = SposSupernet(space, len(splits.classes)).to(device)
-    if cfg.run.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place(SposSupernet(space, len(splits.classes)), device, cfg.run.channels_last)
     seed = cfg.run.seed
     task = Task(
         kind="supernet", model=model, space=space, num_classes=len(splits.classes),
@@ -93,7 +87,5 @@ def train_supernet(cfg: TrainConfig) -> dict:
                                      model_cfg.recal_images),
         param_groups=param_groups(model, cfg.optim.weight_decay),
         find_unused_parameters=True)
-    transform = build_transform(cfg.data, cfg.run.channels_last)
-    loader = DeviceLoader(*splits.train, cfg.optim.batch_size, transform, device, seed,
-                          cfg.optim.num_steps, dist_info)
+    loader = train_loader(splits, cfg, device, dist_info)
     return Trainer(task, loader, cfg, run_dir_for(cfg.run), dist_info).fit()

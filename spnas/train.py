@@ -156,6 +156,30 @@ class DeviceLoader:
         return self.transform.train(self.x[idx], gen), self.y[idx]
 
 
+def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """``model`` on ``device``, in the channels_last memory format when asked."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
+    """Processes (torchrun-aware), device, torch settings and the data split of a run;
+    then the initial weights' seed, (seed, "init")."""
+    dist_info, device = init_distributed(cfg.run.device)
+    setup_torch(cfg.run, device)
+    splits = load_splits(cfg.data, cfg.run.seed)
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    return dist_info, device, splits
+
+
+def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
+                 dist_info: Dist = Dist()) -> DeviceLoader:
+    """The run's training images on ``device``, augmented as ``cfg.data`` says."""
+    return DeviceLoader(*splits.train, cfg.optim.batch_size,
+                        build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
+                        cfg.optim.num_steps, dist_info)
+
+
 # ---- the task and the loop ---------------------------------------------------------------
 def cross_entropy_loss(label_smoothing: float):
     def loss(logits: torch.Tensor, labels: torch.Tensor, step: int):
