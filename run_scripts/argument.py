@@ -1,4 +1,4 @@
-"""The seed recipe's flags: the same parser as ``spnas train`` (see spnas/cli.py)."""
+"""The seed recipe's flags: the same parser as ``spnas train`` (see spnas/cli/spos.py)."""
 import argparse
 import os
 import sys

@@ -1,0 +1,95 @@
+"""The ``spnas`` command: each subcommand parses its flags and calls one module.
+
+A user mistake (``SpnasError``) prints one line, ``spnas: error: ...``, and
+exits with status 2; no stack trace. The subcommands' flags live in this
+package by stage: ``spos`` (train, search, latency-table), ``networks``
+(retrain, finetune, evaluate, profile, export), ``superkernel``, ``curves``;
+``flags`` holds the groups they share.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import SpnasError
+from .curves import add_curves_parser, run_curves
+from .networks import (
+    add_evaluate_parser,
+    add_export_parser,
+    add_finetune_parser,
+    add_profile_parser,
+    add_retrain_parser,
+    run_evaluate,
+    run_export,
+    run_finetune,
+    run_profile,
+    run_retrain,
+)
+from .spos import (
+    add_latency_table_parser,
+    add_search_parser,
+    add_train_parser,
+    count_arg,
+    run_latency_table,
+    run_search,
+    run_train,
+)
+from .superkernel import add_superkernel_parser, run_superkernel
+
+COMMANDS = {
+    "train": (add_train_parser, run_train, "train a SPOS supernet (one random path per step)"),
+    "search": (add_search_parser, run_search,
+               "search a trained supernet's paths (evolution or random) under a budget"),
+    "latency-table": (add_latency_table_parser, run_latency_table,
+                      "time every (layer, choice) of a space on a device, for latency budgets"),
+    "superkernel": (add_superkernel_parser, run_superkernel,
+                    "Single-Path NAS: superkernel search under a latency model; writes an "
+                    "arch file"),
+    "retrain": (add_retrain_parser, run_retrain,
+                "train a found architecture from scratch; test it once at the end"),
+    "finetune": (add_finetune_parser, run_finetune,
+                 "fine-tune a trained network (or a supernet path), optionally on other data"),
+    "evaluate": (add_evaluate_parser, run_evaluate,
+                 "top-1/top-5/loss, per-class accuracy and a confusion matrix of a checkpoint"),
+    "profile": (add_profile_parser, run_profile,
+                "parameters, MACs and measured latency of an architecture"),
+    "export": (add_export_parser, run_export,
+               "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
+    "curves": (add_curves_parser, run_curves,
+               "plot loss curves; compare a run with a reference run (--baseline)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spnas", description="Single-path neural architecture search.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add, _, help_) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_, description=help_))
+    return p
+
+
+def run_guarded(fn, args) -> int:
+    """Run ``fn(args)``; a user mistake is one line on stderr and exit status 2.
+
+    ``fn`` may return an exit status (e.g. 1 when a comparison fails).
+    """
+    from ..runtime import tune_allocator
+    tune_allocator()
+    try:
+        code = fn(args)
+    except SpnasError as e:
+        print(f"spnas: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spnas: interrupted", file=sys.stderr)
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(COMMANDS[args.command][1], args)
+
+
+__all__ = ["COMMANDS", "add_curves_parser", "add_train_parser", "build_parser", "count_arg",
+           "main", "run_curves", "run_guarded", "run_superkernel", "run_train"]
