@@ -18,29 +18,31 @@ what the old recipe's 600 epochs of 50,000 images would take at that speed
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import re
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
 
 from spnas.arch import Arch  # noqa: E402
 from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig  # noqa: E402
-from spnas.cost import device_description  # noqa: E402
 from spnas.data import Splits  # noqa: E402
-from spnas.retrain import child_task, place  # noqa: E402
+from spnas.retrain import child_task  # noqa: E402
 from spnas.runlog import read_metrics  # noqa: E402
 from spnas.runtime import tune_allocator  # noqa: E402
 from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.train import DeviceLoader, Trainer, build_transform, load_splits, resolve_device, setup_torch  # noqa: E402
+from spnas.train import (  # noqa: E402
+    DeviceLoader,
+    Trainer,
+    build_transform,
+    load_splits,
+    place,  # noqa: E402
+    resolve_device,
+    setup_torch,
+)
 
 OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
 EPOCH_IMAGES, RECIPE_EPOCHS = 50_000, 600
@@ -102,9 +104,8 @@ def main() -> None:
     splits = (load_splits(replace(data, val_size=256), 0) if args.data_path
               else synthetic_splits(max(args.batch_sizes) * steps))
     arch = Arch.parse(args.arch, make_space("spos", "cifar"))
-    name = device_description(device)
     amp = args.amp and device.type == "cuda"
-    print(f"device {name} | torch {torch.__version__} | arch {arch} | "
+    print(f"machine: {machine(device)} | arch {arch} | "
           f"{'real' if args.data_path else 'random'} 32x32 images | amp {amp} | "
           f"channels_last {args.channels_last} | ema {args.ema} | {steps} steps per batch size")
     rows = []
@@ -114,27 +115,12 @@ def main() -> None:
         r = measure(splits, arch, cfg, device)
         print(f"batch {batch:5d}: {r['img_per_s']:9.0f} img/s  {r['ms_per_step']:8.2f} ms/step  "
               f"epoch {r['epoch_s']:7.1f} s  600 epochs {r['recipe_h']:6.2f} h", flush=True)
-        rows.append({"device": name, "torch": torch.__version__, "arch": str(arch),
+        rows.append({"arch": str(arch),
                      "batch": batch, "amp": amp,
                      "channels_last": args.channels_last, "ema": args.ema,
                      "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
                      "threads": torch.get_num_threads(), **{k: round(v, 3) for k, v in r.items()}})
-    write_rows(rows, name)
-
-
-def write_rows(rows: list[dict], device_name: str) -> None:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name).strip("-").lower()
-    out = Path(__file__).resolve().parent / "results" / (
-        f"retrain_{slug}_torch{torch.__version__.split('+')[0]}.csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = not out.exists()
-    with open(out, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["date", *rows[0]])
-        if new:
-            w.writeheader()
-        for row in rows:
-            w.writerow({"date": time.strftime("%Y-%m-%d %H:%M"), **row})
-    print(f"appended {len(rows)} row(s) to {os.path.relpath(out)}")
+    append_rows("retrain", device, rows)
 
 
 if __name__ == "__main__":

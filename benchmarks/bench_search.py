@@ -16,21 +16,14 @@ benchmarks/results/search_<device>_torch<version>.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import random
-import re
-import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
 
 from spnas.arch import Arch  # noqa: E402
 from spnas.augment import AugmentConfig, BatchTransform  # noqa: E402
-from spnas.cost import device_description  # noqa: E402
 from spnas.evaluation import evaluate  # noqa: E402
 from spnas.runtime import tune_allocator  # noqa: E402
 from spnas.scoring import SupernetScorer, input_dtype, recal_set, val_set  # noqa: E402
@@ -51,7 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=20)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     return p.parse_args(argv)
 
 
@@ -100,8 +92,7 @@ def main(argv=None) -> dict:
     evaluate(model, fwd, bx, by, transform, 10, a.baseline_batch, device, a.amp)
     baseline_s = time.perf_counter() - t0
 
-    row = {"device": str(device), "device_name": device_description(device),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "amp": a.amp,
+    row = {"device": str(device), "threads": torch.get_num_threads(), "amp": a.amp,
            "layers": a.layers, "recal_images": a.recal_images, "recal_batch": a.recal_batch,
            "val_images": a.val_images, "eval_batch": a.eval_batch, "candidates": a.candidates,
            "prepare_s": round(prepare_s, 3), "s_per_candidate": round(per_candidate, 4),
@@ -110,7 +101,7 @@ def main(argv=None) -> dict:
            "baseline_images": a.baseline_images, "baseline_batch": a.baseline_batch,
            "baseline_s": round(baseline_s, 4),
            "baseline_images_per_s": round(a.baseline_images / baseline_s, 1)}
-    print(f"machine: {row['device_name']}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(f"machine: {machine(device)}")
     print(f"search scoring: {row['s_per_candidate']:.3f} s per candidate = "
           f"{row['candidates_per_s']:.2f} candidates/s ({a.recal_images} recal + "
           f"{a.val_images} val images, {row['images_per_s']:.0f} img/s); prepared in "
@@ -119,22 +110,8 @@ def main(argv=None) -> dict:
           f"no recalibration: {baseline_s:.3f} s ({row['baseline_images_per_s']:.0f} img/s)")
     print(f"a search candidate costs {per_candidate / baseline_s:.2f}x an old-recipe evaluation"
           + ("; target on one H100: >= 10 candidates/s" if device.type == "cuda" else ""))
-    write_row(Path(a.out), device, row)
+    append_rows("search", device, [row])
     return row
-
-
-def write_row(folder: Path, device: torch.device, row: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
-    path = folder / f"search_{slug}_torch{torch.__version__.split('+')[0]}.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

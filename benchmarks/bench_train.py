@@ -10,7 +10,7 @@ Rows:
 
 Each row trains real steps (random paths, SGD) and reports the median of its
 logging windows after a warm-up window. Prints the machine and writes a CSV
-to benchmarks/results/.
+to benchmarks/results/train_<device>_torch<version>.csv.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cifar_or_random, machine, write_csv
+from common import append_rows, cifar_or_random, machine
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RunConfig, SupernetConfig, TrainConfig
@@ -98,7 +98,7 @@ def main() -> None:
     tune_allocator()
     device = torch.device(a.device)
     x, y, source = cifar_or_random(a.data)
-    print(f"machine: {machine()}\ndata: {source}\nbatch 64, {a.steps} steps per row")
+    print(f"machine: {machine(device)}\ndata: {source}\nbatch 64, {a.steps} steps per row")
     seed_aug = DataConfig(cutout=True, auto_aug=True)
     rows = [("spnas 32x32 crop+flip",
              lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device)),
@@ -115,9 +115,8 @@ def main() -> None:
     for name, run in rows:
         rate = run()
         print(f"{name:48s} {rate:8.1f} img/s", flush=True)
-        results.append({"row": name, "images_per_s": round(rate, 1), "machine": machine(),
-                        "data": source})
-    print(f"wrote {write_csv('bench_train', device, results)}")
+        results.append({"row": name, "images_per_s": round(rate, 1), "data": source})
+    append_rows("train", device, results)
 
 
 if __name__ == "__main__":

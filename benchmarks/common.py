@@ -1,46 +1,67 @@
-"""Helpers shared by the benchmarks: the machine's description and CSV output."""
+"""Helpers shared by the benchmarks: the machine's description and CSV output.
+
+Every benchmark prints ``machine(device)`` and appends its rows, with the date
+and the machine, to ``benchmarks/results/<name>_<device>_torch<version>.csv``.
+"""
 from __future__ import annotations
 
 import csv
 import os
-import platform
+import re
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
+from spnas.cost import device_description  # noqa: E402
 
-def machine() -> str:
-    """'AMD EPYC, 2 cores, torch 2.14.1' or the GPU's name."""
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
+
+def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return "CPU"
 
 
-def device_tag(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return name.replace(" ", "_").replace("/", "_")
+def machine(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3, torch 2.14.1' or 'AMD EPYC (2 cores, 2 threads), torch 2.14.1'."""
+    what = (device_description(device) if device.type == "cuda" else
+            f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
+    return f"{what}, torch {torch.__version__}"
 
 
-def write_csv(name: str, device: torch.device, rows: list[dict]) -> Path:
-    version = torch.__version__.split("+")[0]
-    out = ROOT / "benchmarks" / "results" / f"{name}-{device_tag(device)}-torch{version}.csv"
+def results_path(name: str, device: torch.device) -> Path:
+    label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-").lower()
+    return RESULTS / f"{name}_{slug}_torch{torch.__version__.split('+')[0]}.csv"
+
+
+def append_rows(name: str, device: torch.device, rows: list[dict]) -> Path:
+    """Append ``rows`` (with the date and machine) to the benchmark's CSV; returns its path."""
+    out = results_path(name, device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    stamp = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(device)}
+    fields = [*stamp, *rows[0]]
+    if out.exists():
+        with open(out, newline="") as f:
+            existing = next(csv.reader(f), None)
+        if existing and existing != fields:  # a benchmark's columns changed: start afresh
+            out.rename(out.with_suffix(".old.csv"))
+    new = not out.exists()
+    with open(out, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerows({**stamp, **row} for row in rows)
+    print(f"appended {len(rows)} row(s) to {out.relative_to(ROOT)}")
     return out
 
 

@@ -9,7 +9,7 @@ retrained network).
 
     PYTHONPATH=. python benchmarks/superkernel_lambda_sweep.py --lams 0 0.02 0.1 0.5 -- \\
         --data_path /tmp/c10 --epochs 8 --batch_size 128 --lr 0.05 --threshold_lr_scale 100 \\
-        --latency_table benchmarks/results/mbconv_cifar_cuda_torch2.14.1.json
+        --latency_table benchmarks/results/mbconv_cifar_<device>_torch<ver>.json
 
 Prints one line per lambda and writes
 benchmarks/results/superkernel_sweep_<device>_torch<ver>.csv.
@@ -17,21 +17,16 @@ benchmarks/results/superkernel_sweep_<device>_torch<ver>.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
 
 from spnas.cli import build_parser, run_superkernel  # noqa: E402
-from spnas.cost import device_description  # noqa: E402
 from spnas.errors import SpnasError  # noqa: E402
 from spnas.runtime import tune_allocator  # noqa: E402
 from spnas.train import resolve_device  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ("lam", "arch", "latency", "latency_unit", "measured_latency_ms", "supernet_val_acc",
           "steps", "run")
 
@@ -60,14 +55,8 @@ def main() -> None:
         rows.append(row)
         print(f"lambda {lam:g}: {row['latency']:.3f} {row['latency_unit']}, supernet val acc "
               f"{row['supernet_val_acc']:.4f}, {row['arch']}", flush=True)
-    tag = f"{device.type}_torch{torch.__version__.split('+')[0]}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"superkernel_sweep_{tag}.csv"
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"machine: {device_description(device)}; torch {torch.__version__}; wrote {out}")
+    print(f"machine: {machine(device)}")
+    append_rows("superkernel_sweep", device, rows)
 
 
 if __name__ == "__main__":

@@ -16,22 +16,16 @@ benchmarks/results/superkernel_latency_<layout>_<device>_torch<ver>.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import append_rows, machine, results_path  # noqa: E402  (puts the repo on sys.path)
 
 from spnas.arch import Arch  # noqa: E402
-from spnas.cost import build_latency_table, device_description, validate_latency_table  # noqa: E402
+from spnas.cost import build_latency_table, validate_latency_table  # noqa: E402
 from spnas.spaces import build_child, make_space  # noqa: E402
 from spnas.superkernel import LatencyModel  # noqa: E402
 from spnas.train import resolve_device  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -49,13 +43,12 @@ def main() -> None:
     device = resolve_device(args.device)
     space = make_space("mbconv", args.layout)
     child = lambda a: build_child(a, 10)  # noqa: E731
-    print(f"machine: {device_description(device)}; torch {torch.__version__}; "
-          f"mbconv/{args.layout}, batch {args.batch}")
+    print(f"machine: {machine(device)}; mbconv/{args.layout}, batch {args.batch}")
     table = build_latency_table(space, child, device, batch=args.batch, warmup=args.warmup,
                                 repeats=args.repeats, progress=True)
-    tag = f"{args.layout}_{device.type}_torch{torch.__version__.split('+')[0]}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table.save(RESULTS / f"mbconv_{tag}.json")
+    table_path = results_path(f"mbconv_{args.layout}", device).with_suffix(".json")
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    table.save(table_path)
     report = validate_latency_table(table, child, device, args.archs, 0, args.warmup, args.repeats)
     paper = LatencyModel(table, "paper")
     rows = []
@@ -67,10 +60,7 @@ def main() -> None:
                      "paper_rel_error": (formula - measured) / measured})
     k33, k36, k53, k56 = (space.tokens.index(t) for t in ("k3e3", "k3e6", "k5e3", "k5e6"))
     approx = [(row[k53] * row[k36] / row[k56] - row[k33]) / row[k33] for row in table.layers]
-    with open(RESULTS / f"superkernel_latency_{tag}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    append_rows(f"superkernel_latency_{args.layout}", device, rows)
     largest = Arch(space, (k56,) * space.num_layers)
     smallest = Arch(space, tuple(a[-1] if len(a) == 5 else k33 for a in space.allowed))
     print(f"table: constant {table.constant:.3f} ms; largest network {table.predict(largest):.3f}"
@@ -83,7 +73,7 @@ def main() -> None:
     print(f"paper's k3e3 estimate vs the timed k3e3, per layer: mean "
           f"{100 * statistics.mean(approx):+.1f}%, range {100 * min(approx):+.1f}% .. "
           f"{100 * max(approx):+.1f}%")
-    print(f"wrote {RESULTS / f'mbconv_{tag}.json'} and superkernel_latency_{tag}.csv")
+    print(f"wrote {table_path}")
 
 
 if __name__ == "__main__":
