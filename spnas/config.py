@@ -196,7 +196,8 @@ class LatencyConfig:
     batch: int = 1                  # images per timed forward
     resolution: int | None = None   # pixels; None = the layout's (32 cifar, 224 imagenet)
     threads: int | None = None      # CPU threads; None = torch's default
-    validate: int = 20              # random whole networks timed to check the table; 0 = none
+    calibrate: int = 10             # random whole networks that fit the table's scale; 0 = none
+    validate: int = 20              # other random whole networks timed to check it; 0 = none
     warmup: int = 10                # untimed calls before each measurement
     repeats: int = 30               # timed calls; the median is kept
     channels_last: bool = True

@@ -73,7 +73,7 @@ class LatencyModel:
         else:
             k3_cost, k5_cost = r33 + e6 * (r36 - r33), r53 + e6 * (r56 - r53)
             per_layer = e3 * (k3_cost + k5 * (k5_cost - k3_cost)) + (1 - e3) * rskip
-        return self.constant + per_layer.sum()
+        return self.table.scale * (self.constant + per_layer.sum())
 
     def of_arch(self, arch: Arch) -> float:
         """The formula at the hard gates of ``arch``."""

@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+from spnas import cost
 from spnas.arch import Arch
 from spnas.cli import main
 from spnas.cost import LatencyTable, build_cost_table, count_macs, count_params
@@ -38,13 +39,14 @@ def test_flops_are_multiply_accumulates():
 def test_latency_table_command_times_every_choice_and_reports_its_error(tmp_path, capsys):
     out = tmp_path / "lat.json"
     argv = ["latency-table", "--space", "spos", "--option", "layers=2", "--device", "cpu",
-            "--threads", "1", "--warmup", "1", "--repeats", "2", "--validate", "3",
+            "--threads", "1", "--warmup", "1", "--repeats", "2", "--calibrate", "2", "--validate", "3",
             "--out", str(out)]
     assert main(argv) == 0
     table = LatencyTable.load(out)
     assert table.space == spos_space(layers=2) and table.threads == 1 and table.batch == 1
     assert [sorted(d) for d in table.layers] == [[0, 1, 2, 3]] * 2
     assert all(v > 0 for d in table.layers for v in d.values()) and table.constant > 0
+    assert table.scale > 0 and json.loads(out.read_text())["scale"] == table.scale
     report = json.loads(out.read_text())["validation"]
     assert report["num_archs"] == 3 and len(report["archs"]) == 3
     for row in report["archs"]:
@@ -54,6 +56,23 @@ def test_latency_table_command_times_every_choice_and_reports_its_error(tmp_path
     before = out.read_bytes()
     assert main(argv) == 2  # an existing table is kept
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_calibration_fits_the_whole_network_factor_and_reports_both_errors(monkeypatch):
+    """Whole networks 1.3x the sum of their parts: one factor fitted on some archs removes
+    the bias, measured on other archs; the uncalibrated error is reported beside it."""
+    space = spos_space(layers=3)
+    rng = random.Random(0)
+    table = LatencyTable(space, "cpu", "test", 1, 32, 1, 0.5,
+                         [{c: rng.uniform(0.2, 2.0) for c in range(4)} for _ in range(3)])
+    raw = lambda arch: table.constant + sum(table.layers[i][c] for i, c in enumerate(arch))  # noqa: E731
+    monkeypatch.setattr(cost, "measure_arch_ms", lambda arch, *a, **k: 1.3 * raw(arch))
+    assert cost.calibrate_latency_table(table, None, torch.device("cpu"), 5) == pytest.approx(1.3)
+    report = cost.validate_latency_table(table, None, torch.device("cpu"), 6, seed=7)
+    assert report["mean_abs_rel_error"] == pytest.approx(0, abs=1e-12)
+    assert report["uncalibrated_mean_abs_rel_error"] == pytest.approx(1 - 1 / 1.3)
+    arch = Arch.sample(space, rng)
+    assert table.predict(arch) == pytest.approx(1.3 * raw(arch))
 
 
 def test_latency_table_of_an_unknown_space_is_a_one_line_error(tmp_path, capsys):

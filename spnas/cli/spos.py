@@ -145,8 +145,11 @@ def add_latency_table_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--resolution", type=int, default=None,
                    help="input size (default: 32 for cifar, 224 for imagenet)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    p.add_argument("--calibrate", type=int, default=10,
+                   help="random whole networks that fit one factor, whole network / sum of "
+                        "parts (0: none)")
     p.add_argument("--validate", type=int, default=20,
-                   help="random whole networks timed to report the table's error (0: none)")
+                   help="other random whole networks timed to report the table's error (0: none)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--channels_last", action=B, default=True)
@@ -156,6 +159,6 @@ def add_latency_table_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
 def run_latency_table(args: argparse.Namespace):
     from ..cost import measure_latency_table
     check_positive(args, "num_classes", "batch", "resolution", "threads", "repeats")
-    if args.validate < 0 or args.warmup < 0:
-        raise SpnasError("--validate and --warmup must be 0 or more")
+    if args.validate < 0 or args.warmup < 0 or args.calibrate < 0:
+        raise SpnasError("--calibrate, --validate and --warmup must be 0 or more")
     return measure_latency_table(from_namespace(LatencyConfig, args, options=dict(args.options)))
