@@ -6,6 +6,7 @@ from torch import nn
 
 from spnas.arch import Arch, ArchError
 from spnas.cost import count_params, uniform_archs
+from spnas.errors import SpnasError
 from spnas.spaces import build_child, build_supernet, make_space
 from spnas.spaces.mbconv import (
     MASK_AT,
@@ -223,3 +224,9 @@ def test_superkernel_is_the_registered_supernet():
     net = build_supernet(spec, 10, dropout=0.1, mask_at="kernel")
     assert isinstance(net, SuperkernelNet) and net.layers[0].mask_at == "kernel"
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_unknown_space_option_is_one_line_error():
+    with pytest.raises(SpnasError, match="space 'mbconv' has no option layers; its options: none"):
+        make_space("mbconv", "cifar", layers=4)
+    assert len(make_space("spos", "cifar", layers=4).allowed) == 4

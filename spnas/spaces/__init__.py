@@ -5,6 +5,8 @@ space's arch and ``build_supernet(space, num_classes)`` its supernet; a new
 space adds its classes to ``CHILDREN`` and ``SUPERNETS``.
 ``model_from_checkpoint`` rebuilds whatever a checkpoint holds, with no other input.
 """
+import inspect
+
 from torch import nn
 
 from ..arch import Arch, SpaceSpec
@@ -26,7 +28,13 @@ def _lookup(table: dict, name: str, what: str):
 
 def make_space(name: str, layout: str = "cifar", **options) -> SpaceSpec:
     """The spec of space ``name`` (e.g. ``make_space("spos", "cifar", layers=8)``)."""
-    return _lookup(SPACE_SPECS, name, "space")(layout=layout, **options)
+    spec = _lookup(SPACE_SPECS, name, "space")
+    known = set(inspect.signature(spec).parameters) - {"layout"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SpnasError(f"space {name!r} has no option {', '.join(unknown)}; its options: "
+                         f"{', '.join(sorted(known)) or 'none'}")
+    return spec(layout=layout, **options)
 
 
 def build_child(arch: Arch, num_classes: int, **model_args) -> nn.Module:
