@@ -8,9 +8,10 @@ Training pipeline (``BatchTransform.train``), for a uint8 batch [B, 3, H, W]:
 2. ``auto_aug``: torchvision's AutoAugment CIFAR-10 policy. Each sample draws
    its own sub-policy, application coin flips and signs exactly as
    ``torchvision.transforms.AutoAugment`` does; samples that drew the same
-   operation are then transformed together by torchvision's own ``_apply_op``,
-   so a batch costs at most 25 x 2 x 2 calls whatever its size, and a GPU is
-   never fed one image at a time;
+   operation are then transformed together by torchvision's own ``_apply_op``
+   (Equalize by ``equalize`` below, equal to torchvision's but without its
+   per-image loop), so a batch costs at most 25 x 2 x 2 calls whatever its
+   size, and a GPU is never fed one image at a time;
 3. scale to [0, 1]; with ``resize``: a RandomResizedCrop (scale 0.08-1, ratio
    3/4-4/3) to ``resize`` pixels plus the flip, as one ``affine_grid`` +
    ``grid_sample`` per batch (AutoAugment thus runs on the small image, 49x
@@ -148,23 +149,59 @@ class BatchAutoAugment:
         return self.apply(x, pid, applied, negated)
 
     def apply(self, x: torch.Tensor, pid, applied, negated) -> torch.Tensor:
-        """Apply given draws (see ``draws``); a per-sample loop would give the same result."""
+        """Apply given draws (see ``draws``); a per-sample loop would give the same result.
+
+        For each of the two op positions, the samples are sorted once by
+        (sub-policy, sign), so every group is a contiguous slice of the sorted
+        batch: one gather and one scatter per position, no per-group indexing
+        and no host-device transfer per group.
+        """
         space = self._policy._augmentation_space(10, (x.shape[-2], x.shape[-1]))
         interp = self._policy.interpolation
         x = x.clone()
         for i in range(2):
-            for k, pol in enumerate(self.policies):
-                name, _, mag_id = pol[i]
-                mags, signed = space[name]
-                mag = float(mags[mag_id]) if mag_id is not None else 0.0
-                for neg in ((False, True) if signed else (False,)):
-                    sel = (pid == k) & applied[:, i] & (negated[:, i] == neg if signed else True)
-                    idx = torch.nonzero(sel).flatten()
-                    if len(idx):
-                        idx = idx.to(x.device)
-                        x[idx] = self._apply_op(x[idx], name, -mag if neg else mag,
-                                                interpolation=interp, fill=None)
+            group = torch.where(applied[:, i], pid * 2 + negated[:, i].long(), -1)
+            order = torch.argsort(group, stable=True)
+            keys, counts = torch.unique_consecutive(group[order], return_counts=True)
+            if keys.numel() == 1 and keys[0] < 0:
+                continue
+            idx = order.to(x.device)
+            xs = x[idx]
+            start = 0
+            for key, n in zip(keys.tolist(), counts.tolist()):
+                if key >= 0:
+                    name, _, mag_id = self.policies[key // 2][i]
+                    mags, signed = space[name]
+                    mag = float(mags[mag_id]) if mag_id is not None else 0.0
+                    mag = -mag if signed and key % 2 else mag
+                    xs[start:start + n] = self._op(xs[start:start + n], name, mag, interp)
+                start += n
+            x[idx] = xs
         return x
+
+    def _op(self, x: torch.Tensor, name: str, mag: float, interp) -> torch.Tensor:
+        if name == "Equalize":  # torchvision's loops over images and channels, syncing a GPU
+            return equalize(x)
+        return self._apply_op(x, name, mag, interpolation=interp, fill=None)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``F.equalize`` of a uint8 batch [N, C, H, W], all channels at once.
+
+    Per channel, as torchvision computes it: the histogram, ``step`` = (pixels
+    outside the highest occupied bin) // 255, and the lookup table
+    ``(cumsum + step // 2) // step`` shifted by one bin; a channel with
+    ``step == 0`` is left unchanged.
+    """
+    n, c, h, w = x.shape
+    flat = x.reshape(n * c, h * w).long()
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat))
+    step = (h * w - hist.gather(1, flat.amax(1, keepdim=True))) // 255
+    lut = (hist.cumsum(1) + step // 2) // step.clamp(min=1)
+    lut = F.pad(lut, (1, 0))[:, :-1].clamp(0, 255)
+    out = torch.where(step == 0, flat, lut.gather(1, flat))
+    return out.to(torch.uint8).reshape(n, c, h, w)
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,18 @@ def test_transform_is_seeded_and_shapes_are_right(cfg):
         mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
         std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
         torch.testing.assert_close(ev, (x.float() / 255 - mean) / std)
+
+
+def test_batched_equalize_equals_torchvision_per_image():
+    from torchvision.transforms.functional import equalize as tv_equalize
+
+    from spnas.augment import equalize
+    x = _images(32, seed=7)
+    x[0] = 77                                   # constant: step 0, unchanged
+    x[1] = torch.where(x[1] > 128, 200, 10)     # two values
+    x[2, 0] = torch.arange(32).repeat(32, 1)    # 32 values, each 32 times
+    x[3] = x[3] // 64                           # dark, four values
+    out = equalize(x)
+    for b in range(len(x)):
+        assert torch.equal(out[b], tv_equalize(x[b])), b
+    assert torch.equal(out[0], x[0]) and not torch.equal(out[3], x[3])
