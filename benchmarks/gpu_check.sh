@@ -3,16 +3,21 @@
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
+#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: bench retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
 # Each step has its own time limit, so one slow or failing step leaves the
-# others' figures. Writes $OUT/gpu.log and $OUT/results.tar.gz (benchmark CSVs,
+# others' figures. On an H200 (2026-11-27) every CUDA run's first ~50 steps were
+# cuDNN autotuning (23-43 s at 32x32), and the whole default script needs about
+# 12 minutes: in a 15-minute lease run PARTS="bench retrain" and PARTS=cli in two
+# sessions, or raise DEADLINE where the lease allows. Writes $OUT/gpu.log and $OUT/results.tar.gz (benchmark CSVs,
 # run folders' metrics and logs).
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 CIFAR=${CIFAR:-/tmp/c10}
 SMOKE=${SMOKE:-0}
+PARTS=" ${PARTS:-bench retrain cli} "
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1
@@ -28,6 +33,7 @@ pack() {
 trap pack EXIT
 
 DEADLINE=${DEADLINE:-540}  # seconds for the whole script: later steps are cut short or skipped
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 step() {  # step NAME SECONDS COMMAND...: run with a limit, report the time and exit status
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - SECONDS - 15))
@@ -42,12 +48,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, report the time and 
 
 if [ "$SMOKE" = 1 ]; then  # sizes that only prove the script runs
     TRAIN="--steps 4 --window 2 --steps_224 2"; SEARCH="--candidates 1 --recal_images 64 --val_images 64 --baseline_images 64"
-    RETRAIN="--batch_sizes 32 --steps 4"; CAP="--num_steps 3"; EPOCHS=1; LIMIT=120
+    RETRAIN="--batch_sizes 32 --steps 4"; CAP="--num_steps 3"; SCAP=$CAP; EPOCHS=1; LIMIT=120
     LATENCY="--warmup 1 --repeats 2 --validate 2 --calibrate 2"
 else
-    TRAIN="--steps 400 --window 50 --steps_224 60"; SEARCH="--candidates 30"
-    RETRAIN="--batch_sizes 128 256 512 --steps 300"; CAP=""; EPOCHS=${EPOCHS:-40}; LIMIT=${LIMIT:-180}
-    LATENCY="--validate 20 --calibrate 10"
+    TRAIN="--steps 300 --window 50 --steps_224 40"; SEARCH="--candidates 30"
+    RETRAIN="--batch_sizes 128 256 512 --steps 200"; CAP=""; SCAP=""; EPOCHS=${EPOCHS:-40}; LIMIT=${LIMIT:-180}
+    LATENCY="--validate 10 --calibrate 5"
 fi
 
 step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc;
@@ -59,15 +65,17 @@ fi
 SP="python3 -m spnas"
 
 # 1. throughput benchmarks (README "Measured results")
-step bench_train_b64 120 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN
+if part bench; then
+step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN
 step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224
 step bench_search 90 python3 benchmarks/bench_search.py $SEARCH
-step bench_retrain 90 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN
+step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN
+fi
 
 # 2. retraining the old recipe's best arch with a short recipe (as many epochs, up to
 # $EPOCHS, as bench_retrain's batch-512 speed fits in 150 s); test accuracy at the end
 OLD_BEST="k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
-if [ "$SMOKE" != 1 ]; then
+if part retrain && [ "$SMOKE" != 1 ]; then
     EPOCHS=$(python3 - "$EPOCHS" <<'PY'
 import csv, glob, sys
 rows = [r for f in glob.glob("benchmarks/results/retrain_nvidia*.csv") for r in csv.DictReader(open(f))
@@ -77,24 +85,26 @@ print(max(5, min(int(sys.argv[1]), fit)))
 PY
 )
 fi
+part retrain || { EPOCHS=1; CAP="--num_steps 20"; }  # a checkpoint for evaluate and export
 step retrain "$LIMIT" $SP retrain --arch "$OLD_BEST" --data_path "$CIFAR" --no-download --val_size 0 \
     --epochs "$EPOCHS" $CAP --batch_size 512 --lr 0.4 --nesterov --weight-decay 5e-4 \
     --label_smoothing 0.1 --warmup_epochs 2 --cutout --val_interval 5 --print_freq 50 \
     --save_path "$RUNS" --exp_name retrain
 
-# 3. the real commands on the GPU: a full supernet epoch (validation included), the seed command
-step supernet_epoch 120 $SP train --data_path "$CIFAR" --no-download --epochs 2 $CAP --print_freq 200 \
-    --cutout --auto_aug --save_path "$RUNS" --exp_name supernet_epoch
-step search 60 $SP search --checkpoint "$RUNS/supernet_epoch" --population 20 --top_k 5 --generations 3
+# 3. the real commands on the GPU: the seed command, a full supernet epoch at batch 256
+# (validation included), a search on it, Single-Path NAS, evaluate and export
+part cli || exit 0
 (cd run_scripts && mkdir -p data && ln -sfn "$CIFAR" data/teco-data &&
- step seed_resize 90 python3 run_spnas.py --exp_name spos_c10_train_supernet --layers 20 --num_choices 4 \
-    --batch_size 64 --epochs 1 --num_steps 100 --lr 0.025 --momentum 0.9 --weight-decay 0.0003 \
+ step seed_resize 150 python3 run_spnas.py --exp_name spos_c10_train_supernet --layers 20 --num_choices 4 \
+    --batch_size 64 --epochs 1 --num_steps 10 --lr 0.025 --momentum 0.9 --weight-decay 0.0003 \
     --print_freq 100 --val_interval 5 --save_path "$RUNS/seed/" --seed 0 --data_path data/teco-data/ \
     --classes 10 --dataset cifar10 --cutout --cutout_length 16 --auto_aug --resize)
-step latency_table 90 $SP latency-table --space mbconv --layout cifar --device cuda --batch 64 \
+step supernet_epoch 120 $SP train --data_path "$CIFAR" --no-download --epochs 1 $SCAP --batch_size 256 \
+    --lr 0.1 --print_freq 50 --save_path "$RUNS" --exp_name supernet_epoch
+step search 40 $SP search --checkpoint "$RUNS/supernet_epoch" --population 10 --top_k 5 --generations 2
+step evaluate 20 $SP evaluate --checkpoint "$RUNS/retrain/last.pt" --split test
+step export 30 $SP export --checkpoint "$RUNS/retrain/last.pt" --format onnx
+step latency_table 40 $SP latency-table --space mbconv --layout cifar --device cuda --batch 64 \
     --out "$RUNS/mbconv_cifar_cuda.json" $LATENCY
-step superkernel 60 $SP superkernel --data_path "$CIFAR" --no-download --epochs 1 --num_steps 40 \
+step superkernel 40 $SP superkernel --data_path "$CIFAR" --no-download --epochs 1 --num_steps 40 \
     --print_freq 10 --latency_table "$RUNS/mbconv_cifar_cuda.json" --save_path "$RUNS" --exp_name superkernel
-
-step evaluate 30 $SP evaluate --checkpoint "$RUNS/retrain/last.pt" --split test
-step export 60 $SP export --checkpoint "$RUNS/retrain/last.pt" --format onnx
