@@ -173,6 +173,10 @@ class LatencyTable:
                              f"the arch is {arch.space.describe()}")
         return self.scale * (self.constant + sum(self.layers[i][c] for i, c in enumerate(arch)))
 
+    def minimum(self) -> float:
+        """The smallest prediction over the space: every layer at its cheapest choice."""
+        return self.scale * (self.constant + sum(min(d.values()) for d in self.layers))
+
     def to_json(self) -> dict:
         return {"space": self.space.to_dict(), "device": self.device,
                 "device_name": self.device_name, "batch": self.batch,

@@ -62,7 +62,7 @@ class CostModel:
         t, lat = self.table, self.latency
         return {"flops": t.const_macs + sum(min(d.values()) for d in t.macs),
                 "params": t.const_params + sum(min(d.values()) for d in t.params),
-                "latency_ms": lat.constant + sum(min(d.values()) for d in lat.layers) if lat else None}
+                "latency_ms": lat.minimum() if lat else None}
 
 
 BUDGET_KEYS = {"flops": "max_flops", "params": "max_params", "latency_ms": "max_latency_ms"}

@@ -5,7 +5,7 @@ import pytest
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import SearchConfig
-from spnas.cost import LatencyTable, build_cost_table
+from spnas.cost import LatencyTable, build_cost_table, macs_latency_table
 from spnas.errors import SpnasError
 from spnas.search import Budget, CostModel, evolution_search, pareto_front, random_search, rank
 from spnas.spaces import build_child
@@ -101,11 +101,15 @@ def test_an_impossible_budget_is_an_error(costs):
 
 def test_cheapest_costs_equal_the_minimum_over_all_archs():
     space = spos_space(layers=3)
-    model = CostModel(build_cost_table(space, lambda a: build_child(a, 10), 10))
+    child = lambda a: build_child(a, 10)  # noqa: E731
+    latency = macs_latency_table(space, child, 10)
+    latency.scale = 1.3  # a calibrated table: the minimum is scaled like every prediction
+    model = CostModel(build_cost_table(space, child, 10), latency)
     every = [model(Arch(space, (a, b, c))) for a in range(4) for b in range(4) for c in range(4)]
     least = model.minimum()
     assert least["flops"] == min(c["flops"] for c in every)
     assert least["params"] == min(c["params"] for c in every)
+    assert least["latency_ms"] == pytest.approx(min(c["latency_ms"] for c in every), rel=1e-12)
 
 
 def test_pareto_front():
