@@ -62,12 +62,11 @@ def recal_set(train_x: torch.Tensor, n: int, batch_size: int, transform: BatchTr
               max_bytes: float) -> FixedBatches:
     """The ``n`` seeded training images of ``evaluation.recalibration_batches``, prepared."""
     n = min(n, len(train_x))
-    x = train_x.to(device)
 
-    def make():
-        for b in recalibration_batches(x, n, batch_size, transform, seed, device):
+    def make():  # moves only the n chosen images to the device, a batch at a time
+        for b in recalibration_batches(train_x, n, batch_size, transform, seed, device):
             yield b.to(dtype)
-    return FixedBatches(make, n * _image_bytes(x, transform, dtype), max_bytes)
+    return FixedBatches(make, n * _image_bytes(train_x, transform, dtype), max_bytes)
 
 
 def val_set(x: torch.Tensor, y: torch.Tensor, n: int | None, batch_size: int,
