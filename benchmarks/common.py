@@ -6,7 +6,6 @@ and the machine, to ``benchmarks/results/<name>_<device>_torch<version>.csv``.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import sys
 import time
@@ -21,21 +20,9 @@ sys.path.insert(0, str(ROOT))
 from spnas.cost import device_description  # noqa: E402
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
-
-
 def machine(device: torch.device) -> str:
     """'NVIDIA H100 80GB HBM3, torch 2.14.1' or 'AMD EPYC (2 cores, 2 threads), torch 2.14.1'."""
-    what = (device_description(device) if device.type == "cuda" else
-            f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
-    return f"{what}, torch {torch.__version__}"
+    return f"{device_description(device)}, torch {torch.__version__}"
 
 
 def results_path(name: str, device: torch.device) -> Path:

@@ -18,6 +18,7 @@ networks and reports how far the sum is off.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import statistics
@@ -139,10 +140,22 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 10, re
     return statistics.median(times)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ('AMD EPYC ...'), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} CPU"
+
+
 def device_description(device: torch.device) -> str:
+    """'NVIDIA H200' or 'AMD EPYC 7B13 (2 cores, 2 threads)'."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 @dataclass
