@@ -62,9 +62,13 @@ class LatencyModel:
         self.costs = torch.tensor([[row.get(c, 0.0) for c in cols] for row in table.layers],
                                   dtype=torch.float64)
         self.constant = table.constant
+        self._costs_on: dict[tuple, torch.Tensor] = {}  # costs per (device, dtype), copied once
 
     def __call__(self, gates: torch.Tensor) -> torch.Tensor:
-        r33, r36, r53, r56, rskip = self.costs.to(gates.device, gates.dtype).unbind(1)
+        key = (gates.device, gates.dtype)
+        if key not in self._costs_on:
+            self._costs_on[key] = self.costs.to(gates.device, gates.dtype)
+        r33, r36, r53, r56, rskip = self._costs_on[key].unbind(1)
         k5, e3, e6 = gates.unbind(1)
         if self.formula == "paper":
             ratio = r36 / r56
