@@ -34,15 +34,7 @@ from spnas.retrain import child_task  # noqa: E402
 from spnas.runlog import read_metrics  # noqa: E402
 from spnas.runtime import tune_allocator  # noqa: E402
 from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.train import (  # noqa: E402
-    DeviceLoader,
-    Trainer,
-    build_transform,
-    load_splits,
-    place,  # noqa: E402
-    resolve_device,
-    setup_torch,
-)
+from spnas.train import Trainer, load_splits, place, resolve_device, setup_torch, train_loader  # noqa: E402
 
 OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
 EPOCH_IMAGES, RECIPE_EPOCHS = 50_000, 600
@@ -62,9 +54,7 @@ def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device) 
     model = place(build_child(arch, len(splits.classes), dropout=cfg.model.dropout), device,
                   cfg.run.channels_last)
     task = child_task(model, splits, cfg, device, {"dropout": cfg.model.dropout})
-    transform = build_transform(cfg.data, cfg.run.channels_last)
-    loader = DeviceLoader(*splits.train, cfg.optim.batch_size, transform, device, cfg.run.seed,
-                          cfg.optim.num_steps)
+    loader = train_loader(splits, cfg, device)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         Trainer(task, loader, replace(cfg, run=replace(cfg.run, save_path=tmp)),

@@ -28,7 +28,7 @@ from spnas.evaluation import evaluate  # noqa: E402
 from spnas.runtime import tune_allocator  # noqa: E402
 from spnas.scoring import SupernetScorer, input_dtype, recal_set, val_set  # noqa: E402
 from spnas.spaces.spos import SposSupernet, spos_space  # noqa: E402
-from spnas.train import resolve_device  # noqa: E402
+from spnas.train import place, resolve_device  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     space = spos_space(a.layers)
-    model = SposSupernet(space, 10).to(device).to(memory_format=torch.channels_last)
+    model = place(SposSupernet(space, 10), device, True)
     n = max(a.recal_images, a.val_images, a.baseline_images)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))

@@ -30,7 +30,7 @@ from spnas.runlog import read_metrics
 from spnas.runtime import tune_allocator
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.supernet import supernet_space
-from spnas.train import DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss, param_groups
+from spnas.train import DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss, param_groups, place
 
 
 def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,
@@ -40,7 +40,7 @@ def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,
                       RunConfig(print_freq=window, val_interval=1, device=str(device)),
                       SupernetConfig())
     space = supernet_space(cfg.model, data)
-    model = SposSupernet(space, 10).to(device).to(memory_format=torch.channels_last)
+    model = place(SposSupernet(space, 10), device, True)
     rng = random.Random(0)
     task = Task("supernet", model, space, 10,
                 forward=lambda m, xb, step: m(xb, Arch.sample(space, rng)),

@@ -351,8 +351,7 @@ def _measure_and_check(space: SpaceSpec, child, device: torch.device, cfg: Laten
     if cfg.validate:
         report = validate_latency_table(table, child, device, cfg.validate, 0, cfg.warmup,
                                         cfg.repeats)
-        table.validation = {k: v for k, v in report.items() if k != "archs"} | {
-            "num_archs": cfg.validate, "archs": report["archs"]}
+        table.validation = {**report, "num_archs": cfg.validate}
         meas = statistics.mean(r["measured_ms"] for r in report["archs"])
         log(f"table vs whole networks ({cfg.validate} random archs, mean {meas:.3f} ms): "
             f"mean |error| {report['mean_abs_rel_error']:.1%}, max {report['max_abs_rel_error']:.1%}, "

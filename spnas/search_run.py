@@ -41,7 +41,7 @@ from .search import BUDGET_KEYS, Budget, Candidate, CostModel, evolution_search,
 from .search_report import FLOPS_UNIT, plot_search, write_arch_files
 from .spaces import build_child, model_from_checkpoint
 from .supernet import recal_transform
-from .train import build_transform, load_splits, resolve_device, setup_torch
+from .train import build_transform, load_splits, place, resolve_device, setup_torch
 
 RECORD = "candidates.jsonl"
 
@@ -179,9 +179,7 @@ def make_scorer(ckpt: dict, train_x: torch.Tensor, x: torch.Tensor, y: torch.Ten
                 log: RunLog) -> SupernetScorer:
     """The supernet on the device, and its recalibration and scoring images prepared there."""
     sc, seed = cfg.scoring, cfg.search.seed
-    model = model_from_checkpoint(ckpt).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place(model_from_checkpoint(ckpt), device, cfg.channels_last)
     dtype, max_bytes = input_dtype(device, cfg.amp), sc.cache_gb * 2 ** 30
     t0 = time.perf_counter()
     recal = recal_set(train_x, sc.recal_images, sc.recal_batch,
