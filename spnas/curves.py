@@ -78,12 +78,11 @@ def load_curve(path: str | Path, name: str | None = None) -> Curve:
 
 def plot_curves(curves: list[Curve], out_dir: str | Path) -> list[Path]:
     """Training loss per step (lines) and validation loss (markers), one colour per run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import figure
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    fig = figure(8, 4.5, dpi=120)
+    ax = fig.subplots()
     for i, c in enumerate(curves):
         colour = f"C{i}"
         ax.plot(c.steps, c.losses, color=colour, lw=1.2, label=f"{c.name} (train)")
@@ -93,11 +92,9 @@ def plot_curves(curves: list[Curve], out_dir: str | Path) -> list[Path]:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     paths = [out / "loss.jpg", out / "loss.png"]
     for p in paths:
         fig.savefig(p)
-    plt.close(fig)
     return paths
 
 

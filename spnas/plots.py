@@ -9,15 +9,16 @@ from pathlib import Path
 import torch
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float, dpi: int = 100):
+    """A figure on the Agg canvas, laid out automatically; save it with ``fig.savefig``."""
     from matplotlib.figure import Figure
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
 
 
 def plot_curves(records: list[dict], steps_per_epoch: int, path: str | Path,
                 title: str = "") -> Path:
     """Train and validation accuracy over epochs, and the test accuracy once at the end."""
-    fig = _figure(6.4, 3.6)
+    fig = figure(6.4, 3.6)
     ax = fig.subplots()
     train = [r for r in records if r.get("type") == "train"]
     val = [r for r in records if r.get("type") == "val" and "val_acc" in r]
@@ -47,7 +48,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     n = len(classes)
     rates = (confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
     side = min(3 + 0.4 * n, 14)
-    fig = _figure(side + 1.2, side)
+    fig = figure(side + 1.2, side)
     ax = fig.subplots()
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")

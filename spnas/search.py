@@ -108,9 +108,14 @@ class Candidate:
                 **self.score}
 
 
+def rank_key(score: dict) -> tuple:
+    """Sort key of a candidate's score (or its candidates.jsonl record): best first."""
+    return -score[FITNESS], score.get("val_loss", 0.0)
+
+
 def rank(candidates: list[Candidate], k: int | None = None) -> list[Candidate]:
     """Best first; equal fitness: lower ``val_loss`` first, then the earlier candidate."""
-    return sorted(candidates, key=lambda c: (-c.fitness, c.score.get("val_loss", 0.0)))[:k]
+    return sorted(candidates, key=lambda c: rank_key(c.score))[:k]
 
 
 class _Pool:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from matplotlib.ticker import MaxNLocator
 
+from .plots import figure
 from .runlog import read_metrics
-from .search import Candidate, pareto_front, rank
+from .search import Candidate, pareto_front, rank, rank_key
 
 FLOPS_UNIT = "multiply-accumulates"
 AXES = {"flops": ("MFLOPs (multiply-accumulates)", 1e-6),
@@ -45,8 +46,7 @@ def plot_search(out: str | Path, cost_key: str = "flops") -> list[Path]:
 
 
 def _figure():
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-    fig = Figure(figsize=(6, 4.2), dpi=100, layout="constrained")
+    fig = figure(6, 4.2)
     return fig, fig.add_subplot()
 
 
@@ -62,7 +62,7 @@ def _plot_front(records: list[dict], cost_key: str, path: Path) -> Path:
             lw=1.2, label="Pareto front")
     ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=36, facecolors="none",
                edgecolors="tab:red")
-    best = min(range(len(ys)), key=lambda i: _order(records[i], i))
+    best = min(range(len(ys)), key=lambda i: (*rank_key(records[i]), i))  # as search.rank
     ax.scatter([xs[best]], [ys[best]], marker="*", s=160, color="tab:orange", zorder=3,
                label=f"best {ys[best]:.2f}%")
     if len({r["generation"] for r in records}) > 1:
@@ -74,10 +74,6 @@ def _plot_front(records: list[dict], cost_key: str, path: Path) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     fig.savefig(path)
     return path
-
-
-def _order(record: dict, i: int) -> tuple:
-    return -record["val_acc"], record.get("val_loss", 0.0), i  # as search.rank orders
 
 
 def _plot_generations(records: list[dict], path: Path) -> Path:

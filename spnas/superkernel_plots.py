@@ -9,25 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .plots import figure
 from .runlog import read_metrics
 
 TOKEN_COLOURS = {"k3e3": "#a6cee3", "k3e6": "#1f78b4", "k5e3": "#b2df8a", "k5e6": "#33a02c",
                  "skip": "#f0f0f0"}
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_latency(records: list[dict], unit: str, warmup_step: int, target: float | None,
                  path: Path) -> Path:
-    plt = _pyplot()
     train = [r for r in records if r["type"] == "train" and "latency" in r]
     decided = [r for r in records if r["type"] == "decisions"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = figure(6, 3.2, dpi=80)
+    ax = fig.subplots()
     ax.plot([r["step"] for r in train], [r["latency"] for r in train], label="formula (mean)")
     ax.step([r["step"] for r in decided], [r["latency"] for r in decided], where="post",
             label="table, decoded arch")
@@ -37,20 +31,18 @@ def plot_latency(records: list[dict], unit: str, warmup_step: int, target: float
     ax.set_xlabel("step")
     ax.set_ylabel(f"predicted latency ({unit})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    fig.savefig(path)
     return path
 
 
 def plot_decisions(records: list[dict], path: Path) -> Path:
-    plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
     decided = [r for r in records if r["type"] == "decisions"]
     tokens = list(TOKEN_COLOURS)
     grid = [[tokens.index(t) for t in r["arch"].replace("|", " ").split()] for r in decided]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = figure(6, 3.6, dpi=80)
+    ax = fig.subplots()
     image = [list(col) for col in zip(*grid)]  # layers x records
     ax.imshow(image, aspect="auto", interpolation="nearest", vmin=0, vmax=len(tokens) - 1,
               cmap=ListedColormap([TOKEN_COLOURS[t] for t in tokens]))
@@ -64,9 +56,7 @@ def plot_decisions(records: list[dict], path: Path) -> Path:
         ax.axhline(y - 0.5, color="white", lw=1)
     ax.legend(handles=[Patch(color=TOKEN_COLOURS[t], label=t) for t in tokens], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    fig.savefig(path)
     return path
 
 
