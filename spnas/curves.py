@@ -12,13 +12,13 @@ uses the means of the *absolute* differences instead: the run passes when
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SpnasError
+from .runlog import read_metrics
 
 _LOG_LINE = re.compile(r"\bstep[ :=]+(\d+)\b.*?\bloss[ :=]+([-+0-9.eE]+|nan|inf)", re.IGNORECASE)
 
@@ -36,13 +36,7 @@ class Curve:
 
 def _from_metrics(path: Path, name: str) -> Curve:
     curve = Curve(name)
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise SpnasError(f"{path} line {n} is not JSON; is this a metrics.jsonl file?") from None
+    for rec in read_metrics(path):
         if rec.get("type") == "train" and "loss" in rec:
             curve.steps.append(int(rec["step"]))
             curve.losses.append(float(rec["loss"]))

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .checkpoint import atomic_write_text
+from .errors import SpnasError
 
 
 def _clean(v):
@@ -87,13 +88,20 @@ class RunLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a metrics file (a run folder or the file itself)."""
+    """All records of a metrics file (a run folder or the file itself).
+
+    A line that is not JSON is a one-line ``SpnasError`` naming the file and line.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     records = []
     with open(path) as f:
-        for line in f:
+        for n, line in enumerate(f, start=1):
             if line.strip():
-                records.append(json.loads(line))
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    raise SpnasError(f"{path} line {n} is not JSON; is this a metrics.jsonl "
+                                     "file?") from None
     return records

@@ -99,3 +99,7 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(e.startswith("spnas: error:") for e in err)
     assert "share no logged step" in err[2]
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "metrics.jsonl").write_text('{"type": "train", "step": 1, "loss": 2.0}\n{"ty\n')
+    assert main(["curves", str(tmp_path / "torn"), "--out", str(tmp_path)]) == 2
+    assert "metrics.jsonl line 2 is not JSON" in capsys.readouterr().err
