@@ -110,9 +110,8 @@ def run_search(args: argparse.Namespace):
     if args.cache_gb < 0:
         raise SpnasError(f"--cache_gb must be 0 or more, got {args.cache_gb}")
     data = {f.name: getattr(args, f.name) for f in dataclasses.fields(DataConfig)}
-    cfg = SearchRunConfig(args.checkpoint, args.out, from_namespace(SearchConfig, args),
-                          from_namespace(ScoringConfig, args), data, args.split_seed,
-                          args.device, args.amp, args.channels_last, args.resume)
+    cfg = from_namespace(SearchRunConfig, args, search=from_namespace(SearchConfig, args),
+                         scoring=from_namespace(ScoringConfig, args), data=data)
     return search_supernet(cfg)
 
 

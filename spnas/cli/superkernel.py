@@ -41,17 +41,15 @@ def add_superkernel_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def superkernel_config(args: argparse.Namespace):
-    from ..config import SuperkernelConfig
+    from ..config import SuperkernelConfig, from_namespace
     check_positive(args, "target_latency_ms", "target_mmacs", "keep_prob", "threshold_lr_scale")
     if not 0 <= args.warmup_frac <= 1 or args.keep_prob > 1 or args.lam < 0:
         raise SpnasError("--warmup_frac must be in [0, 1], --keep_prob in (0, 1], --lam >= 0")
     target = args.target_latency_ms if args.target_mmacs is None else args.target_mmacs
-    return SuperkernelConfig(
-        layout=args.layout or ("imagenet" if args.resize else "cifar"), lam=args.lam,
+    return from_namespace(
+        SuperkernelConfig, args, layout=args.layout or ("imagenet" if args.resize else "cifar"),
         target_latency=target, target_unit="ms" if args.target_mmacs is None else "MMAC",
-        latency_table=args.latency_table, formula=args.latency_formula,
-        warmup_frac=args.warmup_frac, keep_prob=args.keep_prob,
-        threshold_lr_scale=args.threshold_lr_scale, mask_at=args.mask_at, dropout=args.dropout)
+        formula=args.latency_formula)
 
 
 def run_superkernel(args: argparse.Namespace) -> dict:
