@@ -29,7 +29,7 @@ from .evaluation import plain_forward, recalibrate_bn, recalibration_batches
 from .retrain import check_layout, is_arch_file, train_child
 from .spaces import build_child, model_from_checkpoint
 from .supernet import recal_transform
-from .train import param_groups, place, start_run, steps_per_epoch
+from .train import param_groups, place, start_run, steps_per_epoch, world_size
 
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
@@ -119,11 +119,11 @@ def finetune(cfg: TrainConfig) -> dict:
                          f"got {fc.freeze_epochs}")
     if fc.dropout is not None and not 0.0 <= fc.dropout < 1.0:
         raise SpnasError(f"--dropout must be in [0, 1), got {fc.dropout}")
+    if fc.freeze_epochs and world_size() > 1:  # before any data is loaded
+        raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
     src = load_source(fc)
     check_layout(src.net.arch, cfg.data, "the network")
     dist_info, device, splits = start_run(cfg)
-    if fc.freeze_epochs and dist_info.world > 1:
-        raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
     model = place(src.net, device, cfg.run.channels_last)
     notes = [f"fine-tuning {src.description} on {cfg.data.dataset} "
              f"({len(splits.train[0])} training images)"]

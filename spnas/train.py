@@ -76,9 +76,14 @@ class Dist:
         return self.rank == 0
 
 
+def world_size() -> int:
+    """Processes of this run, as torchrun says (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Read torchrun's environment; one process per GPU (NCCL) or CPU process (gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     device = resolve_device(device_name, d.local_rank)
     if world > 1 and not dist.is_initialized():
