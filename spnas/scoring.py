@@ -35,7 +35,6 @@ class FixedBatches:
     """Batches that are the same at every iteration: kept if they fit ``max_bytes``, else rebuilt."""
 
     def __init__(self, make: Callable[[], Iterator], nbytes: int, max_bytes: float):
-        self.nbytes = nbytes
         self.kept = list(make()) if nbytes <= max_bytes else None
         self.make = None if self.kept is not None else make  # kept: the source can be freed
 
