@@ -96,3 +96,53 @@ def test_build_child_rebuilds_from_arch():
     net = build_child(arch, 10, dropout=0.1)
     assert net.arch == arch and net.classifier.out_features == 10
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"  # the original's best path
+
+
+@pytest.mark.parametrize("layout,params,macs", [("cifar", 2_257_232, 173_211_648),
+                                                ("imagenet", 2_376_976, 324_476_480)])
+def test_the_original_best_path_has_its_published_size(layout, params, macs):
+    """Sizes of the original SPOS CIFAR code's network (split units at layers 0 and 16 of the
+    CIFAR layout, no classifier bias), counted as multiply-accumulates at 32 or 224 pixels."""
+    from spnas.profiling import profile_arch
+    r = profile_arch(Arch.parse(BEST, spos_space(layout=layout)), 10, warmup=0, repeats=1, batch=1)
+    assert (r["params"], r["macs"]) == (params, macs)
+
+
+@pytest.mark.parametrize("layer,cin,cout", [(0, 16, 64), (16, 320, 640)])
+def test_width_changes_at_stride_one_split_the_input(layer, cin, cout):
+    """CIFAR layout: half the input passes through; the branch maps cin/2 to cout - cin/2."""
+    net = SposSupernet(spos_space(layout="cifar"), 10)
+    for choice in range(len(TOKENS)):
+        unit = net.layers[layer][choice]
+        convs = [m for m in unit.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert unit.split and unit.proj is None
+        assert convs[0].in_channels == cin // 2 and convs[-1].out_channels == cout - cin // 2
+
+
+def test_branch_takes_the_even_channels_and_comes_first():
+    """The original's order: even channels through the branch, output [branch, odd channels]."""
+    unit = SposSupernet(spos_space(layout="cifar"), 10).layers[1][0].eval()
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        y = unit(x)
+        torch.testing.assert_close(y[:, 32:], x[:, 1::2], rtol=0, atol=0)
+        torch.testing.assert_close(y[:, :32], unit.main(x[:, 0::2]), rtol=0, atol=0)
+
+
+def test_init_is_the_originals():
+    """normal(0, 1/shape[1]) convs, BN weight 1 / bias 1e-4, classifier normal(0, 0.01), no bias."""
+    torch.manual_seed(0)
+    net = build_child(Arch.parse(BEST, spos_space()), 10)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    for m in convs:
+        if m.weight.numel() > 2000:
+            assert abs(m.weight.std().item() * m.weight.shape[1] - 1) < 0.1, m
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all((m.weight == 1).all() and (m.bias == 1e-4).all() for m in bns)
+    assert net.classifier.bias is None and abs(net.classifier.weight.std().item() - 0.01) < 1e-3
+    acts = [type(m) for m in net.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))]
+    assert acts[0] is torch.nn.ReLU6 and acts[-1] is torch.nn.ReLU6
+    assert set(acts[1:-1]) == {torch.nn.ReLU}

@@ -96,23 +96,27 @@ class GlobalAvgPool(nn.Module):
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int, affine: bool,
-            relu: bool) -> nn.Sequential:
-    """Conv (no bias, 'same' padding) -> BatchNorm -> optional ReLU."""
+            relu: bool | type[nn.Module]) -> nn.Sequential:
+    """Conv (no bias, 'same' padding) -> BatchNorm -> optional activation.
+
+    ``relu`` is True (ReLU), False (none) or an activation class (e.g. ``nn.ReLU6``).
+    """
     mods = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
             nn.BatchNorm2d(cout, affine=affine)]
     if relu:
-        mods.append(nn.ReLU(inplace=True))
+        mods.append((nn.ReLU if relu is True else relu)(inplace=True))
     return nn.Sequential(*mods)
 
 
 def init_weights(model: nn.Module) -> None:
-    """He-normal convs (fan out), small-normal classifier, identity BN."""
+    """He-normal convs (fan out), small-normal classifier, identity BN (the MBConv space)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -146,13 +150,18 @@ class ChildNet(nn.Module):
 
     def replace_classifier(self, num_classes: int) -> None:
         old = self.classifier
-        new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
         nn.init.normal_(new.weight, 0, 0.01)
-        nn.init.zeros_(new.bias)
-        self.head[-1] = new
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+        self.head[-1] = new.to(old.weight.device)
 
     def load_path_weights(self, supernet_state: dict[str, torch.Tensor], arch: Arch) -> None:
-        """Copy one path of a supernet state dict; BN without affine maps to identity."""
+        """Copy one path of a supernet state dict; BN without affine maps to identity.
+
+        The affine parameters the supernet lacks are set to weight 1, bias 0, so the
+        network computes exactly what the supernet's path does (whatever its init).
+        """
         own = self.state_dict()
         mapped = {}
         for key, value in supernet_state.items():
@@ -168,4 +177,5 @@ class ChildNet(nn.Module):
             mod = self.get_submodule(k.rsplit(".", 1)[0])
             if not isinstance(mod, nn.BatchNorm2d):
                 raise KeyError(f"supernet state has no weight for {k}")
+            mapped[k] = torch.ones_like(own[k]) if k.endswith(".weight") else torch.zeros_like(own[k])
         self.load_state_dict(mapped, strict=False)

@@ -11,15 +11,28 @@ to 1024, global average pooling, classifier. Strides (layout):
 * ``imagenet``: stem 2, stride 2 at layers 0, 4, 8 and 16 (224 -> 7), used with
   ``--resize``.
 
-A unit whose input and output widths agree and whose stride is 1 splits its
-channels: half pass through, half go through the branch (ShuffleNetV2's basic
-unit). Any other unit (a stage's first) has a projection branch beside the
-main one and concatenates both. Outputs are channel-interleaved by taking
-even/odd channels at the next unit's split, which is ShuffleNetV2's shuffle.
+Every unit of stride 1 splits its input by a channel shuffle: the even
+channels go through the branch, the odd ones pass through, and the output is
+``[branch, passed]``; where the width changes at stride 1 (layers 0 and 16 of
+the CIFAR layout: 16 -> 64, 320 -> 640) the branch maps ``cin / 2`` channels
+to ``cout - cin / 2``. A unit of stride 2 runs the branch and a projection
+(depthwise conv + 1x1 conv) on the whole input and outputs ``[branch,
+projection]``. Stem and last 1x1 conv use ReLU6, the blocks ReLU; the
+classifier has no bias. This is the structure, channel order and init of the
+original SPOS CIFAR code (ShunLu91/Single-Path-One-Shot-NAS), so its
+published sizes hold here and its checkpoints import without permutation
+(``spnas import-reference``).
+
+Init, as the original's: conv weights normal(0, std 1 / weight.shape[1]) (a
+depthwise kernel: std 1; a 1x1 conv with 320 inputs: std 1/320), affine BN
+weight 1 and bias 1e-4, classifier normal(0, 0.01). With BatchNorm after
+every conv the scale of a weight sets its effective step size (lr / |w|^2),
+so the init is part of the training recipe (the README measures it).
 
 The supernet's BatchNorm has no affine parameters (as in SPOS: a shared
-scale would be trained by every path); standalone networks have affine BN,
-initialised to the identity so that ``extract`` reproduces the supernet.
+scale would be trained by every path); standalone networks have affine BN.
+``extract`` sets their affine parameters to the identity so that it
+reproduces the supernet's path exactly.
 """
 from __future__ import annotations
 
@@ -30,7 +43,7 @@ from torch import nn
 
 from ..arch import Arch, SpaceSpec
 from ..errors import SpnasError
-from .common import ChildNet, GlobalAvgPool, concat_channels, conv_bn, init_weights, shuffle_split
+from .common import ChildNet, GlobalAvgPool, concat_channels, conv_bn, shuffle_split
 
 TOKENS = ("k3", "k5", "k7", "x")
 KERNELS = (3, 5, 7, 3)
@@ -57,15 +70,29 @@ def spos_space(layers: int = 20, num_choices: int = 4, layout: str = "cifar") ->
                      allowed=(tuple(range(num_choices)),) * layers, stages=tuple(stages))
 
 
+def init_spos_weights(model: nn.Module) -> None:
+    """The original SPOS code's init (see the module docstring)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0, 1.0 / m.weight.shape[1])
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.constant_(m.bias, 1e-4)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class ShuffleUnit(nn.Module):
     """One ShuffleNetV2 (or Xception-style) unit; see the module docstring."""
 
     def __init__(self, cin: int, cout: int, choice: int, stride: int, affine: bool):
         super().__init__()
-        self.split = stride == 1 and cin == cout
+        self.split = stride == 1
         k = KERNELS[choice]
         inp = cin // 2 if self.split else cin
-        mid, out = cout // 2, cout - (cin // 2 if self.split else cin)
+        mid, out = cout // 2, cout - inp
         if choice == XCEPTION:
             self.main = nn.Sequential(
                 conv_bn(inp, inp, 3, stride, inp, affine, relu=False),
@@ -85,9 +112,9 @@ class ShuffleUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.split:
-            keep, branch = shuffle_split(x)
-            return concat_channels(keep, self.main(branch))
-        return concat_channels(self.proj(x), self.main(x))
+            branch, keep = shuffle_split(x)
+            return concat_channels(self.main(branch), keep)
+        return concat_channels(self.main(x), self.proj(x))
 
 
 def _layer_geometry(spec: SpaceSpec) -> list[tuple[int, int, int]]:
@@ -101,13 +128,13 @@ def _layer_geometry(spec: SpaceSpec) -> list[tuple[int, int, int]]:
 
 
 def _stem(spec: SpaceSpec, affine: bool) -> nn.Module:
-    return conv_bn(3, STEM_WIDTH, 3, STRIDES[spec.layout][0], 1, affine, relu=True)
+    return conv_bn(3, STEM_WIDTH, 3, STRIDES[spec.layout][0], 1, affine, relu=nn.ReLU6)
 
 
 def _head(spec: SpaceSpec, num_classes: int, affine: bool, dropout: float) -> nn.Module:
-    return nn.Sequential(conv_bn(WIDTHS[spec.num_layers - 1], LAST_WIDTH, 1, 1, 1, affine, True),
+    return nn.Sequential(conv_bn(WIDTHS[spec.num_layers - 1], LAST_WIDTH, 1, 1, 1, affine, nn.ReLU6),
                          GlobalAvgPool(), nn.Dropout(dropout),
-                         nn.Linear(LAST_WIDTH, num_classes))
+                         nn.Linear(LAST_WIDTH, num_classes, bias=False))
 
 
 class SposSupernet(nn.Module):
@@ -125,7 +152,7 @@ class SposSupernet(nn.Module):
                           for c in range(len(TOKENS)))
             for i, (cin, cout, s) in enumerate(_layer_geometry(spec)))
         self.head = _head(spec, num_classes, affine=False, dropout=0.0)
-        init_weights(self)
+        init_spos_weights(self)
 
     def forward(self, x: torch.Tensor, arch: Arch | Sequence[int]) -> torch.Tensor:
         x = self.stem(x)
@@ -148,4 +175,4 @@ class SposNet(ChildNet):
         layers = [ShuffleUnit(cin, cout, c, s, affine=True)
                   for (cin, cout, s), c in zip(_layer_geometry(spec), arch)]
         super().__init__(arch, _stem(spec, True), layers, _head(spec, num_classes, True, dropout))
-        init_weights(self)
+        init_spos_weights(self)
