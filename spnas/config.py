@@ -49,6 +49,7 @@ class RunConfig:
     print_freq: int = 100           # steps between metric lines
     val_interval: int = 5           # epochs between validations (and always after the last)
     ckpt_interval: int = 0          # steps between extra 'last' checkpoints; 0 = at validations only
+    stop_after: int | None = None   # stop after this many steps in all (schedule still spans epochs)
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     amp: bool = True                # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True      # NHWC activations (faster on CPU and GPU, see README)

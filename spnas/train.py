@@ -295,6 +295,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=ids, find_unused_parameters=self.task.find_unused_parameters)
         run, spe = self.cfg.run, self.loader.steps_per_epoch
+        end = min(self.total, run.stop_after or self.total)
         self.log.info(f"{self.task.kind}: {self.total} steps ({self.cfg.optim.epochs} epochs x "
                       f"{spe}), batch {self.loader.batch_size}, device {self.device}, run {self.dir}")
         self.log.progress(self.total, self.step)
@@ -302,7 +303,7 @@ class Trainer:
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         model.train()
         try:
-            while self.step < self.total:
+            while self.step < end:
                 step = self.step
                 epoch, i = divmod(step, spe)
                 images, labels = self.loader.batch(epoch, i)
@@ -323,7 +324,7 @@ class Trainer:
                 window.add(loss, logits, labels, extra)
                 self.step = step + 1
                 self.log.advance(1)
-                if self.step % run.print_freq == 0 or self.step == self.total:
+                if self.step % run.print_freq == 0 or self.step in (self.total, end):
                     self._check_finite(bad_step)
                     self._log_train(window, lr, epoch)
                 end_of_epoch = self.step % spe == 0
@@ -335,6 +336,11 @@ class Trainer:
                 elif run.ckpt_interval and self.step % run.ckpt_interval == 0:
                     self._check_finite(bad_step)
                     self.save("last.pt")
+            if self.step < self.total and run.stop_after:
+                self._check_finite(bad_step)
+                self.save("last.pt")
+                self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
+                              "--resume with a larger --stop_after continues")
         finally:
             self.log.close()
         return {"step": self.step, "best": self.best, **self.last_val}

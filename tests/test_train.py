@@ -152,3 +152,17 @@ def test_bad_flags_are_one_line_errors(fake_cifar, tmp_path, capsys, flag, value
     assert main(train_argv(fake_cifar, tmp_path, "x", **{flag: value})) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_stop_after_keeps_the_schedule_and_resumes_to_the_same_curve(fake_cifar, tmp_path):
+    """--stop_after N stops at step N with last.pt, at the learning rate of the full schedule."""
+    flags = {"--epochs": 3, "--val_interval": 5}
+    assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--stop_after": 5})) == 0
+    part = tmp_path / "part"
+    assert torch.load(part / "last.pt", weights_only=True)["step"] == 5
+    full_lr = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "full") if r["type"] == "train"}
+    part_lr = {r["step"]: r["lr"] for r in read_metrics(part) if r["type"] == "train"}
+    assert max(part_lr) == 5 and all(part_lr[s] == full_lr[s] for s in part_lr)
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
+    assert losses(part) == losses(tmp_path / "full")

@@ -59,6 +59,9 @@ def add_run_args(p: argparse.ArgumentParser, exp_name: str) -> None:
                    help="epochs between validations (and always after the last epoch)")
     g.add_argument("--ckpt_interval", type=int, default=0,
                    help="steps between extra last.pt checkpoints (0: at validations only)")
+    g.add_argument("--stop_after", type=int, default=None,
+                   help="stop after this many steps in all, writing last.pt; the learning-rate "
+                        "schedule still spans --epochs (for trial runs; default: run to the end)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", action=B, default=True, help="bf16 autocast on CUDA")
     g.add_argument("--channels_last", action=B, default=True, help="NHWC memory format")
@@ -76,7 +79,7 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
 
 def train_config(args: argparse.Namespace, model) -> TrainConfig:
     check_positive(args, "epochs", "num_steps", "batch_size", "lr", "print_freq", "val_interval",
-                   "cutout_length", "image_size")
+                   "cutout_length", "image_size", "stop_after")
     if args.val_size < 0:
         raise SpnasError(f"--val_size must be 0 or more, got {args.val_size}")
     return TrainConfig(from_namespace(DataConfig, args), from_namespace(OptimConfig, args),
