@@ -1,9 +1,11 @@
 """Seed-compatible loss plot and comparison: ``python loss.py RUN [--baseline REF_RUN]``.
 
 Draws loss.jpg (and loss.png) in --out (default: here) from the runs' metrics
-files or logs and, with --baseline, prints MeanRelativeError /
-MeanAbsoluteError and pass or fail (exit status 0 or 1). A thin wrapper over
-``spnas curves``; see spnas/curves.py for how the verdict is decided.
+files, CSV files (columns step, loss) or logs and, with --baseline, prints what
+was compared, MeanRelativeError / MeanAbsoluteError and pass or fail (exit
+status 0 or 1); --window N compares means over N steps, --max_step M only steps
+<= M. A thin wrapper over ``spnas curves``; see docs/curves.md for how the
+verdict is decided.
 """
 import argparse
 import os

@@ -1,4 +1,6 @@
 import json
+import random
+import statistics
 import subprocess
 import sys
 
@@ -6,7 +8,8 @@ import pytest
 from conftest import ROOT
 
 from spnas.cli import main
-from spnas.curves import Curve, compare, load_curve
+from spnas.curves import Curve, compare, draw_curves, load_curve, window_means
+from spnas.errors import SpnasError
 
 
 def write_run(folder, losses, val=(), start=1):
@@ -103,3 +106,194 @@ def test_unreadable_inputs_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "torn" / "metrics.jsonl").write_text('{"type": "train", "step": 1, "loss": 2.0}\n{"ty\n')
     assert main(["curves", str(tmp_path / "torn"), "--out", str(tmp_path)]) == 2
     assert "metrics.jsonl line 2 is not JSON" in capsys.readouterr().err
+
+
+# --- CSV curves, windows, --max_step, overlap ---------------------------------------------
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "spos_c10_supernet_b96_steps.csv"
+
+
+def write_records(folder, steps, losses):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.jsonl", "w") as f:
+        for s, loss in zip(steps, losses):
+            f.write(json.dumps({"type": "train", "step": s, "loss": loss}) + "\n")
+    return folder
+
+
+def write_csv(path, losses, start=1):
+    path.write_text("step,epoch,lr,loss,acc\n" + "".join(
+        f"{s},0,0.025,{loss},0.1\n" for s, loss in enumerate(losses, start=start)))
+    return path
+
+
+def curves(*args):
+    """``spnas curves ARGS``: (exit status, stdout lines, stderr lines)."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["curves", *map(str, args)])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue().strip().splitlines(), err.getvalue().strip().splitlines()
+
+
+def test_csv_curve_reads_step_and_loss_columns_only(tmp_path):
+    p = tmp_path / "ref.csv"
+    p.write_text("acc, Loss ,lr,step\n0.1,2.5,0.1,1\n\n0.2,2.25,0.1,2\n0.3,2.0,0.1,3.0\n")
+    c = load_curve(p)
+    assert c.name == "ref" and c.steps == [1, 2, 3] and c.losses == [2.5, 2.25, 2.0]
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="no ../shared/reference here")
+def test_the_shared_reference_csv_reads_with_its_published_window_means():
+    c = load_curve(REFERENCE)
+    assert c.steps == list(range(1, 4264))
+    means = window_means(c, 250, 10)  # the reference README's table: steps 0-249, 500-749, ...
+    assert [round(means[w], 3) for w in (0, 2, 4, 6, 8, 9)] == [2.307, 2.096, 1.953, 1.884, 1.831, 1.803]
+
+
+def test_window_means_weight_records_by_the_steps_they_cover():
+    rng = random.Random(0)
+    steps = []  # records of random, unequal spans; each window's last step is logged
+    for w in range(9):
+        steps += sorted(rng.sample(range(w * 10 + 1, w * 10 + 10), rng.randint(0, 4))) + [w * 10 + 10]
+    losses = [rng.uniform(1, 3) for _ in steps]
+    per_step, prev = [], 0  # each record's mean loss, spread over the steps it covers
+    for s, loss in zip(steps, losses):
+        per_step += [loss] * (s - prev)
+        prev = s
+    direct = [statistics.fmean(per_step[w * 10:(w + 1) * 10]) for w in range(9)]
+    got = window_means(Curve("r", steps[::-1], losses[::-1]), 10, 9)  # record order does not matter
+    assert got == pytest.approx(direct, rel=1e-12)
+    assert len(set(b - a for a, b in zip([0] + steps, steps))) > 3
+    unequal = Curve("u", [4, 10, 12, 20], [2.0, 1.0, 3.0, 4.0])
+    assert window_means(unequal, 10, 2) == pytest.approx([(4 * 2.0 + 6 * 1.0) / 10,
+                                                          (2 * 3.0 + 8 * 4.0) / 10])
+    straddling = Curve("s", [6, 12, 20], [1.0, 4.0, 2.0])  # step 12's record covers 7-12
+    assert window_means(straddling, 10, 2) == pytest.approx([1.0, (6 * 4.0 + 8 * 2.0) / 14])
+    assert window_means(Curve("g", [20, 40], [1.0, 1.0]), 10, 4) == [None, 1.0, None, 1.0]
+
+
+def test_only_windows_both_runs_cover_completely_are_compared():
+    base = Curve("base", list(range(1, 101)), [2.0] * 100)
+    run = Curve("run", list(range(1, 26)), [2.0] * 20 + [9.0] * 5)  # steps 21-25: far off
+    c = compare(run, base, window=10)
+    assert (c.steps, c.first, c.last, c.covered, c.baseline_steps) == (2, 1, 20, 20, 100)
+    assert c.passed and c.mean_abs_error == 0
+    c = compare(base, run, window=10)  # the shorter curve may be the baseline as well
+    assert c.steps == 2 and c.passed and c.overlap == pytest.approx(20 / 25)
+    with pytest.raises(SpnasError, match="no window of 30 steps is covered by both"):
+        compare(run, base, window=30)
+
+
+def test_windows_without_a_record_of_one_run_are_left_out():
+    base = Curve("base", list(range(1, 41)), [2.0] * 40)
+    run = Curve("run", [20, 40], [2.0, 2.0])  # logged every 20 steps; windows of 10
+    c = compare(run, base, window=10)
+    assert (c.steps, c.skipped, c.covered) == (2, 2, 20)
+    assert "2 windows left out, holding no record of one run" in c.describe("run", "base")[0]
+    c = compare(Curve("run", [6, 12, 20], [2.0] * 3), base, window=10)
+    assert c.straddling == 1
+    assert "1 record straddling two windows, each counted in its step" in c.describe("run", "base")[0]
+    assert compare(Curve("run", [5, 10, 20], [2.0] * 3), base, window=10).straddling == 0
+    with pytest.raises(SpnasError, match="logs step 20 twice"):
+        compare(Curve("dup", [10, 20, 20], [1.0, 1.0, 1.0]), base, window=10)
+
+
+def test_max_step_limits_the_comparison_per_step_and_per_window():
+    base = Curve("base", list(range(1, 4001)), [2.0] * 4000)
+    run = Curve("run", list(range(1, 1001)), [2.0] * 500 + [3.0] * 500)
+    assert not compare(run, base, window=250).passed
+    c = compare(run, base, window=250, max_step=500)
+    assert (c.steps, c.last, c.covered) == (2, 500, 500) and c.passed
+    c = compare(run, base, max_step=500)
+    assert (c.steps, c.first, c.last, c.only_in_one) == (500, 1, 500, 0) and c.passed
+    assert not compare(run, base, max_step=600).passed
+
+
+def test_short_comparison_warns_and_min_overlap_fails_with_status_1(tmp_path):
+    ref = write_csv(tmp_path / "ref.csv", [2.0] * 4263)
+    run = write_records(tmp_path / "run", range(50, 1001, 50), [2.0] * 20)
+    code, out, _ = curves(run, "--baseline", ref, "--window", 250, "--max_step", 500, "--out", tmp_path)
+    assert code == 0
+    assert ("run vs ref: compared 2 windows of 250 steps (steps 1-500); the baseline has 4263 steps, "
+            "3763 not compared") in out
+    assert any(line.startswith("WARNING: the comparison covers 500 of the baseline's 4263 steps")
+               for line in out)
+    assert out[-1].startswith("pass ")
+    code, out, _ = curves(run, "--baseline", ref, "--window", 250, "--max_step", 500,
+                          "--min_overlap", 0.2, "--out", tmp_path)
+    assert code == 1 and out[-1].startswith("fail overlap=0.1173 < min_overlap 0.2")
+    assert out[-3].startswith("MeanRelativeError: ")
+    code, out, _ = curves(run, "--baseline", ref, "--window", 250, "--min_overlap", 0.2,
+                          "--out", tmp_path)  # 1000 steps: 23%, enough, still warned
+    assert code == 0 and any(line.startswith("WARNING") for line in out)
+    short_ref = write_csv(tmp_path / "short.csv", [2.0] * 1500)
+    code, out, _ = curves(run, "--baseline", short_ref, "--window", 250, "--out", tmp_path)
+    assert code == 0 and not any(line.startswith("WARNING") for line in out)
+
+
+def test_csv_against_itself_shifted_passes_or_fails_on_the_window_means(tmp_path):
+    rng = random.Random(1)
+    losses = [2.3 - 0.0004 * s + rng.gauss(0, 0.15) for s in range(1000)]
+    ref = write_csv(tmp_path / "ref.csv", losses)
+    shifted = write_csv(tmp_path / "shifted.csv", [x + 0.03 for x in losses])
+    code, out, _ = curves(shifted, "--baseline", ref, "--window", 250, "--out", tmp_path)
+    assert code == 0 and float(out[-2].split(": ")[1]) == pytest.approx(0.03)
+    assert "compared 4 windows of 250 steps (steps 1-1000)" in out[2]
+    code, out, _ = curves(shifted, "--baseline", ref, "--window", 250, "--rtol", 0.01, "--out", tmp_path)
+    assert code == 1 and out[-1].startswith("fail mean_abs_relative_error=")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "is empty; a CSV curve needs a header line"),
+    ("step,acc\n1,0.5\n", "line 1: the header 'step,acc' has no column loss"),
+    ("\nepoch,lr\n", "line 2: the header 'epoch,lr' has no column step or loss"),
+    ("step,loss\n1,2.3\n2,abc\n", "line 3: loss 'abc' is not a number"),
+    ("step,loss\n1,2.3\n2.5,2.1\n", "line 3: step '2.5' is not a whole number"),
+    ("step,epoch,loss\n1,0,2.3\n2,0\n", "line 3: 2 fields, the header has 3"),
+    ("step,loss\n", "holds no training-loss records"),
+])
+def test_bad_csv_files_are_one_line_errors(tmp_path, text, fragment):
+    (tmp_path / "bad.csv").write_text(text)
+    code, _, err = curves(tmp_path / "bad.csv", "--out", tmp_path)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"spnas: error: {tmp_path / 'bad.csv'}") and fragment in err[0]
+
+
+@pytest.mark.parametrize("flag, value, fragment", [
+    ("--rtol", "-0.1", "must be a finite number >= 0"),
+    ("--atol", "nan", "must be a finite number >= 0"),
+    ("--rtol", "inf", "must be a finite number >= 0"),
+    ("--atol", "x", "is not a number"),
+    ("--window", "0", "must be a positive number of steps"),
+    ("--window", "2.5", "is not a whole number of steps"),
+    ("--max_step", "-5", "must be a positive number of steps"),
+    ("--min_overlap", "1.5", "must be a fraction from 0 to 1"),
+    ("--min_overlap", "nan", "must be a fraction from 0 to 1"),
+])
+def test_bad_flags_are_one_line_parse_errors(tmp_path, flag, value, fragment):
+    run = write_run(tmp_path / "run", BASE)
+    code, out, err = curves(run, "--baseline", run, f"{flag}={value}", "--out", tmp_path)
+    assert code == 2 and not out
+    assert f"argument {flag}: " in err[-1] and fragment in err[-1]
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_plot_draws_window_means_over_thin_raw_curves():
+    from spnas.plots import figure
+    c = Curve("run", list(range(1, 101)), [2.0 + 0.01 * (s % 7) for s in range(1, 101)])
+    ax = figure(4, 3).subplots()
+    draw_curves(ax, [c], window=25)
+    lines = {line.get_label(): line for line in ax.lines}
+    means = lines["run (mean per 25 steps)"]
+    assert list(means.get_xdata()) == [12.5, 37.5, 62.5, 87.5]
+    assert list(means.get_ydata()) == pytest.approx(window_means(c, 25, 4))
+    raw = lines["run (train)"]
+    assert raw.get_alpha() < 1 and raw.get_linewidth() < means.get_linewidth()
+    ax = figure(4, 3).subplots()
+    draw_curves(ax, [c])
+    assert [line.get_label() for line in ax.lines] == ["run (train)"]
