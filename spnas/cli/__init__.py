@@ -3,7 +3,8 @@
 A user mistake (``SpnasError``) prints one line, ``spnas: error: ...``, and
 exits with status 2; no stack trace. The subcommands' flags live in this
 package by stage: ``spos`` (train, search, latency-table), ``networks``
-(retrain, finetune, evaluate, profile, export), ``superkernel``, ``curves``;
+(retrain, finetune, evaluate, profile, export), ``superkernel``, ``curves``,
+``reference`` (import-reference);
 ``flags`` holds the groups they share.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .networks import (
     run_profile,
     run_retrain,
 )
+from .reference import add_import_reference_parser, run_import_reference
 from .spos import (
     add_latency_table_parser,
     add_search_parser,
@@ -57,14 +59,19 @@ COMMANDS = {
                "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
     "curves": (add_curves_parser, run_curves,
                "plot loss curves; compare a run with a reference run (--baseline)"),
+    "import-reference": (add_import_reference_parser, run_import_reference,
+                         "import a state_dict saved by the original SPOS CIFAR code "
+                         "(ShunLu91/Single-Path-One-Shot-NAS) as an spnas checkpoint"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spnas", description="Single-path neural architecture search.")
+    # allow_abbrev=False: a misspelt flag such as --epoch is an error, not --epochs
+    p = argparse.ArgumentParser(prog="spnas", description="Single-path neural architecture search.",
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, _, help_) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_, description=help_))
+        add(sub.add_parser(name, help=help_, description=help_, allow_abbrev=False))
     return p
 
 
