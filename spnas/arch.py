@@ -36,6 +36,25 @@ class ArchError(SpnasError):
     """An architecture string or file that does not fit its space."""
 
 
+def _is_list(x) -> bool:
+    return isinstance(x, (list, tuple))
+
+
+def _is_index(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _kind(x) -> str:
+    text = f"the string {x!r}" if isinstance(x, str) else f"{type(x).__name__} {x!r}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _expect(ok: bool, where: str, key: str, what: str, value) -> None:
+    if not ok:
+        raise ArchError(f"{where}: space field {key!r} must be {what}, got {_kind(value)}; "
+                        "write the file with spnas or copy one it wrote")
+
+
 @dataclass(frozen=True)
 class SpaceSpec:
     """What a search space is, independent of any weights.
@@ -62,14 +81,29 @@ class SpaceSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SpaceSpec":
-        try:
-            return cls(name=d["name"], layout=d["layout"], tokens=tuple(d["tokens"]),
-                       allowed=tuple(tuple(a) for a in d["allowed"]),
-                       stages=tuple(d["stages"]), bars=bool(d.get("bars", False)))
-        except (KeyError, TypeError) as e:
-            raise ArchError(f"malformed space description ({e!r}); "
-                            "write the arch file with spnas or copy one it wrote") from None
+    def from_dict(cls, d: dict, where: str = "space description") -> "SpaceSpec":
+        """Read ``to_dict``'s form back, refusing a field of the wrong type by name."""
+        if not isinstance(d, dict):
+            raise ArchError(f"{where}: 'space' must be an object, got {_kind(d)}; "
+                            "write the file with spnas or copy one it wrote")
+        missing = [k for k in ("name", "layout", "tokens", "allowed", "stages") if k not in d]
+        if missing:
+            raise ArchError(f"{where}: the space lacks {', '.join(map(repr, missing))}; "
+                            "write the file with spnas or copy one it wrote")
+        for key in ("name", "layout"):
+            _expect(isinstance(d[key], str), where, key, "a string", d[key])
+        _expect(_is_list(d["tokens"]) and all(isinstance(t, str) for t in d["tokens"]),
+                where, "tokens", "a list of strings", d["tokens"])
+        _expect(_is_list(d["allowed"]) and all(_is_list(a) and all(map(_is_index, a))
+                                               for a in d["allowed"]),
+                where, "allowed", "a list of lists of choice indices", d["allowed"])
+        _expect(_is_list(d["stages"]) and all(map(_is_index, d["stages"])),
+                where, "stages", "a list of layer counts", d["stages"])
+        _expect(isinstance(d.get("bars", False), bool), where, "bars", "true or false",
+                d.get("bars"))
+        return cls(name=d["name"], layout=d["layout"], tokens=tuple(d["tokens"]),
+                   allowed=tuple(tuple(a) for a in d["allowed"]),
+                   stages=tuple(d["stages"]), bars=d.get("bars", False))
 
     def stage_starts(self) -> set[int]:
         starts, i = set(), 0
@@ -174,10 +208,29 @@ class Arch:
         atomic_write_text(path, json.dumps(self.to_json(found_by, metrics), indent=2) + "\n")
 
     @classmethod
-    def from_json(cls, d: dict) -> "Arch":
+    def from_json(cls, d: dict, where: str = "arch file") -> "Arch":
+        """Read ``to_json``'s form; the space must be exactly its real space.
+
+        A hand-edited space (a wider ``allowed``, another token, a wrong layer
+        count) is refused naming the field, as are ``choices`` that disagree
+        with ``arch``.
+        """
         if not isinstance(d, dict) or "space" not in d or "arch" not in d:
-            raise ArchError("an arch file needs 'space' and 'arch' entries")
-        return cls.parse(str(d["arch"]), SpaceSpec.from_dict(d["space"]))
+            raise ArchError(f"{where}: an arch file needs 'space' and 'arch' entries")
+        space = SpaceSpec.from_dict(d["space"], where)
+        check_real_space(space, where)
+        if not isinstance(d["arch"], str):
+            raise ArchError(f"{where}: 'arch' must be a string such as "
+                            f"'{' '.join(space.tokens[:3])} ...', "
+                            f"got {_kind(d['arch'])}")
+        try:
+            arch = cls.parse(d["arch"], space)
+        except ArchError as e:
+            raise ArchError(f"{where}: 'arch': {e}") from None
+        if "choices" in d and d["choices"] != list(arch.choices):
+            raise ArchError(f"{where}: 'choices' {d['choices']} disagree with 'arch' "
+                            f"({list(arch.choices)}); fix one of them or delete 'choices'")
+        return arch
 
     @classmethod
     def load(cls, path: str | Path) -> "Arch":
@@ -187,7 +240,7 @@ class Arch:
             raise ArchError(f"arch file {path} not found") from None
         except (OSError, ValueError) as e:
             raise ArchError(f"cannot read arch file {path}: {e}") from None
-        return cls.from_json(d)
+        return cls.from_json(d, f"arch file {path}")
 
     # ---- search operators ----------------------------------------------------------
     @classmethod
@@ -206,6 +259,19 @@ class Arch:
             raise ArchError("crossover of archs from different spaces")
         return Arch(self.space, tuple(a if rng.random() < 0.5 else b
                                       for a, b in zip(self.choices, other.choices)))
+
+
+def check_real_space(space: SpaceSpec, where: str) -> None:
+    """Refuse a space read from a file that its space's builder would not make.
+
+    The real space is built by ``spaces.make_space`` (imported here, when a
+    file is read: the spaces import this module). Unknown names pass: they
+    fail where a network is built, naming the known spaces.
+    """
+    from .spaces import real_space_difference
+    problem = real_space_difference(space)
+    if problem:
+        raise ArchError(f"{where}: {problem}; write the file with spnas or copy one it wrote")
 
 
 def arch_from_text_or_file(text_or_path: str, space: SpaceSpec | None) -> Arch:

@@ -3,23 +3,30 @@
 Accepted layouts under ``--data_path DIR`` (or DIR itself, or one folder below it):
 
 * the official tarball ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``,
-  unpacked next to itself with every member checked to stay inside DIR;
+  unpacked next to itself with every member checked to stay inside DIR. It is
+  unpacked into a hidden temporary folder beside the target and renamed into
+  place when complete, so a failed unpack (a full disk) leaves no half folder;
 * the unpacked folder ``cifar-10-batches-py/`` / ``cifar-100-python/``, whose
-  pickles are read by an unpickler that admits only numpy arrays, so a crafted
-  file cannot run code;
-* an image-folder layout ``train/<class>/*`` and ``test/<class>/*``.
+  pickles are read by an unpickler that admits only numpy arrays (pickle
+  protocols 2-5), so a crafted file cannot run code;
+* an image-folder layout ``train/<class>/*`` and ``test/<class>/*``: both
+  splits must hold the same class folders, each with at least one image
+  (hidden folders, ``.name``, are not classes).
 
 With none present, the official tarball is downloaded (progress bar, MD5
 checked). Offline, the error says which file to put where.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
 import shutil
 import tarfile
+import tempfile
 import urllib.request
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +84,17 @@ class Dataset:
 
 
 # ---- reading the official pickles safely ------------------------------------------
+def _numpy_core():
+    return getattr(np, "_core", None) or np.core
+
+
 def _numpy_reconstruct():
-    core = getattr(np, "_core", None) or np.core
-    return core.multiarray._reconstruct
+    return _numpy_core().multiarray._reconstruct
+
+
+def _numpy_frombuffer():
+    """What numpy's protocol-5 pickles call: ``frombuffer(buf, dtype).reshape(shape, order)``."""
+    return _numpy_core().numeric._frombuffer
 
 
 class _Refused(pickle.UnpicklingError):
@@ -98,6 +113,9 @@ class _BatchUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         allowed = {("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
                    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+                   # protocol 5 (numpy 1.x and 2.x spellings); the buffer is in-band
+                   ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+                   ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
                    ("numpy", "ndarray"): lambda: np.ndarray,
                    ("numpy", "dtype"): lambda: np.dtype,
                    # protocol-2 pickles written by Python 3 spell bytes this way
@@ -111,12 +129,20 @@ class _BatchUnpickler(pickle.Unpickler):
 def _load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            obj = _BatchUnpickler(f, encoding="bytes").load()
+            # no out-of-band buffers: a file holds its arrays in-band or not at all
+            obj = _BatchUnpickler(f, encoding="bytes", buffers=()).load()
     except FileNotFoundError:
         raise SpnasError(f"{path} is missing; the folder {path.parent} is incomplete: "
                          "unpack the official tarball again") from None
     except _Refused as e:
         raise SpnasError(f"{path}: {e}") from None
+    except pickle.UnpicklingError as e:
+        if "out-of-band" not in str(e):
+            raise SpnasError(f"{path} is corrupt or truncated ({e}); delete it and unpack or "
+                             "download the dataset again") from None
+        raise SpnasError(f"{path} was pickled with out-of-band buffers (protocol 5 with a "
+                         "buffer_callback), which the file does not hold; pickle it again "
+                         "without buffer_callback") from None
     except Exception as e:  # truncated or garbled file: EOFError, ValueError, ...
         raise SpnasError(f"{path} is corrupt or truncated ({type(e).__name__}: {e}); "
                          "delete it and unpack or download the dataset again") from None
@@ -155,7 +181,7 @@ def _read_official(name: str, folder: Path) -> Dataset:
 def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # may trip PIL's decompression-bomb guard
             im = im.convert("RGB")
             if im.size != (size, size):
                 scale = size / min(im.size)
@@ -164,21 +190,48 @@ def _decode(path: Path, size: int) -> np.ndarray:
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # the warning arrives here as an exception only under -W error
+        raise SpnasError(f"image {path} is too large to decode safely ({e}); "
+                         "shrink it or remove it from the folder") from None
     except OSError as e:
         raise SpnasError(f"cannot read image {path}: {e}") from None
 
 
+def _names(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:5]) + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
+
+
+def _class_folders(root: Path) -> list[str]:
+    """The class folders of one split, sorted; hidden folders (``.name``) are not classes."""
+    if not root.is_dir():
+        raise SpnasError(f"{root} is not a folder; image folders need train/<class>/ and "
+                         "test/<class>/")
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
 def _read_split_folder(root: Path, classes: list[str] | None, size: int):
-    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    found = _class_folders(root)
     if classes is not None and found != classes:
-        raise SpnasError(f"{root} has classes {found[:5]}..., but the train folder has "
-                         f"{classes[:5]}...; both must hold the same class folders")
+        only_here, only_train = set(found) - set(classes), set(classes) - set(found)
+        what = "; ".join(([f"only {root.name}/ has {_names(only_here)}"] if only_here else [])
+                         + ([f"only train/ has {_names(only_train)}"] if only_train else []))
+        raise SpnasError(f"{root.parent}: train/ and {root.name}/ must hold the same class "
+                         f"folders, but {what}; add or remove class folders so they match")
+    if not found:
+        raise SpnasError(f"{root} holds no class folders; put each class's images in "
+                         f"{root}/<class>/")
     files, labels = [], []
     for label, cls in enumerate(found):
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(f)
-                labels.append(label)
+        mine = [f for f in sorted((root / cls).iterdir())
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        if not mine and classes is None:  # a train class with no images: one class too many
+            raise SpnasError(f"class folder {root / cls} holds no images "
+                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add its images or "
+                             "remove the folder")
+        files += mine
+        labels += [label] * len(mine)
     if not files:
         raise SpnasError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
                          "in its class folders")
@@ -194,31 +247,105 @@ def _read_image_folders(name: str, root: Path, size: int) -> Dataset:
 
 
 # ---- tarballs: safe extraction and download ------------------------------------------
-def safe_extract(tarball: Path, dest: Path) -> None:
-    """Unpack regular files and folders only, refusing any member that leaves ``dest``."""
-    dest = dest.resolve()
+def _checked_members(tarball: Path, tar: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
+    """Every member, refusing links, special files and paths that leave ``root``."""
+    members = tar.getmembers()
+    for m in members:
+        target = (root / m.name).resolve()
+        if not (m.isfile() or m.isdir()):
+            raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} is a "
+                             "link or special file; the official tarball has none")
+        if target != root and root not in target.parents:
+            raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} "
+                             f"would land outside {root.parent}")
+    return members
+
+
+def _unpack(tarball: Path, root: Path) -> None:
+    with tarfile.open(tarball) as tar:
+        for m in _checked_members(tarball, tar, root):
+            target = root / m.name
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(m) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+        # read to the end, so gzip checks its CRC: a garbled stream may decompress to
+        # wrong bytes, or look like an archive that ends early, without any other error
+        while tar.fileobj.read(1 << 20):
+            pass
+
+
+def _move_into_place(tmp: Path, dest: Path, tarball: Path) -> None:
+    for entry in sorted(tmp.iterdir()):
+        target = dest / entry.name
+        if os.path.lexists(target):
+            raise SpnasError(f"{target} already exists (an unpack that did not finish?); "
+                             f"delete it and run again, and {tarball.name} will be unpacked "
+                             "afresh")
+        os.replace(entry, target)
+
+
+def _one_line(e: Exception) -> str:
+    """tarfile lists each method it tried on its own line: keep the message on one."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _megabytes(n: int) -> int:
+    return max(1, -(-n // 1_000_000))
+
+
+def safe_extract(tarball: Path, dest: Path, expect: tuple[str, ...] = ()) -> None:
+    """Unpack regular files and folders only, refusing any member that leaves ``dest``.
+
+    The members are unpacked into a hidden temporary folder inside ``dest`` and
+    renamed into place only once all of them are written, so a failure (a full
+    disk, a truncated tarball) leaves ``dest`` as it was, and the tarball too.
+    ``expect``: paths the tarball must hold (a damaged tarball may just end early).
+    """
+    tarball, dest = Path(tarball), Path(dest).resolve()
+    tmp = None
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{tarball.name}.unpacking-", dir=dest))
+        _unpack(tarball, tmp)
+        lacking = [f for f in expect if not (tmp / f).is_file()]
+        if lacking:
+            raise SpnasError(f"{tarball} is incomplete or damaged: it lacks "
+                             f"{', '.join(lacking)}; delete it and download it again")
+        _move_into_place(tmp, dest, tarball)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SpnasError(_disk_full(tarball, dest)) from None
+        if e.errno is not None:  # permissions, a read-only disk: not the tarball's fault
+            raise SpnasError(f"cannot unpack {tarball} into {dest}: {e.strerror} "
+                             f"({e.filename or dest}); make {dest} writable or put the "
+                             "tarball in a writable --data_path") from None
+        raise SpnasError(f"{tarball} is corrupt or truncated ({_one_line(e)}); delete it "
+                         "and download it again") from None
+    except (tarfile.TarError, EOFError, ValueError, zlib.error) as e:
+        raise SpnasError(f"{tarball} is corrupt or truncated ({_one_line(e)}); delete it "
+                         "and download it again") from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _disk_full(tarball: Path, dest: Path) -> str:
     try:
         with tarfile.open(tarball) as tar:
-            members = tar.getmembers()
-            for m in members:
-                target = (dest / m.name).resolve()
-                if not (m.isfile() or m.isdir()):
-                    raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} is a "
-                                     "link or special file; the official tarball has none")
-                if target != dest and dest not in target.parents:
-                    raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} "
-                                     f"would land outside {dest}")
-            for m in members:
-                target = dest / m.name
-                if m.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise SpnasError(f"{tarball} is corrupt or truncated ({e}); delete it and "
-                         "download it again") from None
+            needed = sum(m.size for m in tar.getmembers() if m.isfile())
+    except (OSError, tarfile.TarError, EOFError, zlib.error):
+        needed = 0
+    free = shutil.disk_usage(dest).free
+    short = needed - free if needed > free else needed
+    return (f"disk full while unpacking {tarball} into {dest} (it needs "
+            f"{_megabytes(needed)} MB, {free // 1_000_000} MB are free): free "
+            f"{_megabytes(short)} MB and run again; the tarball is intact, keep it")
 
 
 def md5sum(path: Path) -> str:
@@ -254,8 +381,22 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
 
 # ---- finding a dataset -------------------------------------------------------------
 def _candidates(root: Path) -> list[Path]:
-    subs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    """``root`` and the folders one below it; hidden ones (an unpack under way) are skipped."""
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
     return [root, *subs]
+
+
+def _check_complete(name: str, folder: Path) -> None:
+    """An official folder lacking batches, with the tarball beside it: say how to redo it."""
+    src = SOURCES[name]
+    missing = [f for f in (src.meta_file, *src.train_files, *src.test_files)
+               if not (folder / f).is_file()]
+    tarball = folder.parent / src.tarball
+    if missing and tarball.is_file():
+        raise SpnasError(f"{folder} is incomplete (no {', '.join(missing)}: an unpack that did "
+                         f"not finish?); delete that folder and run again, and {tarball} "
+                         "will be unpacked afresh")
 
 
 def _find(name: str, root: Path) -> tuple[str, Path] | None:
@@ -297,9 +438,12 @@ def load_dataset(name: str, data_path: str | Path, *, download_ok: bool = True,
                          "test/<class>/ image folders")
     kind, path = found
     if kind == "tarball":
-        safe_extract(path, path.parent)
-        kind, path = "official", path.parent / SOURCES[name].folder
+        src = SOURCES[name]
+        safe_extract(path, path.parent, tuple(f"{src.folder}/{f}" for f in
+                                              (src.meta_file, *src.train_files, *src.test_files)))
+        kind, path = "official", path.parent / src.folder
     if kind == "official":
+        _check_complete(name, path)
         return _read_official(name, path)
     return _read_image_folders(name, path, image_size)
 

@@ -4,20 +4,27 @@ The data is read as the run read it: the checkpoint's own data config
 (dataset, normalisation, --resize), with ``--data_path`` / ``--dataset``
 overriding where the files are. ``--split val`` rebuilds exactly the held-out
 split the run validated on, from the checkpoint's seed and ``val_size``.
+
+A network whose outputs are not finite (NaN or inf: broken weights) still gets
+its files, with ``nonfinite_images`` counting the images concerned and null
+for every non-finite number, so ``evaluation.json`` stays valid JSON; the
+command warns and exits with status 1.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .checkpoint import atomic_write_text, load_checkpoint
 from .config import DataConfig
 from .data import Splits
 from .errors import SpnasError
-from .evaluation import evaluate, per_class_accuracy, plain_forward
+from .evaluation import evaluate, per_class_accuracy
 from .plots import plot_confusion
 from .spaces import model_from_checkpoint
 from .train import build_transform, load_splits, resolve_device
@@ -72,7 +79,14 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     splits = checkpoint_splits(ckpt, data, ckpt["num_classes"])
     device = resolve_device(device_name)
     x, y = getattr(splits, split)
-    r = evaluate(net.to(device), plain_forward, x, y, build_transform(data, False),
+    nonfinite = torch.zeros((), dtype=torch.long, device=device)
+
+    def forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        logits = model(images)
+        nonfinite.add_((~torch.isfinite(logits)).any(1).sum())  # no sync: added up on device
+        return logits
+
+    r = evaluate(net.to(device), forward, x, y, build_transform(data, False),
                  ckpt["num_classes"], batch_size, device, amp)
     ckpt_path = Path(ckpt["path"])
     out = Path(out_dir) if out_dir else ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}"
@@ -82,11 +96,39 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
               "split_is_test": split == "test" or (split == "val" and splits.val_is_test),
               "top1": r["acc"], "top5": r["top5"], "loss": r["loss"],
               "per_class": dict(zip(splits.classes, per_class_accuracy(r["confusion"]))),
-              "confusion": r["confusion"].tolist(), "out": str(out)}
-    atomic_write_text(out / "evaluation.json", json.dumps(result, indent=1) + "\n")
+              "confusion": r["confusion"].tolist(), "out": str(out),
+              "nonfinite_images": int(nonfinite.item())}
+    result = finite_or_null(result)
+    atomic_write_text(out / "evaluation.json",
+                      json.dumps(result, indent=1, allow_nan=False) + "\n")
     plot_confusion(r["confusion"], splits.classes, out / "confusion.png",
                    title=f"{data.dataset} {split}: top-1 {r['acc']:.4f} ({r['n']} images)")
     return result
+
+
+def finite_or_null(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def nonfinite_warning(r: dict) -> str | None:
+    """One line when the network's outputs were not finite, else None."""
+    bad = r.get("nonfinite_images") or 0
+    if not bad and r.get("loss") is not None:
+        return None
+    return (f"the network's outputs are not finite (NaN or inf) on {bad} of {r['n']} images, "
+            "so these numbers mean nothing (evaluation.json has null where a number is not "
+            "finite); the checkpoint's weights are broken: evaluate an earlier checkpoint")
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def format_evaluation(r: dict, max_classes: int = 20) -> str:
@@ -94,12 +136,12 @@ def format_evaluation(r: dict, max_classes: int = 20) -> str:
     lines = [f"{r['checkpoint']} (step {r['step']}) on {r['dataset']} {r['split']}, "
              f"{r['n']} images" + (" (the run validated on this test set)"
                                    if r["split"] == "val" and r["split_is_test"] else ""),
-             f"  top-1 {r['top1']:.4f}   top-5 {r['top5']:.4f}   loss {r['loss']:.4f}"]
+             f"  top-1 {_num(r['top1'])}   top-5 {_num(r['top5'])}   loss {_num(r['loss'])}"]
     per = list(r["per_class"].items())
     if len(per) > max_classes:
         lines.append(f"  the {max_classes} worst of {len(per)} classes:")
         per = sorted(per, key=lambda kv: kv[1])[:max_classes]
     width = max(len(c) for c, _ in per)
-    lines += [f"  {c:<{width}}  {a:.4f}" for c, a in per]
+    lines += [f"  {c:<{width}}  {_num(a)}" for c, a in per]
     lines.append(f"  wrote {r['out']}/evaluation.json and confusion.png")
     return "\n".join(lines)

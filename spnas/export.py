@@ -13,7 +13,10 @@ The exported file is written beside the target under a temporary name, loaded
 back, and its outputs compared with the PyTorch network's on random inputs
 and on real test images (normalised as in training). Only when the largest
 absolute difference is within ``tolerance`` is it renamed into place; an
-existing file is never replaced without ``force``.
+existing file is never replaced without ``force``. ``out`` may name an
+existing folder (or end with ``/``): the file is then written inside it, under
+the checkpoint's name (``<name>.onnx``), as ``cp`` does; a folder is never
+replaced.
 """
 from __future__ import annotations
 
@@ -77,6 +80,17 @@ EXPORTERS = {"onnx": (_export_onnx, _load_onnx),
              "torchscript": (_export_torchscript, _load_torchscript)}
 
 
+def export_target(checkpoint: Path, fmt: str, out: str | Path | None) -> Path:
+    """The file to write: ``out``, or inside ``out`` when it is a folder, or beside the
+    checkpoint (``best.pt`` -> ``best.onnx``)."""
+    name = checkpoint.with_suffix(FORMATS[fmt]).name
+    if not out:
+        return checkpoint.with_name(name)
+    if Path(out).is_dir() or str(out).endswith(("/", os.sep)):
+        return Path(out) / name
+    return Path(out)
+
+
 def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) -> dict:
     """Random inputs, and the first ``images`` test images normalised as the run did."""
     res = default_resolution(checkpoint_space(ckpt))
@@ -98,7 +112,12 @@ def export_checkpoint(path: str | Path, fmt: str, out: str | Path | None = None,
     if fmt not in EXPORTERS:
         raise SpnasError(f"--format must be one of {', '.join(EXPORTERS)}, got {fmt!r}")
     ckpt, net = load_child(path)
-    target = Path(out) if out else Path(ckpt["path"]).with_suffix(FORMATS[fmt])
+    target = export_target(Path(ckpt["path"]), fmt, out)
+    if target.is_dir():
+        raise SpnasError(f"{target} is a folder; give --out a file name, or a folder to "
+                         "write into that holds no folder of that name")
+    if target.exists() and target.resolve() == Path(ckpt["path"]).resolve():
+        raise SpnasError(f"--out {target} is the checkpoint itself; choose another --out")
     if target.exists() and not force:
         raise SpnasError(f"{target} already exists; pass --force to replace it or choose --out")
     inputs = check_inputs(ckpt, images, data_path)

@@ -1,0 +1,401 @@
+"""Bad inputs, one row each: a one-line error (exit 2) naming the problem and the fix, or the
+right result, and nothing in the data or run folder changed.
+
+A row: ``Case(id, setup, status, message, watch="data", after=None)``. ``setup(tmp_path,
+monkeypatch)`` makes the bad input under ``tmp_path`` and returns what to run: ``spnas``
+arguments (a list) or a Python call (run as the command line runs a command, so a
+``SpnasError`` is exit status 2 and one line on stderr). ``status``: the exit status;
+``message``: a fragment of the one stderr line (status != 0) or of stdout (status 0);
+``watch``: a folder under ``tmp_path`` whose files must be byte-identical afterwards
+(None: no check); ``after(tmp_path)``: further checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tarfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_image_folders, write_official
+
+from spnas.arch import Arch
+from spnas.checkpoint import save_checkpoint
+from spnas.cli import main, run_guarded
+from spnas.config import DataConfig, TrainConfig
+from spnas.cost import LatencyTable
+from spnas.data import load_dataset
+from spnas.spaces import build_child, mbconv_space, spos_space
+
+
+# ---- building bad inputs --------------------------------------------------------------
+def call(fn, *args):
+    """A Python call for a row (its arguments made now, by the setup)."""
+    return lambda: fn(*args)
+
+
+def load(path: Path, name: str = "cifar10"):
+    """A call that loads the dataset and prints its size (the right result, when no error)."""
+    return lambda: print(f"loaded {len(load_dataset(name, path, download_ok=False).train_x)} "
+                         "training images")
+
+
+def image_folders(tmp: Path, *extra_dirs: str, image_to: str | None = None) -> Path:
+    data = write_image_folders(tmp / "data", 20, 10)
+    for d in extra_dirs:
+        (data / d).mkdir(parents=True)
+    if image_to:
+        shutil.copy(data / "train" / "bird" / sorted(os.listdir(data / "train" / "bird"))[0],
+                    data / image_to)
+    return data
+
+
+def tarball(tmp: Path, data: Path) -> Path:
+    src = write_official(tmp / "src")
+    data.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(data / "cifar-10-python.tar.gz", "w:gz") as t:
+        t.add(src, arcname="cifar-10-batches-py")
+    shutil.rmtree(src)
+    return data / "cifar-10-python.tar.gz"
+
+
+def damage(tgz: Path) -> Path:
+    """Garble 100 bytes mid-stream: they may decompress to wrong bytes with no error."""
+    blob = bytearray(tgz.read_bytes())
+    mid = len(blob) // 2
+    blob[mid:mid + 100] = bytes(b ^ 0x55 for b in blob[mid:mid + 100])
+    tgz.write_bytes(bytes(blob))
+    return tgz.parent
+
+
+def half_unpacked(tmp: Path) -> Path:
+    """The tarball, and beside it the folder an interrupted unpack left (no test_batch)."""
+    tarball(tmp, tmp / "data")
+    os.remove(write_official(tmp / "data") / "test_batch")
+    return tmp / "data"
+
+
+def stale_unpack(tmp: Path) -> Path:
+    """data/cifar/ holds the tarball; data/.x...unpacking-1/ is a half unpack a kill left."""
+    tarball(tmp, tmp / "data" / "cifar")
+    stale = write_official(tmp / "data" / ".cifar-10-python.tar.gz.unpacking-1")
+    os.remove(stale / "test_batch")
+    return tmp / "data"
+
+
+def disk_full_after(monkeypatch, files: int) -> None:
+    """Writing the ``files``-th unpacked file writes 100 bytes, then the disk is full."""
+    real, calls = shutil.copyfileobj, []
+
+    def copy(src, dst, *args):
+        calls.append(1)
+        if len(calls) < files:
+            return real(src, dst, *args)
+        dst.write(src.read(100))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+
+
+def repickle(folder: Path, protocol: int, **kwargs) -> None:
+    """Rewrite every batch with ``protocol`` (numpy arrays then pickle as _frombuffer)."""
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            obj = pickle.load(fh, encoding="bytes")
+        f.write_bytes(pickle.dumps(obj, protocol=protocol, **kwargs))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def pickles(tmp: Path, protocol: int, evil: bool = False, **kwargs) -> Path:
+    folder = write_official(tmp / "data")
+    repickle(folder, protocol, **kwargs)
+    if evil:
+        (folder / "data_batch_2").write_bytes(
+            pickle.dumps({b"data": _Evil(), b"labels": []}, protocol=protocol))
+    return tmp / "data"
+
+
+def bomb(monkeypatch, limit: int, as_error: bool = False) -> None:
+    """PIL's decompression-bomb limit below a 32x32 image (error at 2x, warning at 1x)."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    if as_error:  # pytest restores the filters after the test
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def arch_file(tmp: Path, edit: Callable[[dict], None], space=None, name="arch.json") -> Path:
+    """An arch file that spnas wrote, then edited by hand with ``edit(d)``."""
+    space = space or spos_space(4, 2)
+    path = tmp / "data" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d = json.loads(json.dumps(Arch(space, tuple(a[0] for a in space.allowed)).to_json()))
+    edit(d)
+    path.write_text(json.dumps(d))
+    return path
+
+
+def drop_last_layer(d: dict) -> None:
+    d["space"]["allowed"].pop()
+    d["space"]["stages"][-1] -= 1
+    d["arch"] = " ".join(d["arch"].split()[:-1])
+    del d["choices"]
+
+
+def table_file(tmp: Path, edit: Callable[[dict], None]) -> Path:
+    """A 2-layer SPOS latency table (ms) that spnas wrote, then edited by hand."""
+    table = LatencyTable(spos_space(2), "cpu", "test CPU", 1, 32, 1, 0.5,
+                         [{c: 0.1 * (c + 1) for c in range(4)} for _ in range(2)])
+    path = tmp / "data" / "latency.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d = json.loads(json.dumps(table.to_json()))
+    edit(d)
+    path.write_text(json.dumps(d))  # NaN and Infinity as Python's json writes them
+    return path
+
+
+def set_entry(layer: int, token: str, value) -> Callable[[dict], None]:
+    return lambda d: d["layers"][layer].__setitem__(token, value)
+
+
+def child_checkpoint(tmp: Path, broken: bool = False) -> Path:
+    """A 2-layer SPOS child in run/best.pt trained on tmp/data (250 + 100 fake images)."""
+    write_official(tmp / "data")
+    torch.manual_seed(0)
+    net = build_child(Arch.parse("k3 x", spos_space(2)), 10)
+    if broken:  # a diverged run: NaN logits
+        net.classifier.weight.data.fill_(float("nan"))
+    config = TrainConfig(dataclasses.replace(DataConfig(), data_path=str(tmp / "data"),
+                                             val_size=0, download=False)).to_dict()
+    path = tmp / "run" / "best.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"kind": "child", "space": net.arch.space.to_dict(),
+                           "arch": str(net.arch), "num_classes": 10, "model": net.state_dict(),
+                           "config": config})
+    return path
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(token):
+        raise ValueError(f"{path} holds {token}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+FAST_TIMING = ["--warmup", "0", "--repeats", "1", "--calibrate", "0", "--validate", "0",
+               "--threads", "1"]
+
+
+def latency_argv(tmp: Path, *options: str, checkpoint: Path | None = None) -> list[str]:
+    (tmp / "run").mkdir(exist_ok=True)
+    argv = ["latency-table", "--out", str(tmp / "run" / "lat.json"), *FAST_TIMING]
+    for o in options:
+        argv += ["--option", o]
+    return argv + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+
+
+def export_argv(ckpt: Path, *flags: str) -> list[str]:
+    return ["export", "--checkpoint", str(ckpt), "--format", "torchscript",
+            "--check_images", "0", *flags]
+
+
+def folder_with_a_file(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "keep.txt").write_text("mine")
+    return path
+
+
+# ---- the table -------------------------------------------------------------------------
+@dataclasses.dataclass
+class Case:
+    id: str
+    setup: Callable[[Path, pytest.MonkeyPatch], list[str] | Callable[[], object]]
+    status: int
+    message: str
+    watch: str | None = "data"
+    after: Callable[[Path], None] | None = None
+
+
+def _nothing_half_unpacked(tmp: Path) -> None:
+    assert sorted(os.listdir(tmp / "data")) == ["cifar-10-python.tar.gz"]
+
+
+def _ran_no_code(tmp: Path) -> None:
+    assert not (tmp / "pwned").exists()
+
+
+def _exported_inside(tmp: Path) -> None:
+    assert (tmp / "out" / "keep.txt").read_text() == "mine"
+    assert (tmp / "out" / "best.torchscript.pt").is_file()
+
+
+def _valid_json_with_null_loss(tmp: Path) -> None:
+    r = strict_json(tmp / "eval" / "evaluation.json")
+    assert r["loss"] is None and r["nonfinite_images"] == 100 and r["n"] == 100
+
+
+def arch_case(id: str, edit, message: str, space=None) -> Case:
+    """A hand-edited arch file read by ``Arch.load``."""
+    return Case(id, lambda t, m: call(Arch.load, arch_file(t, edit, space)), 2, message)
+
+
+def table_case(id: str, edit, message: str) -> Case:
+    """A hand-edited latency table read by ``LatencyTable.load`` (as search and superkernel do)."""
+    return Case(id, lambda t, m: call(LatencyTable.load, table_file(t, edit)), 2, message)
+
+
+def set_key(key: str, value) -> Callable[[dict], None]:
+    return lambda d: d.__setitem__(key, value)
+
+
+def set_space(key: str, value) -> Callable[[dict], None]:
+    return lambda d: d["space"].__setitem__(key, value)
+
+
+def set_allowed(layer: int, value) -> Callable[[dict], None]:
+    return lambda d: d["space"]["allowed"].__setitem__(layer, value)
+
+
+ERROR = 2
+CASES = [
+    # data: image folders
+    Case("empty-class-folder", lambda t, m: load(image_folders(t, "train/zebra", "test/zebra"), "folder"),
+         ERROR, "class folder {tmp}/data/train/zebra holds no images"),
+    Case("hidden-folder-is-no-class",
+         lambda t, m: load(image_folders(t, "train/.ipynb_checkpoints"), "folder"),
+         0, "loaded 20 training images"),
+    Case("test-has-another-class",
+         lambda t, m: load(image_folders(t, "test/zebra", image_to="test/zebra/a.png"), "folder"),
+         ERROR, "train/ and test/ must hold the same class folders, but only test/ has zebra"),
+    Case("decompression-bomb", lambda t, m: (bomb(m, 400), load(image_folders(t), "folder"))[1],
+         ERROR, "image {tmp}/data/train/airplane/"),
+    Case("decompression-bomb-warning-as-error",
+         lambda t, m: (bomb(m, 1000, as_error=True), load(image_folders(t), "folder"))[1],
+         ERROR, "is too large to decode safely"),
+    # data: the official tarball and pickles
+    Case("disk-full-while-unpacking",
+         lambda t, m: (tarball(t, t / "data"), disk_full_after(m, 3), load(t / "data"))[2],
+         ERROR, "disk full while unpacking {tmp}/data/cifar-10-python.tar.gz",
+         after=_nothing_half_unpacked),
+    Case("garbled-tarball", lambda t, m: load(damage(tarball(t, t / "data"))),
+         ERROR, "cifar-10-python.tar.gz is corrupt or truncated (CRC check failed",
+         after=_nothing_half_unpacked),
+    Case("half-unpacked-folder-beside-the-tarball", lambda t, m: load(half_unpacked(t)),
+         ERROR, "cifar-10-batches-py is incomplete (no test_batch"),
+    Case("stale-hidden-unpack-folder-is-ignored", lambda t, m: load(stale_unpack(t)),
+         0, "loaded 250 training images", watch=None),
+    Case("pickle-protocol-5", lambda t, m: load(pickles(t, 5)), 0, "loaded 250 training images"),
+    Case("pickle-protocol-5-out-of-band",
+         lambda t, m: load(pickles(t, 5, buffer_callback=lambda b: False)),
+         ERROR, "data_batch_1 was pickled with out-of-band buffers"),
+    Case("pickle-protocol-5-calling-os-system",
+         lambda t, m: (m.chdir(t), load(pickles(t, 5, evil=True)))[1],
+         ERROR, "refusing to load posix.system", after=_ran_no_code),
+    # arch files edited by hand
+    arch_case("arch-wider-allowed", set_allowed(1, [0, 1, 2]), "arch.json: space field 'allowed' "
+              "of layer 1 is [0, 1, 2]; the real spos/cifar space allows [0, 1]"),
+    arch_case("arch-unknown-token", lambda d: d["space"]["tokens"].__setitem__(3, "k9"),
+              "space field 'tokens' holds the unknown token 'k9'"),
+    arch_case("arch-string-for-a-list", set_space("allowed", "0101"),
+              "space field 'allowed' must be a list of lists of choice indices, got the string"),
+    arch_case("arch-wrong-layer-count", drop_last_layer,
+              "space field 'allowed' lists 19 layers; the real mbconv/cifar space has 20",
+              mbconv_space()),
+    arch_case("arch-wrong-stages", set_space("stages", [2, 2]),
+              "space field 'stages' is [2, 2]; the real spos/cifar space with 4 layers has stages [4]"),
+    arch_case("arch-choices-disagree", set_key("choices", [1, 1, 1, 1]),
+              "'choices' [1, 1, 1, 1] disagree with 'arch'"),
+    Case("arch-file-on-the-command-line", lambda t, m: ["profile", "--device", "cpu", "--arch",
+                                                        str(arch_file(t, set_allowed(0, [0, 1, 2, 3])))],
+         ERROR, "space field 'allowed' of layer 0 is [0, 1, 2, 3]"),
+    # latency tables edited by hand
+    table_case("table-missing-entry", lambda d: d["layers"][1].pop("k7"),
+               "latency.json: layer 1 has no entry for 'k7'"),
+    table_case("table-too-few-layers", lambda d: d["layers"].pop(),
+               "has 1 layer rows, but its space (spos/cifar, 2 layers) has 2 layers"),
+    table_case("table-negative-entry", set_entry(0, "k5", -4.9),
+               "layer 0 entry 'k5' is -4.9, it must be a finite number above 0"),
+    table_case("table-zero-entry", set_entry(1, "x", 0), "layer 1 entry 'x' is 0,"),
+    table_case("table-nan-entry", set_entry(0, "k3", float("nan")), "layer 0 entry 'k3' is nan"),
+    table_case("table-infinite-entry", set_entry(1, "k3", float("inf")), "layer 1 entry 'k3' is inf"),
+    table_case("table-string-entry", set_entry(1, "k3", "fast"), "layer 1 entry 'k3' is 'fast'"),
+    table_case("table-negative-scale", set_key("scale", -1.0),
+               "scale is -1.0, it must be a finite number above 0"),
+    table_case("table-zero-scale", set_key("scale", 0), "scale is 0,"),
+    table_case("table-nan-scale", set_key("scale", float("nan")), "scale is nan,"),
+    table_case("table-of-a-widened-space", lambda d: d["space"]["allowed"][0].append(4),
+               "latency.json: space field 'allowed' of layer 0 is [0, 1, 2, 3, 4]"),
+    # space options
+    Case("option-of-the-wrong-type", lambda t, m: latency_argv(t, "layers=abc"), ERROR,
+         "space 'spos' option layers must be a whole number, default 20; got 'abc'", watch="run"),
+    Case("option-given-twice", lambda t, m: latency_argv(t, "layers=1", "layers=2"), ERROR,
+         "--option layers given more than once", watch="run"),
+    Case("option-with-a-checkpoint",
+         lambda t, m: latency_argv(t, "layers=1", checkpoint=child_checkpoint(t)), ERROR,
+         "--option and --checkpoint do not mix", watch="run"),
+    # export
+    Case("export-into-an-existing-folder", lambda t, m: export_argv(
+        child_checkpoint(t), "--out", str(folder_with_a_file(t / "out")), "--force"),
+         0, "wrote {tmp}/out/best.torchscript.pt", watch="run", after=_exported_inside),
+    Case("export-over-its-checkpoint", lambda t, m: export_argv(
+        child_checkpoint(t), "--out", str(t / "run" / "best.pt"), "--force"),
+         ERROR, "--out {tmp}/run/best.pt is the checkpoint itself", watch="run"),
+    # evaluate
+    Case("evaluate-non-finite-outputs", lambda t, m: [
+        "evaluate", "--device", "cpu", "--checkpoint", str(child_checkpoint(t, broken=True)),
+        "--out", str(t / "eval")],
+         1, "spnas: warning: the network's outputs are not finite (NaN or inf) on 100 of 100 images",
+         watch="run", after=_valid_json_with_null_loss),
+]
+
+
+def snapshot(folder: Path) -> dict[str, str] | None:
+    """Every file and folder under ``folder`` (hidden ones too), with a hash of its bytes."""
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            if p.is_file() else "folder" for p in sorted(folder.rglob("*"))}
+
+
+def run(what) -> int:
+    if callable(what):
+        return run_guarded(lambda _: what(), None)
+    return main(what)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input(case: Case, tmp_path, monkeypatch, capsys):
+    what = case.setup(tmp_path, monkeypatch)
+    watched = tmp_path / case.watch if case.watch else None
+    before = snapshot(watched) if watched else None
+    capsys.readouterr()
+    status = run(what)
+    out, err = capsys.readouterr()
+    message = case.message.format(tmp=tmp_path)
+    if case.status == 0:
+        assert status == 0 and message in out, err
+    else:
+        lines = err.strip().splitlines()
+        assert status == case.status and len(lines) == 1, err
+        prefix = "spnas: error: " if case.status == 2 else "spnas: "
+        assert lines[0].startswith(prefix) and message in lines[0], lines[0]
+    if watched:
+        assert snapshot(watched) == before, f"{watched} changed"
+    if case.after:
+        case.after(tmp_path)
+
+
+def test_the_protocol_5_batches_read_as_the_protocol_2_ones(tmp_path):
+    ref = load_dataset("cifar10", write_official(tmp_path / "ref"), download_ok=False)
+    ds = load_dataset("cifar10", pickles(tmp_path, 5), download_ok=False)
+    assert torch.equal(ds.train_x, ref.train_x) and torch.equal(ds.test_y, ref.test_y)
+    assert ds.classes == ref.classes
