@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import DataConfig, FinetuneConfig, RetrainConfig, from_namespace
 from ..data import DATASETS
@@ -84,12 +85,17 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def run_evaluate(args: argparse.Namespace) -> dict:
-    from ..eval_checkpoint import evaluate_checkpoint, format_evaluation
+def run_evaluate(args: argparse.Namespace) -> dict | int:
+    """Exit status 1 (after the files are written) when the outputs were not finite."""
+    from ..eval_checkpoint import evaluate_checkpoint, format_evaluation, nonfinite_warning
     check_positive(args, "batch_size")
     r = evaluate_checkpoint(args.checkpoint, args.split, args.data_path, args.dataset, args.out,
                             args.batch_size, args.device, args.amp)
     print(format_evaluation(r))
+    warning = nonfinite_warning(r)
+    if warning:
+        print(f"spnas: warning: {warning}", file=sys.stderr)
+        return 1
     return r
 
 
@@ -128,13 +134,15 @@ def add_export_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="child checkpoint, or a run folder (best.pt)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--out", default=None,
-                   help="default: beside the checkpoint, <name>.onnx or <name>.torchscript.pt")
+                   help="the file to write, or an existing folder (or one ending in /) to "
+                        "write <name>.onnx / <name>.torchscript.pt into; a folder is never "
+                        "replaced (default: beside the checkpoint)")
     p.add_argument("--data_path", default=None, help="where the data is (default: the run's)")
     p.add_argument("--check_images", type=int, default=64,
                    help="test images compared with PyTorch (0: random inputs only)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest absolute difference of the logits allowed")
-    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.add_argument("--force", action="store_true", help="replace an existing file (never a folder)")
     return p
 
 
