@@ -18,6 +18,7 @@ networks and reports how far the sum is off.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -190,6 +191,10 @@ class LatencyTable:
         """The smallest prediction over the space: every layer at its cheapest choice."""
         return self.scale * (self.constant + sum(min(d.values()) for d in self.layers))
 
+    def maximum(self) -> float:
+        """The largest prediction over the space: every layer at its dearest choice."""
+        return self.scale * (self.constant + sum(max(d.values()) for d in self.layers))
+
     def to_json(self) -> dict:
         return {"space": self.space.to_dict(), "device": self.device,
                 "device_name": self.device_name, "batch": self.batch,
@@ -205,20 +210,81 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
+        """Read a table that ``save`` wrote; any bad entry is a one-line error naming it."""
         try:
             d = json.loads(Path(path).read_text())
-            space = SpaceSpec.from_dict(d["space"])
-            layers = [{space.tokens.index(t): float(v) for t, v in row.items()} for row in d["layers"]]
-            return cls(space, d["device"], d["device_name"], int(d["batch"]), int(d["resolution"]),
-                       int(d["threads"]), float(d["constant"]), layers,
-                       bool(d.get("channels_last", True)), d.get("torch", "?"),
-                       str(d.get("unit", "ms")), d.get("validation"), float(d.get("scale", 1.0)))
         except FileNotFoundError:
             raise SpnasError(f"latency table {path} not found; make one with "
                              "'spnas latency-table'") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError) as e:
             raise SpnasError(f"latency table {path} is unreadable ({e!r}); make it again "
                              "with 'spnas latency-table'") from None
+        return cls.from_dict(d, f"latency table {path}")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "latency table") -> "LatencyTable":
+        """``to_json``'s form, checked: the real space, every (layer, choice) of it, and
+        finite positive numbers (a skip may cost 0), so no prediction is negative or NaN."""
+        from .arch import check_real_space
+        fix = "make the table again with 'spnas latency-table'"
+        if not isinstance(d, dict):
+            raise SpnasError(f"{where} is not a JSON object; {fix}")
+        missing = [k for k in ("space", "device", "device_name", "batch", "resolution",
+                               "threads", "constant", "layers") if k not in d]
+        if missing:
+            raise SpnasError(f"{where} lacks {', '.join(map(repr, missing))}; {fix}")
+        space = SpaceSpec.from_dict(d["space"], where)
+        check_real_space(space, where)
+        rows = d["layers"]
+        if not isinstance(rows, list) or len(rows) != space.num_layers:
+            have = f"{len(rows)} layer rows" if isinstance(rows, list) else f"'layers' {rows!r}"
+            raise SpnasError(f"{where} has {have}, but its space ({space.describe()}) has "
+                             f"{space.num_layers} layers; {fix}")
+        layers = [_table_row(row, i, space, where, fix) for i, row in enumerate(rows)]
+        ints = {k: _table_number(d[k], k, where, fix, whole=True, least=1)
+                for k in ("batch", "resolution")}
+        return cls(space, str(d["device"]), str(d["device_name"]), ints["batch"],
+                   ints["resolution"], _table_number(d["threads"], "threads", where, fix,
+                                                     whole=True, least=0),
+                   _table_number(d["constant"], "constant", where, fix, least=0),
+                   layers, bool(d.get("channels_last", True)), str(d.get("torch", "?")),
+                   str(d.get("unit", "ms")), d.get("validation"),
+                   _table_number(d.get("scale", 1.0), "scale", where, fix, least=None))
+
+
+def _table_number(v, name: str, where: str, fix: str, whole: bool = False,
+                  least: float | None = 0):
+    """A finite number >= ``least`` (None: > 0); ``whole``: an int."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+        and (not whole or float(v).is_integer())
+    if ok:
+        ok = v > 0 if least is None else v >= least
+    if not ok:
+        what = ("a whole number" if whole else "a finite number") + \
+            (" above 0" if least is None else f" of {least} or more")
+        raise SpnasError(f"{where}: {name} is {v!r}, it must be {what}; {fix}")
+    return int(v) if whole else float(v)
+
+
+def _table_row(row, i: int, space: SpaceSpec, where: str, fix: str) -> dict[int, float]:
+    """One layer's {token: time}: every allowed choice, each finite and positive."""
+    if not isinstance(row, dict):
+        raise SpnasError(f"{where}: layer {i} must be {{choice: time}}, got {row!r}; {fix}")
+    unknown = [t for t in row if t not in space.tokens]
+    if unknown:
+        raise SpnasError(f"{where}: layer {i} has the unknown choice {unknown[0]!r} (the "
+                         f"space's: {' '.join(space.tokens)}); {fix}")
+    out = {space.tokens.index(t): v for t, v in row.items()}
+    for c in space.allowed[i]:
+        if c not in out:
+            raise SpnasError(f"{where}: layer {i} has no entry for {space.tokens[c]!r}; {fix}")
+        v = out[c]
+        free = space.tokens[c] == "skip" and v == 0  # the paper counts a skipped layer as 0
+        if not free and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                             and math.isfinite(v) and v > 0):
+            raise SpnasError(f"{where}: layer {i} entry {space.tokens[c]!r} is {v!r}, it "
+                             f"must be a finite number above 0; {fix}")
+    return {c: float(v) for c, v in out.items()}
 
 
 def _to_device(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:

@@ -64,6 +64,13 @@ class CostModel:
                 "params": t.const_params + sum(min(d.values()) for d in t.params),
                 "latency_ms": lat.minimum() if lat else None}
 
+    def maximum(self) -> dict:
+        """Each cost's largest value over the space (every layer at its dearest choice)."""
+        t, lat = self.table, self.latency
+        return {"flops": t.const_macs + sum(max(d.values()) for d in t.macs),
+                "params": t.const_params + sum(max(d.values()) for d in t.params),
+                "latency_ms": lat.maximum() if lat else None}
+
 
 BUDGET_KEYS = {"flops": "max_flops", "params": "max_params", "latency_ms": "max_latency_ms"}
 

@@ -99,7 +99,7 @@ def _prepare(cfg: SearchRunConfig, ckpt: dict, data: DataConfig, split_seed: int
     resolution = 224 if data.resize else splits.train[0].shape[-1]
     costs = cost_model(space, ckpt["num_classes"], resolution, cfg.search.latency_table, log)
     budget = Budget.of(cfg.search)
-    check_budget(costs, budget)
+    check_budget(costs, budget, resolution, log)
     scorer = make_scorer(ckpt, splits.train[0], x, y, data, cfg, device, log)
     s = cfg.search
     found_by = {"method": s.method, "checkpoint": ckpt["path"], "step": ckpt.get("step"),
@@ -209,18 +209,49 @@ def cost_model(space, num_classes: int, resolution: int, latency_table: str | No
     return CostModel(table, latency)
 
 
-def check_budget(costs: CostModel, budget: Budget) -> None:
+def cost_text(key: str, value: float, costs: CostModel, unit: bool = True,
+              given: bool = False) -> str:
+    """A cost as the log writes it: ``152.6M multiply-accumulates``, ``2.03M params``,
+    ``4.125 ms``; ``unit=False``: ``152.6M``; ``given``: a budget as typed (``10M``)."""
+    lat_unit = costs.latency.unit if costs.latency is not None else "ms"
+    scale, digits, short, name = {"flops": (1e-6, ".1f", "M", f" {FLOPS_UNIT}"),
+                                  "params": (1e-6, ".3g", "M", " params"),
+                                  "latency_ms": (1.0, ".3f", f" {lat_unit}", " (latency table)")}[key]
+    return format(value * scale, "g" if given else digits) + short + (name if unit else "")
+
+
+def space_range(costs: CostModel, resolution: int) -> str:
+    """'this space: 152.6M-212.7M multiply-accumulates, 2.03M-2.75M params at 32x32'."""
+    least, most = costs.minimum(), costs.maximum()
+    parts = [f"{cost_text(k, least[k], costs, unit=False)}-{cost_text(k, most[k], costs)}"
+             for k in BUDGET_KEYS if least[k] is not None]
+    return f"this space: {', '.join(parts)} at {resolution}x{resolution}"
+
+
+def check_budget(costs: CostModel, budget: Budget, resolution: int, log: RunLog) -> None:
+    """Log the space's cost range; refuse a budget below the cheapest arch; warn about a
+    budget at or above the dearest arch (it filters nothing)."""
     if budget.max_latency_ms is not None and costs.latency is None:
         raise SpnasError("--max_latency_ms needs --latency_table FILE "
                          "(make one with 'spnas latency-table')")
-    least = costs.minimum()
+    log.info(space_range(costs, resolution))
+    least, most = costs.minimum(), costs.maximum()
+    at = f" at {resolution}x{resolution}"
     for key in budget.excess(least):
         flag = BUDGET_KEYS[key]
-        scale, short, unit = {"flops": (1e-6, "M", f"M {FLOPS_UNIT}"),
-                              "params": (1e-6, "M", "M parameters"),
-                              "latency_ms": (1.0, " ms", " ms")}[key]
-        raise SpnasError(f"--{flag} {getattr(budget, flag) * scale:g}{short} is below the "
-                         f"cheapest arch of this space ({least[key] * scale:.3f}{unit}); raise it")
+        given = cost_text(key, getattr(budget, flag), costs, unit=False, given=True)
+        raise SpnasError(f"--{flag} {given} is below the cheapest arch of this space "
+                         f"({cost_text(key, least[key], costs)}{at}); raise it")
+    for key, flag in BUDGET_KEYS.items():
+        limit = getattr(budget, flag)
+        if limit is None or most[key] is None or limit < most[key]:
+            continue
+        hint = (" (SPOS's 330M is the ImageNet layout's figure, at 224x224 with --resize)"
+                if key == "flops" and costs.table.space.layout == "cifar" else "")
+        log.info(f"WARNING: --{flag} {cost_text(key, limit, costs, unit=False, given=True)} "
+                 f"filters nothing: every arch of this space costs at most "
+                 f"{cost_text(key, most[key], costs)}{at}{hint}; lower it to search under a "
+                 "real budget")
 
 
 # ---- the record, and resuming from it --------------------------------------------------------

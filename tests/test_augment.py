@@ -120,8 +120,8 @@ def test_transform_is_seeded_and_shapes_are_right(cfg):
     ev = t.eval(x)
     assert ev.shape == (16, 3, size, size)
     if not cfg.resize:  # evaluation only normalises
-        mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-        std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+        mean = torch.tensor([0.49139968, 0.48215827, 0.44653124]).view(1, 3, 1, 1)
+        std = torch.tensor([0.24703233, 0.24348505, 0.26158768]).view(1, 3, 1, 1)
         torch.testing.assert_close(ev, (x.float() / 255 - mean) / std)
 
 

@@ -8,7 +8,8 @@ import torch
 from spnas import cost
 from spnas.arch import Arch
 from spnas.cli import main
-from spnas.cost import LatencyTable, build_cost_table, count_macs, count_params
+from spnas.cost import LatencyTable, build_cost_table, count_macs, count_params, macs_latency_table
+from spnas.search import CostModel
 from spnas.spaces import build_child
 from spnas.spaces.spos import spos_space
 
@@ -28,6 +29,34 @@ def test_cached_costs_equal_counting_the_whole_standalone_network(layout, layers
         assert table.arch_params(arch) == count_params(net)
         seen.add(macs)
     assert len(seen) == 4  # the archs differ in cost, so the sum is not a constant
+
+
+def test_cost_range_is_the_min_and_max_over_all_archs():
+    space = spos_space(layers=3, layout="imagenet")  # layer 0 strides: k3 is not its cheapest
+    child = lambda a: build_child(a, 10)  # noqa: E731
+    latency = macs_latency_table(space, child, 10, resolution=64)
+    latency.scale = 1.3
+    model = CostModel(build_cost_table(space, child, 10, resolution=64), latency)
+    every = [model(Arch(space, (a, b, c))) for a in range(4) for b in range(4) for c in range(4)]
+    most = model.maximum()
+    for key in ("flops", "params"):
+        assert most[key] == max(c[key] for c in every)
+    assert most["latency_ms"] == pytest.approx(max(c["latency_ms"] for c in every), rel=1e-12)
+
+
+@pytest.mark.parametrize("layout, macs, params", [
+    ("cifar", (152_645_632, 212_703_232), (2_034_432, 2_748_520)),
+    ("imagenet", (269_345_600, 397_595_456), (2_141_120, 2_857_360)),
+])
+def test_the_spos_space_range_the_docs_quote(layout, macs, params):
+    """README and docs/search.md quote these ranges (10 classes); a budget means something
+    only between them (SPOS's 330M is inside the ImageNet layout's range only)."""
+    space = spos_space(layout=layout)
+    model = CostModel(build_cost_table(space, lambda a: build_child(a, 10), 10))
+    least, most = model.minimum(), model.maximum()
+    assert (least["flops"], most["flops"]) == macs
+    assert (least["params"], most["params"]) == params
+    assert (macs[0] < 330e6 < macs[1]) == (layout == "imagenet")
 
 
 def test_flops_are_multiply_accumulates():

@@ -79,6 +79,9 @@ def test_search_writes_its_folder_within_budget_without_the_test_set(supernet, t
     assert best["found_by"]["scored_images"] == 20 and best["found_by"]["score_on"] == "val"
     arch = Arch.load(out / "best_arch.json")
     assert str(arch) in {r["arch"] for r in recs} and arch.space == spos_space(layers=4)
+    log = (out / "search.log").read_text()
+    assert "this space: 77.1M-83.5M multiply-accumulates, 0.0884M-0.0954M params at 32x32" in log
+    assert "WARNING" not in log  # 82.5M is inside the range: it filters
     # the test set is used only when asked for, with a warning
     with pytest.raises(AssertionError, match="test set was read"):
         main(search_argv(supernet, tmp_path / "t", **{"--score_on": "test"}))
@@ -117,6 +120,21 @@ def test_a_resumed_search_equals_an_uninterrupted_one(supernet, tmp_path, monkey
     capsys.readouterr()
     assert main(search_argv(supernet, part, **{"--resume": None, "--generations": 4})) == 2
     assert "other settings (search.generations)" in capsys.readouterr().err
+
+
+def test_a_budget_that_filters_nothing_is_warned(supernet, tmp_path, capsys):
+    out = tmp_path / "loose"
+    flags = {"--method": "random", "--num": 2, "--max_flops": "330M", "--max_params": "1M"}
+    assert main(search_argv(supernet, out, **flags)) == 0
+    log = (out / "search.log").read_text()
+    assert "this space: 77.1M-83.5M multiply-accumulates, 0.0884M-0.0954M params at 32x32" in log
+    assert ("WARNING: --max_flops 330M filters nothing: every arch of this space costs at most "
+            "83.5M multiply-accumulates at 32x32 (SPOS's 330M is the ImageNet layout's figure, "
+            "at 224x224 with --resize)") in log
+    assert ("WARNING: --max_params 1M filters nothing: every arch of this space costs at most "
+            "0.0954M params at 32x32; lower it") in log
+    assert capsys.readouterr().err.count("filters nothing") == 2  # the console says it too
+    assert len(records(out)) == 2  # a warning, not an error: the search runs
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -72,10 +72,17 @@ def add_search_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="mutation/crossover draws per wanted candidate before random ones")
     g.add_argument("--num", type=int, default=1000, help="--method random: candidates")
     g.add_argument("--seed", type=int, default=0, help="the search's draws and recalibration images")
-    g = p.add_argument_group("budget (of the standalone network)")
+    g = p.add_argument_group(
+        "budget (of the standalone network)",
+        "The log states the space's range; a budget outside it is an error (below) or a "
+        "warning (above: it filters nothing). The 20-layer SPOS space, 10 classes: "
+        "152.6M-212.7M MACs, 2.03M-2.75M params at 32x32; 269.3M-397.6M MACs, "
+        "2.14M-2.86M params at 224x224 (--resize).")
     g.add_argument("--max_flops", type=count_arg, default=None,
-                   help="multiply-accumulates, as NAS papers count FLOPs (e.g. 330M)")
-    g.add_argument("--max_params", type=count_arg, default=None, help="parameters (e.g. 3.5M)")
+                   help="multiply-accumulates, as NAS papers count FLOPs (e.g. 175M at 32x32; "
+                        "SPOS's 330M only means something at 224x224, with --resize)")
+    g.add_argument("--max_params", type=count_arg, default=None,
+                   help="parameters (e.g. 2.3M)")
     g.add_argument("--max_latency_ms", type=float, default=None,
                    help="milliseconds, predicted by --latency_table")
     g.add_argument("--latency_table", default=None, help="JSON file from 'spnas latency-table'")
@@ -116,7 +123,11 @@ def run_search(args: argparse.Namespace):
 
 
 def option_arg(text: str) -> tuple[str, object]:
-    """KEY=VALUE, the value read as an int or float where it is one."""
+    """KEY=VALUE, the value read as an int or float where it is one.
+
+    Whether the value fits the option (``layers=abc``) is checked by ``make_space``
+    against the space's spec function.
+    """
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. layers=8)")
@@ -160,4 +171,11 @@ def run_latency_table(args: argparse.Namespace):
     check_positive(args, "num_classes", "batch", "resolution", "threads", "repeats")
     if args.validate < 0 or args.warmup < 0 or args.calibrate < 0:
         raise SpnasError("--calibrate, --validate and --warmup must be 0 or more")
+    keys = [k for k, _ in args.options]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise SpnasError(f"--option {', '.join(twice)} given more than once; give each once")
+    if args.options and args.checkpoint:
+        raise SpnasError("--option and --checkpoint do not mix: the checkpoint fixes the "
+                         "space; drop one of them")
     return measure_latency_table(from_namespace(LatencyConfig, args, options=dict(args.options)))
