@@ -12,5 +12,6 @@ from spnas.cli import add_train_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a SPOS supernet (seed-compatible flags).")
+    parser = argparse.ArgumentParser(description="Train a SPOS supernet (seed-compatible flags).",
+                                     allow_abbrev=False)
     return add_train_parser(parser).parse_args(argv)

@@ -19,5 +19,6 @@ except ImportError:  # run from a checkout without installing
 from spnas.cli import add_curves_parser, run_curves, run_guarded
 
 if __name__ == "__main__":
-    parser = add_curves_parser(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_curves_parser(argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                                        allow_abbrev=False))
     sys.exit(run_guarded(run_curves, parser.parse_args()))

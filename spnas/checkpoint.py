@@ -14,13 +14,17 @@ A checkpoint is a dict of plain data and tensors::
     rng         {"seed": run seed, "torch": CPU RNG state, "cuda": [states]}
     metrics     e.g. {"best_val_acc": ..., "val_acc": ...};  extra: stage-specific
 
-It is written to a temporary file in the same folder, flushed to disk and
-renamed over the target, so a kill at any moment leaves the previous file whole.
+It is written to a temporary file in the same folder (``.<name>.XXXXXXXX.tmp``),
+flushed to disk and renamed over the target, so a kill at any moment leaves the
+previous file whole; ``remove_stale_temp_files`` clears what such a kill leaves.
+Loading checks every member's CRC-32 first: torch.load does not, and would take
+flipped bytes inside a tensor without complaint.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -53,6 +57,24 @@ def _atomic_write(path: str | Path, write) -> None:
         raise
 
 
+# what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes: 8 random characters
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[str]:
+    """Delete the temporary files of ``_atomic_write`` calls that were killed midway.
+
+    Only call this while no live process writes into ``folder`` (a run holds the run
+    folder's lock). Returns the names removed.
+    """
+    removed = []
+    for p in sorted(Path(folder).glob(".*.tmp")):
+        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
@@ -73,6 +95,7 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
         raise SpnasError(f"checkpoint {path} not found; give a .pt file or a run folder "
                          "that holds best.pt or last.pt")
     try:
+        _check_crcs(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
             OSError) as e:
@@ -87,6 +110,23 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
                          f"one of: {', '.join(kinds)}")
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _check_crcs(path: Path) -> None:
+    """Raise ``zipfile.BadZipFile`` naming the first member whose bytes fail their CRC-32.
+
+    One sequential read of the file (about 0.1 s for 50 MB). A file that zipfile
+    cannot open at all (truncated, or not a zip) is left to torch.load, whose
+    message says what it found.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        return
+    with archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"CRC-32 mismatch in {bad}")
 
 
 def checkpoint_space(ckpt: dict) -> SpaceSpec:

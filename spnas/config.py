@@ -93,17 +93,34 @@ class FinetuneConfig:
 
 @dataclass
 class SuperkernelConfig:
+    """The superkernel search; defaults are ``--recipe spnas`` (``cli.superkernel.RECIPES``)."""
+
+    recipe: str = "spnas"           # spnas | paper: the preset the flags started from
     layout: str = "cifar"           # cifar | imagenet (strides of the MBConv space)
-    lam: float = 0.1                # weight of ln(predicted latency) after the warm-up
+    lam: float = 0.1                # weight of ln(predicted latency) after the warm-up, x lam_scale
+    lam_scale: float = 1.0          # penalty = lam x lam_scale x ln R; the paper's code: 1e3
     target_latency: float | None = None  # in the table's unit: penalise only above it
     target_unit: str = "ms"         # unit of target_latency: ms (measured table) | MMAC
     latency_table: str | None = None  # JSON from 'spnas latency-table'; None = MACs table
     formula: str = "paper"          # paper (R[k3e3] ~ R[k5e3] R[k3e6] / R[k5e6]) | exact
     warmup_frac: float = 0.625      # fraction of the steps with lambda 0 and gate dropout
     keep_prob: float = 0.6          # probability a gate is kept during the warm-up
-    threshold_lr_scale: float = 100.0  # thresholds' lr = scale x the weights' lr; no decay
+    gate_dropout_rescale: bool = False  # kept warm-up gates x 1 / keep_prob (TF1 dropout, the paper)
+    threshold_lr_scale: float = 100.0  # thresholds' lr = scale x the weights' lr
+    threshold_weight_decay: float = 0.0  # L2 on the thresholds (the paper: 1e-5, as every weight)
+    weight_decay_on: str = "weights"  # weights (conv/linear, dim > 1) | non_bn (every non-BN one)
     mask_at: str = "activation"     # activation (exact zeros) | kernel (the paper's, leaks)
     dropout: float = 0.2            # before the classifier
+    init: str = "spnas"             # spnas (torch He fan-out) | paper (official/timm: dw fan-out k k)
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1        # torch's: weight of the new batch (= 1 - TF's decay)
+    optimizer: str = "sgd"          # sgd (optim.momentum, nesterov) | rmsprop_tf (TF1's RMSProp)
+    rmsprop_alpha: float = 0.9      # rmsprop_tf: decay of the mean square (TF "decay")
+    rmsprop_eps: float = 1e-3       # rmsprop_tf: added inside the square root, as TF does
+    lr_batch: int | None = None     # optim.lr/min_lr are per this many images; scaled to the batch
+    lr_decay_factor: float | None = None  # staircase: lr x factor ** floor(epoch / lr_decay_epochs)
+    lr_decay_epochs: float = 2.4    # epochs per staircase step
+    ema_decay: float = 0.0          # evaluate an EMA of the weights (TF's, warmed up); 0 = none
 
 
 @dataclass
@@ -203,3 +220,44 @@ class LatencyConfig:
     repeats: int = 30               # timed calls; the median is kept
     channels_last: bool = True
     overwrite: bool = False         # replace an existing --out
+
+
+# ---- one dataclass per stage: every default of a command, for the CLI and the API alike ----
+@dataclass
+class SupernetStage(TrainConfig):
+    """``spnas train`` / ``spnas.train_supernet``: the SPOS supernet, the seed recipe's defaults."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=600, batch_size=64, lr=0.025, weight_decay=3e-4))
+    run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="spos_supernet"))
+    model: SupernetConfig = field(default_factory=SupernetConfig)
+
+
+@dataclass
+class RetrainStage(TrainConfig):
+    """``spnas retrain`` / ``spnas.retrain``: a found network from scratch."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4))
+    run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="retrain"))
+    model: RetrainConfig = field(default_factory=RetrainConfig)
+
+
+@dataclass
+class FinetuneStage(TrainConfig):
+    """``spnas finetune`` / ``spnas.finetune``: a trained network (or a supernet path) on new data."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4))
+    run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="finetune"))
+    model: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class SuperkernelStage(TrainConfig):
+    """``spnas superkernel`` / ``spnas.superkernel``: the Single-Path NAS search (spnas recipe)."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=8, batch_size=64, lr=0.05, weight_decay=4e-5, label_smoothing=0.1))
+    run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="superkernel"))
+    model: SuperkernelConfig = field(default_factory=SuperkernelConfig)

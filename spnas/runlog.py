@@ -1,4 +1,5 @@
-"""A run folder's logs: ``metrics.jsonl`` (data), ``train.log`` (text), console output.
+"""A run folder's logs: ``metrics.jsonl`` (data), ``train.log`` (text), console output;
+and its lock, ``.lock``, that keeps a second run out while one is alive.
 
 Logs are data: one JSON object per line, ``{"type": "train" | "val" | ..., "step": ...}``.
 Plots and comparisons read only these files. The console shows a progress bar
@@ -9,13 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs go unlocked
+    fcntl = None
+
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, remove_stale_temp_files
 from .errors import SpnasError
 
 
@@ -85,6 +92,78 @@ class RunLog:
         keep = [line for line in self.metrics_path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
         atomic_write_text(self.metrics_path, "".join(line + "\n" for line in keep))
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run folder>/.lock`` for as long as a run is alive.
+
+    The OS drops the lock when the process ends, however it ends, so a crashed run's
+    ``.lock`` never blocks the next run. The file stays, empty and untouched (deleting
+    a lock file races with the next taker); a second run is refused in one line.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / self.NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None or self.held:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # RDWR: NFS
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpnasError(f"{self.path.parent} is in use by another run (a live process "
+                             f"holds {self.path}); wait for it to end, or choose another "
+                             "--exp_name or --save_path") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+
+_HELD: dict[Path, RunLock] = {}  # run folders this process has locked, by resolved path
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A fresh run must not overwrite a run; ``--resume`` needs that run's last.pt."""
+    last = run_dir / "last.pt"
+    if not resume and last.exists():
+        raise SpnasError(f"{run_dir} already holds a run; pass --resume to continue it, or "
+                         "choose another --exp_name or --save_path")
+    if resume and not last.is_file():
+        raise SpnasError(f"checkpoint {last} not found: nothing to --resume in {run_dir}; "
+                         "start without --resume, or check --exp_name and --save_path")
+
+
+def lock_run_dir(run_dir: Path, resume: bool) -> RunLock:
+    """Check ``run_dir`` for a fresh or resumed run, lock it, and remove the temporary
+    files of writes that were killed midway (no live writer can own them now).
+
+    This process's own earlier run in the folder gives its lock up first: one
+    process's runs follow each other.
+    """
+    check_run_dir(run_dir, resume)
+    key = run_dir.resolve()
+    if key in _HELD:
+        _HELD.pop(key).release()
+    lock = _HELD[key] = RunLock(run_dir).acquire()
+    removed = remove_stale_temp_files(run_dir)
+    if removed:
+        RunLog(run_dir).info(f"removed {len(removed)} temporary file(s) of interrupted "
+                             "writes: " + ", ".join(removed))
+    return lock
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -15,14 +15,28 @@ records carry ``ce`` and ``latency``; ``decisions`` records the arch every
 ``print_freq`` steps), then ``arch.json`` (the decoded arch, its table
 latency, and its measured latency when the table was measured on this kind
 of device) and two plots.
+
+Two recipes (``cli.superkernel.RECIPES``) set the rest: ``spnas`` (SGD with
+cosine decay, thresholds at 100x the lr without decay, gates on activations)
+and ``paper``, the official code's: TF1's RMSProp (``RMSpropTF``) at a
+constant lr decayed 0.97 every 2.4 epochs (``staircase``), the latency term
+lambda x 1e3 x ln R (``lam_scale``), L2 on every non-BN variable, rescaled gate
+dropout, the official init and BN, and an EMA of the weights for evaluation
+(``TfEma``).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .arch import Arch, SpaceSpec
-from .config import SuperkernelConfig, TrainConfig
+from .config import OptimConfig, SuperkernelConfig, TrainConfig
 from .cost import LatencyTable, macs_latency_table, measure_arch_ms
 from .errors import SpnasError
 from .evaluation import evaluate, plain_forward
@@ -30,7 +44,17 @@ from .runlog import RunLog
 from .runtime import torch_threads
 from .spaces import build_child
 from .spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from .train import Task, Trainer, build_transform, param_groups, place, run_dir_for, start_run, train_loader
+from .train import (
+    Task,
+    Trainer,
+    build_transform,
+    lr_at,
+    param_groups,
+    place,
+    run_dir_for,
+    start_run,
+    train_loader,
+)
 
 FORMULAS = ("paper", "exact")
 
@@ -91,13 +115,153 @@ def latency_penalty(latency: torch.Tensor, lam: float, target: float | None) -> 
     return lam * F.relu(torch.log(latency / target))
 
 
-def search_param_groups(model: SuperkernelNet, weight_decay: float,
-                        threshold_lr_scale: float) -> list[dict]:
-    """The weights' groups (decay on conv/linear weights) and the thresholds': no decay."""
+def search_param_groups(model: SuperkernelNet, weight_decay: float, threshold_lr_scale: float,
+                        threshold_weight_decay: float = 0.0, decay_on: str = "weights") -> list[dict]:
+    """The weights' groups and the thresholds' (``lr_scale``, ``threshold_weight_decay``).
+
+    ``decay_on="weights"``: decay on conv/linear weights only; ``"non_bn"``: on every
+    parameter outside BatchNorm (the classifier's bias too), as the paper's code."""
     thresholds = model.thresholds()
-    groups = param_groups(model, weight_decay, exclude={id(t) for t in thresholds})
-    groups.append({"params": thresholds, "weight_decay": 0.0, "lr_scale": threshold_lr_scale})
+    skip = {id(t) for t in thresholds}
+    if decay_on == "weights":
+        groups = param_groups(model, weight_decay, exclude=skip)
+    elif decay_on == "non_bn":
+        bn = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+        rest = [p for p in model.parameters() if id(p) not in skip]
+        groups = [{"params": [p for p in rest if id(p) not in bn], "weight_decay": weight_decay},
+                  {"params": [p for p in rest if id(p) in bn], "weight_decay": 0.0}]
+    else:
+        raise SpnasError(f"--weight_decay_on must be weights or non_bn, got {decay_on!r}")
+    groups.append({"params": thresholds, "weight_decay": threshold_weight_decay,
+                   "lr_scale": threshold_lr_scale})
     return groups
+
+
+# ---- the paper's optimizer, schedule and evaluation weights ------------------------------
+class RMSpropTF(torch.optim.Optimizer):
+    """TF1's ``tf.train.RMSPropOptimizer``, the paper's optimizer (as timm's ``RMSpropTF``)::
+
+        ms  <- alpha ms + (1 - alpha) g^2             ms starts at 1 (torch's RMSprop: 0)
+        mom <- momentum mom + lr g / sqrt(ms + eps)   eps inside the root (torch: sqrt(ms) + eps)
+        w   <- w - mom
+
+    with g the gradient plus ``weight_decay`` x w (TF's L2 term in the loss). TF's placement
+    of eps matters at the paper's eps of 1e-3: it floors the denominator at sqrt(1e-3) = 0.032
+    where torch's floors it at 1e-3, a 32x larger step for parameters with small gradients.
+    """
+
+    def __init__(self, params, lr: float, alpha: float = 0.9, eps: float = 1e-3,
+                 momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum,
+                                  "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad if not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p)
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                ms, mom = state["square_avg"], state["momentum_buffer"]
+                ms.mul_(group["alpha"]).addcmul_(g, g, value=1 - group["alpha"])
+                mom.mul_(group["momentum"]).addcdiv_(g, ms.add(group["eps"]).sqrt_(), value=group["lr"])
+                p.sub_(mom)
+        return loss
+
+
+def staircase_factor(step: int, steps_per_epoch: int, factor: float, every_epochs: float) -> float:
+    """TF's ``exponential_decay(staircase=True)``: factor ** floor(step / (every x steps/epoch))."""
+    return factor ** math.floor(step / (every_epochs * steps_per_epoch))
+
+
+def add_staircase(opt: torch.optim.Optimizer, steps_per_epoch: int, factor: float,
+                  every_epochs: float) -> torch.optim.Optimizer:
+    """Multiply the lr the Trainer sets by ``staircase_factor`` of the step, at every step.
+
+    The step count lives in the param groups (``staircase_step``), so it is saved and
+    restored with the optimizer's state: a resumed run continues the staircase exactly.
+    """
+    def before(o, args, kwargs):
+        for g in o.param_groups:
+            g["lr"] *= staircase_factor(g.setdefault("staircase_step", 0), steps_per_epoch,
+                                        factor, every_epochs)
+
+    def after(o, args, kwargs):
+        for g in o.param_groups:
+            g["staircase_step"] += 1
+
+    opt.register_step_pre_hook(before)
+    opt.register_step_post_hook(after)
+    return opt
+
+
+def optimizer_factory(sk: SuperkernelConfig, steps_per_epoch: int):
+    """The Task's ``make_optimizer``: SGD or ``RMSpropTF``, with the staircase when asked."""
+    def make(groups: list[dict], o: OptimConfig) -> torch.optim.Optimizer:
+        if sk.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
+                                  nesterov=o.nesterov and o.momentum > 0)
+        elif sk.optimizer == "rmsprop_tf":
+            opt = RMSpropTF(groups, lr=o.lr, alpha=sk.rmsprop_alpha, eps=sk.rmsprop_eps,
+                            momentum=o.momentum)
+        else:
+            raise SpnasError(f"--optimizer must be sgd or rmsprop_tf, got {sk.optimizer!r}")
+        if sk.lr_decay_factor is not None:
+            add_staircase(opt, steps_per_epoch, sk.lr_decay_factor, sk.lr_decay_epochs)
+        return opt
+    return make
+
+
+def scale_lr(cfg: TrainConfig, world: int) -> tuple[TrainConfig, str]:
+    """``cfg`` with lr and min_lr scaled from ``lr_batch`` images to the global batch (linear)."""
+    sk: SuperkernelConfig = cfg.model
+    if sk.lr_batch is None:
+        return cfg, ""
+    o, batch = cfg.optim, cfg.optim.batch_size * world
+    f = batch / sk.lr_batch
+    optim = dataclasses.replace(o, lr=o.lr * f, min_lr=o.min_lr * f)
+    note = (f"lr: {o.lr:g} per {sk.lr_batch} images, scaled linearly to the batch of {batch}: "
+            f"{optim.lr:g}")
+    return dataclasses.replace(cfg, optim=optim, model=dataclasses.replace(sk, lr_batch=None)), note
+
+
+class TfEma:
+    """Evaluation weights as the paper's code keeps them: TF's ExponentialMovingAverage(decay,
+    num_updates=global_step) of every parameter and BN statistic.
+
+    After optimizer step n (1-based) the average moves towards the weights by 1 - d,
+    d = min(decay, (1 + n) / (10 + n)): a function of the explicit step, so resuming
+    (the Trainer checkpoints ``deploy``) continues it exactly. retrain's ``ema_hooks``
+    keeps a constant decay, which at 0.9999 would leave half the average on the
+    initial weights after 7,000 steps; hence this one.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay = model, decay
+        self.deploy = copy.deepcopy(model).requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        n = step + 1
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> None:
+        d = self.decay_at(step)
+        pairs = zip(itertools.chain(self.deploy.parameters(), self.deploy.buffers()),
+                    itertools.chain(self.model.parameters(), self.model.buffers()))
+        for avg, now in pairs:
+            if avg.is_floating_point():
+                avg.lerp_(now, 1 - d)
+            else:
+                avg.copy_(now)
 
 
 def load_table(cfg: SuperkernelConfig, space: SpaceSpec, num_classes: int,
@@ -130,19 +294,19 @@ def _describe(table: LatencyTable, path: str | None) -> str:
 class _Decisions:
     """Appends the arch the thresholds select to metrics.jsonl every ``every`` steps.
 
-    Its first call also logs ``note`` (which latency table is used): only then
-    is the run folder known to be this run's (the Trainer refuses a used one).
+    Its first call also logs ``notes`` (which latency table is used, the lr scaling):
+    only then is the run folder known to be this run's (the Trainer refuses a used one).
     """
 
     def __init__(self, model: SuperkernelNet, table: LatencyTable, log: RunLog, every: int,
-                 total: int, note: str):
+                 total: int, notes: list[str]):
         self.model, self.table, self.log, self.every, self.total = model, table, log, every, total
-        self.note = note
+        self.notes = notes
 
     def __call__(self, step: int) -> None:
-        if self.note:
-            self.log.info(self.note)
-            self.note = ""
+        for note in self.notes:
+            self.log.info(note)
+        self.notes = []
         done = step + 1
         if done == 1 or done % self.every == 0 or done == self.total:
             arch = self.model.decode()
@@ -153,42 +317,60 @@ class _Decisions:
 
 
 def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, total: int,
-               validate, decisions_log: RunLog) -> Task:
+               steps_per_epoch: int, validate, decisions_log: RunLog,
+               ema: TfEma | None = None, notes: tuple[str, ...] = ()) -> Task:
     """The superkernel search as a ``Task`` for the ``Trainer``."""
     sk: SuperkernelConfig = cfg.model
     warm = round(sk.warmup_frac * total)
     latency = LatencyModel(table, sk.formula)
-    smoothing = cfg.optim.label_smoothing
+    smoothing, lam = cfg.optim.label_smoothing, sk.lam * sk.lam_scale
 
     def forward(m, x, step):
-        return m(x, keep_prob=sk.keep_prob if step < warm else 1.0)
+        return m(x, keep_prob=sk.keep_prob if step < warm else 1.0, rescale=sk.gate_dropout_rescale)
+
+    def applied_lr(step):  # the staircase multiplies the Trainer's lr; logged as "lr"
+        return torch.tensor(lr_at(step, total, cfg.optim, steps_per_epoch) * staircase_factor(
+            step, steps_per_epoch, sk.lr_decay_factor, sk.lr_decay_epochs), dtype=torch.float64)
 
     def loss(logits, labels, step):
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
+        extra = {"ce": ce} if sk.lr_decay_factor is None else {"ce": ce, "lr": applied_lr(step)}
         if step < warm:
             with torch.no_grad():
-                r = latency(model.gates())
-            return ce, {"ce": ce, "latency": r}
-        r = latency(model.gates())
-        return ce + latency_penalty(r, sk.lam, sk.target_latency), {"ce": ce, "latency": r}
+                extra["latency"] = latency(model.gates())
+            return ce, extra
+        extra["latency"] = r = latency(model.gates())
+        return ce + latency_penalty(r, lam, sk.target_latency), extra
 
+    decisions = _Decisions(model, table, decisions_log, cfg.run.print_freq, total,
+                           [_describe(table, sk.latency_table), *notes])
+
+    def on_step_end(step):
+        if ema is not None:
+            ema(step)
+        decisions(step)
+
+    groups = search_param_groups(model, cfg.optim.weight_decay, sk.threshold_lr_scale,
+                                 sk.threshold_weight_decay, sk.weight_decay_on)
     return Task(kind="superkernel", model=model, space=model.spec, num_classes=model.num_classes,
-                forward=forward, loss=loss, validate=validate,
-                param_groups=search_param_groups(model, cfg.optim.weight_decay,
-                                                 sk.threshold_lr_scale),
-                model_args={"dropout": sk.dropout, "mask_at": sk.mask_at},
-                on_step_end=_Decisions(model, table, decisions_log, cfg.run.print_freq, total,
-                                       _describe(table, sk.latency_table)))
+                forward=forward, loss=loss, validate=validate, param_groups=groups,
+                model_args={"dropout": sk.dropout, "mask_at": sk.mask_at, "bn_eps": sk.bn_eps,
+                            "bn_momentum": sk.bn_momentum},
+                on_step_end=on_step_end, deploy=None if ema is None else ema.deploy,
+                make_optimizer=optimizer_factory(sk, steps_per_epoch))
 
 
-def make_validator(splits, cfg: TrainConfig, device: torch.device, table: LatencyTable):
-    """Accuracy of the network the thresholds select now, and its table latency."""
+def make_validator(splits, cfg: TrainConfig, device: torch.device, table: LatencyTable,
+                   net: nn.Module | None = None):
+    """Accuracy of the network the thresholds select now (of ``net``, the EMA, when given:
+    its own thresholds and weights, as the paper evaluates), and the table latency of the
+    trained thresholds' arch."""
     transform = build_transform(cfg.data, cfg.run.channels_last)
     val_x, val_y = splits.val
 
     def validate(model, step):
-        r = evaluate(model, plain_forward, val_x, val_y, transform, len(splits.classes), 500,
-                     device, cfg.run.amp)
+        r = evaluate(net if net is not None else model, plain_forward, val_x, val_y, transform,
+                     len(splits.classes), 500, device, cfg.run.amp)
         return {"val_acc": r["acc"], "val_loss": r["loss"],
                 "latency": table.predict(model.decode())}
     return validate
@@ -196,18 +378,23 @@ def make_validator(splits, cfg: TrainConfig, device: torch.device, table: Latenc
 
 def search(cfg: TrainConfig) -> dict:
     """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
-    sk: SuperkernelConfig = cfg.model
     dist_info, device, splits = start_run(cfg)
+    cfg, lr_note = scale_lr(cfg, dist_info.world)
+    sk: SuperkernelConfig = cfg.model
     num_classes = len(splits.classes)
     space = mbconv_space(sk.layout)
-    model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at), device,
-                  cfg.run.channels_last)
+    model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at, sk.bn_eps,
+                                 sk.bn_momentum, sk.init), device, cfg.run.channels_last)
+    ema = TfEma(model, sk.ema_decay) if sk.ema_decay > 0 else None
     table = load_table(sk, space, num_classes, 224 if cfg.data.resize else cfg.data.image_size)
     loader = train_loader(splits, cfg, device, dist_info)
-    total = cfg.optim.epochs * loader.steps_per_epoch
+    spe = loader.steps_per_epoch
+    total = cfg.optim.epochs * spe
     run_dir = run_dir_for(cfg.run)
     notes = RunLog(run_dir, enabled=dist_info.main)
-    task = build_task(model, table, cfg, total, make_validator(splits, cfg, device, table), notes)
+    validate = make_validator(splits, cfg, device, table, None if ema is None else ema.deploy)
+    task = build_task(model, table, cfg, total, spe, validate, notes, ema,
+                      (lr_note,) if lr_note else ())
     result = Trainer(task, loader, cfg, run_dir, dist_info).fit()
     if not dist_info.main:
         return result
@@ -235,7 +422,8 @@ def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result:
     measured = _measure(arch, table, model.num_classes)
     if measured is not None:
         metrics["measured_latency_ms"] = measured
-    found_by = {"method": "superkernel", "run": str(run_dir), "lam": sk.lam,
+    found_by = {"method": "superkernel", "run": str(run_dir), "recipe": sk.recipe, "lam": sk.lam,
+                "lam_scale": sk.lam_scale,
                 "target_latency": sk.target_latency, "target_unit": sk.target_unit,
                 "latency_table": sk.latency_table or "macs", "table_device": table.device_name,
                 "formula": sk.formula, "mask_at": sk.mask_at, "seed": cfg.run.seed}

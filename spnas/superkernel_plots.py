@@ -3,7 +3,11 @@
 ``latency.png``: the predicted latency over the steps (the formula at the
 gates, averaged between log lines, and the table lookup of the decoded arch),
 with the end of the warm-up and the target. ``decisions.png``: each layer's
-choice at every ``decisions`` record, one colour per token.
+choice at every ``decisions`` record, one colour per token. ``plot_recipes``:
+the recipe comparison of ``benchmarks/superkernel_recipes.py`` (table latency of
+each found arch against its retrained test accuracy, one colour per recipe);
+``plot_thresholds``: the mean threshold of each gate kind over the steps of
+several runs.
 """
 from __future__ import annotations
 
@@ -67,3 +71,49 @@ def plot_search(run_dir: str | Path, unit: str, warmup_step: int,
     records = read_metrics(run_dir)
     return [plot_latency(records, unit, warmup_step, target, run_dir / "latency.png"),
             plot_decisions(records, run_dir / "decisions.png")]
+
+
+RECIPE_COLOURS = {"spnas": "#1f78b4", "paper": "#e31a1c"}
+
+
+def plot_recipes(rows: list[dict], path: str | Path) -> Path:
+    """Each search's arch: table latency (x) and retrained test accuracy (y), labelled lambda."""
+    fig = figure(5.6, 3.6, dpi=80)
+    ax = fig.subplots()
+    for recipe, colour in RECIPE_COLOURS.items():
+        mine = [r for r in rows if r["recipe"] == recipe]
+        if not mine:
+            continue
+        ax.scatter([r["latency_ms"] for r in mine], [100 * r["test_acc"] for r in mine],
+                   color=colour, label=f"--recipe {recipe}")
+        for r in mine:
+            ax.annotate(f"{r['lam']:g}", (r["latency_ms"], 100 * r["test_acc"]), fontsize=7,
+                        xytext=(4, 2), textcoords="offset points", color=colour)
+    ax.set_xlabel("table latency of the found arch (ms)")
+    ax.set_ylabel("retrained test accuracy (%)")
+    ax.legend(fontsize=7, title="labels: lambda (recipe's convention)", title_fontsize=7)
+    fig.savefig(path)
+    return Path(path)
+
+
+def plot_thresholds(runs: dict[str, Path], path: str | Path) -> Path:
+    """Mean t_k5, t_e3, t_e6 over the layers at every ``decisions`` record, one panel each;
+    ``runs`` maps a label starting with the recipe's name to a run folder."""
+    fig = figure(8, 2.8, dpi=80)
+    axes = fig.subplots(1, 3, sharey=True)
+    seen: dict[str, int] = {}
+    for label, run_dir in runs.items():
+        recipe = label.split()[0]
+        style = ("-", "--", ":", "-.")[seen.get(recipe, 0) % 4]
+        seen[recipe] = seen.get(recipe, 0) + 1
+        decided = [r for r in read_metrics(Path(run_dir)) if r["type"] == "decisions"]
+        steps = [r["step"] for r in decided]
+        for k, ax in enumerate(axes):
+            means = [sum(row[k] for row in r["thresholds"]) / len(r["thresholds"]) for r in decided]
+            ax.plot(steps, means, style, label=label, color=RECIPE_COLOURS.get(recipe))
+    for ax, name in zip(axes, ("t_k5", "t_e3", "t_e6")):
+        ax.set_title(f"mean {name}", fontsize=8)
+        ax.set_xlabel("step")
+    axes[-1].legend(fontsize=6)
+    fig.savefig(path)
+    return Path(path)

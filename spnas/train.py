@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from .config import DataConfig, OptimConfig, RunConfig, TrainConfig, derive_seed
 from .data import Splits, load_dataset, make_splits
 from .errors import SpnasError
 from .evaluation import autocast
-from .runlog import RunLog
+from .runlog import RunLog, check_run_dir, lock_run_dir
 
 
 # ---- schedule ------------------------------------------------------------------------
@@ -94,14 +95,25 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``, ``cpu``, or a CUDA device present here; anything else is a one-line error."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SpnasError(f"--device {name}: no CUDA device is available; use --device cpu")
     try:
-        return torch.device(name)
-    except RuntimeError:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
         raise SpnasError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise SpnasError(f"--device {name}: spnas runs on the CPU or CUDA GPUs, not "
+                         f"{device.type}; use --device auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise SpnasError(f"--device {name}: no CUDA device is available; use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise SpnasError(f"--device {name}: this machine has {count} CUDA device(s), "
+                         f"cuda:0..cuda:{count - 1}; use one of them or --device auto")
+    return device
 
 
 # ---- data on the device ----------------------------------------------------------------
@@ -168,13 +180,48 @@ def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Mod
 
 
 def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
-    """Processes (torchrun-aware), device, torch settings and the data split of a run;
-    then the initial weights' seed, (seed, "init")."""
+    """Processes (torchrun-aware), device, the run folder, torch settings and the data split
+    of a run; then the initial weights' seed, (seed, "init").
+
+    ``cfg.data.data_path`` becomes absolute here, so the run's config and checkpoints
+    find the data from any directory. Before any data is loaded, rank 0 checks and
+    locks the run folder (``runlog.lock_run_dir``); the lock lasts while the returned
+    ``Splits`` does, i.e. until the stage that called this returns.
+    """
     dist_info, device = init_distributed(cfg.run.device)
-    setup_torch(cfg.run, device)
-    splits = load_splits(cfg.data, cfg.run.seed)
+    cfg.data.data_path = os.path.abspath(os.path.expanduser(cfg.data.data_path))
+    run_dir = run_dir_for(cfg.run)
+    lock = rank0_first(lambda: lock_run_dir(run_dir, cfg.run.resume), dist_info, device)
+    try:
+        setup_torch(cfg.run, device)
+        splits = load_splits(cfg.data, cfg.run.seed)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if lock is not None:
+        weakref.finalize(splits, lock.release)
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
     return dist_info, device, splits
+
+
+def rank0_first(fn: Callable[[], object], dist_info: Dist, device: torch.device):
+    """``fn()`` on rank 0; when it raises, every rank stops (one broadcast), so none
+    waits for a rank 0 that is gone. Returns rank 0's result (None elsewhere)."""
+    result, error = None, None
+    if dist_info.main:
+        try:
+            result = fn()
+        except Exception as e:  # raised again below, after the broadcast
+            error = e
+    if dist_info.world > 1:
+        failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
+        dist.broadcast(failed, 0)
+        if failed.item() and error is None:
+            raise SpnasError("rank 0 stopped the run; see its message")
+    if error is not None:
+        raise error
+    return result
 
 
 def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
@@ -212,6 +259,8 @@ class Task:
     deploy: nn.Module | None = None              # a separate network shipped as "model" (an EMA)
     extra_state: Callable[[], dict] = field(default=lambda: {})
     load_extra_state: Callable[[dict], None] = field(default=lambda state: None)
+    # (param_groups, optim) -> optimizer; None = SGD with optim's momentum and nesterov
+    make_optimizer: Callable[[list[dict], OptimConfig], torch.optim.Optimizer] | None = None
 
 
 class NonFiniteLoss(SpnasError):
@@ -226,10 +275,12 @@ class Trainer:
         self.task, self.loader, self.cfg, self.dir, self.dist = task, loader, cfg, run_dir, dist_info
         self.log = RunLog(run_dir, enabled=dist_info.main)
         o = cfg.optim
-        self.opt = torch.optim.SGD(task.param_groups, lr=o.lr, momentum=o.momentum,
-                                   nesterov=o.nesterov and o.momentum > 0)
+        self.opt = task.make_optimizer(task.param_groups, o) if task.make_optimizer else \
+            torch.optim.SGD(task.param_groups, lr=o.lr, momentum=o.momentum,
+                            nesterov=o.nesterov and o.momentum > 0)
         self.total = o.epochs * loader.steps_per_epoch
         self.step, self.best = 0, -math.inf
+        self.saved_step: int | None = None  # the step of the last last.pt written or resumed
         self.last_val: dict = {}
         self.device = loader.device
 
@@ -248,8 +299,11 @@ class Trainer:
                 "extra": t.extra_state()}
 
     def save(self, name: str) -> None:
+        """Write checkpoint ``name`` (rank 0); call ``_check_state`` first, on every rank."""
         if self.dist.main:
             save_checkpoint(self.dir / name, self._payload())
+            if name == "last.pt":
+                self.saved_step = self.step
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.dir / "last.pt", kinds=(self.task.kind,))
@@ -260,6 +314,7 @@ class Trainer:
         self._load_weights(ckpt)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.best = int(ckpt["step"]), float(ckpt["metrics"].get("best", -math.inf))
+        self.saved_step = self.step
         self.task.load_extra_state(ckpt.get("extra") or {})
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
@@ -279,9 +334,8 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         if self.cfg.run.resume:
             self.restore()
-        elif (self.dir / "last.pt").exists():
-            raise SpnasError(f"{self.dir} already holds a run; pass --resume to continue it, or "
-                             "choose another --exp_name or --save_path")
+        else:
+            check_run_dir(self.dir, resume=False)
         if self.dist.main:
             import json
             atomic_write_text(self.dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
@@ -335,9 +389,11 @@ class Trainer:
                     window.restart_clock()
                 elif run.ckpt_interval and self.step % run.ckpt_interval == 0:
                     self._check_finite(bad_step)
+                    self._check_state()
                     self.save("last.pt")
             if self.step < self.total and run.stop_after:
                 self._check_finite(bad_step)
+                self._check_state()
                 self.save("last.pt")
                 self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
                               "--resume with a larger --stop_after continues")
@@ -345,16 +401,39 @@ class Trainer:
             self.log.close()
         return {"step": self.step, "best": self.best, **self.last_val}
 
+    # -- stops: nothing NaN or infinite is ever written, or validated as the best
+    def _stop(self, what: str) -> NonFiniteLoss:
+        kept = ("no checkpoint had been written yet" if self.saved_step is None else
+                f"the last good checkpoint {self.dir / 'last.pt'} is kept (step {self.saved_step})")
+        self.log.info(f"stopped: {what}")
+        return NonFiniteLoss(f"{what}; training stopped and {kept}; lower --lr or check the data")
+
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         s = int(bad_step)
         if s >= 0:
             epoch = s // self.loader.steps_per_epoch
-            kept = self.dir / "last.pt"
-            where = (f"the last good checkpoint {kept} is kept" if kept.exists()
-                     else "no checkpoint had been written yet")
-            self.log.info(f"stopped: the loss became NaN or infinite at step {s + 1} (epoch {epoch})")
-            raise NonFiniteLoss(f"the loss became NaN or infinite at step {s + 1} (epoch {epoch}); "
-                                f"training stopped and {where}; lower --lr or check the data")
+            raise self._stop(f"the loss became NaN or infinite at step {s + 1} (epoch {epoch})")
+
+    def _check_state(self) -> None:
+        """Stop unless every float of the weights, BN buffers and optimizer state is finite.
+
+        On every rank, before a checkpoint: one pass on the device and one sync (with
+        several processes, one all-reduce: a rank with a bad buffer stops them all).
+        """
+        t = self.task
+        nets = [t.model] + ([t.deploy] if t.deploy is not None else [])
+        tensors = [v for net in nets for v in net.state_dict().values()]
+        tensors += [v for state in self.opt.state.values() for v in state.values()
+                    if isinstance(v, torch.Tensor)]
+        flags = [torch.isfinite(v).all().to(self.device) for v in tensors if v.is_floating_point()]
+        ok = torch.stack(flags).all().int() if flags else torch.ones((), dtype=torch.int,
+                                                                        device=self.device)
+        if self.dist.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if not ok.item():
+            epoch = (self.step - 1) // self.loader.steps_per_epoch
+            raise self._stop(f"the weights, BN statistics or optimizer state became NaN or "
+                             f"infinite by step {self.step} (epoch {epoch}); not written")
 
     def _log_train(self, window: "_Window", lr: float, epoch: int) -> None:
         rec = window.flush(self.loader.batch_size * self.dist.world)
@@ -370,22 +449,37 @@ class Trainer:
             self.log.info(msg)
 
     def _validate(self, epoch: int) -> None:
+        """Validate (rank 0), then write last.pt and, when it improved, best.pt.
+
+        A NaN or infinite number in the validation stops the run like a NaN loss:
+        it is never the best, and nothing is written.
+        """
+        self._check_state()
+        bad = torch.zeros((), dtype=torch.int, device=self.device)
         if self.dist.main:
             t0 = time.perf_counter()
             val = self.task.validate(self.task.model, self.step)
             self.last_val = {k: v for k, v in val.items() if isinstance(v, (int, float))}
             self.log.metric({"type": "val", "step": self.step, "epoch": epoch, **self.last_val,
                              "seconds": time.perf_counter() - t0})
-            score = self.last_val.get(self.task.select, -math.inf)
-            improved = score > self.best
-            self.best = max(self.best, score)
-            self.log.info(f"validation after epoch {epoch}: " + " ".join(
-                f"{k} {v:.4f}" for k, v in self.last_val.items()) + (" (best)" if improved else ""))
-            self.save("last.pt")
-            if improved:
-                self.save("best.pt")
+            nonfinite = {k: v for k, v in self.last_val.items() if not math.isfinite(v)}
+            if nonfinite:
+                bad.fill_(1)
+            else:
+                score = self.last_val.get(self.task.select, -math.inf)
+                improved = score > self.best
+                self.best = max(self.best, score)
+                self.log.info(f"validation after epoch {epoch}: " + " ".join(
+                    f"{k} {v:.4f}" for k, v in self.last_val.items()) + (" (best)" if improved else ""))
+                self.save("last.pt")
+                if improved:
+                    self.save("best.pt")
         if self.dist.world > 1:
-            dist.barrier()
+            dist.broadcast(bad, 0)  # in place of a barrier: every rank learns whether to stop
+        if bad.item():
+            shown = ", ".join(f"{k} {v}" for k, v in nonfinite.items()) if self.dist.main else "see rank 0"
+            raise self._stop(f"the validation after epoch {epoch} (step {self.step}) gave NaN or "
+                             f"infinite numbers ({shown}); not written")
 
 
 class _Window:
@@ -428,7 +522,16 @@ class _Window:
         return rec
 
 
+def check_exp_name(name: str) -> None:
+    """A run folder's name is one plain folder name: it can't leave, or be, --save_path."""
+    seps = [s for s in (os.sep, os.altsep, "/") if s]
+    if not name or name in (".", "..") or any(s in name for s in seps) or "\0" in name:
+        raise SpnasError(f"--exp_name {name!r} must be a plain folder name (not empty, no "
+                         "'/', not '.' or '..'); the run folder is --save_path/--exp_name")
+
+
 def run_dir_for(run: RunConfig) -> Path:
+    check_exp_name(run.exp_name)
     return Path(run.save_path).expanduser() / run.exp_name
 
 

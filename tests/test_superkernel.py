@@ -1,18 +1,33 @@
+import dataclasses
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from spnas.arch import Arch
 from spnas.checkpoint import load_checkpoint
-from spnas.cli import main
+from spnas.cli import build_parser, main
+from spnas.cli.flags import train_config
+from spnas.cli.superkernel import RECIPES, apply_recipe, superkernel_config
+from spnas.config import SuperkernelConfig
 from spnas.cost import LatencyTable, count_macs, macs_latency_table
-from spnas.runlog import read_metrics
+from spnas.runlog import RunLog, read_metrics
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from spnas.superkernel import LatencyModel, latency_penalty, search_param_groups
+from spnas.superkernel import (
+    LatencyModel,
+    RMSpropTF,
+    TfEma,
+    build_task,
+    latency_penalty,
+    optimizer_factory,
+    scale_lr,
+    search_param_groups,
+)
+from spnas.train import lr_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -169,3 +184,204 @@ def test_bad_search_flags_are_one_line_errors(fake_cifar, tmp_path, capsys, over
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x" / "last.pt").exists()
+
+
+# ---- the recipes ---------------------------------------------------------------------------
+def configs(*flags: str):
+    """(TrainConfig) of ``spnas superkernel FLAGS`` with the recipe applied, as the CLI does."""
+    args = apply_recipe(build_parser().parse_args(["superkernel", *flags]))
+    return train_config(args, superkernel_config(args))
+
+
+def tiny_groups():
+    return [{"params": [torch.zeros(3, requires_grad=True)], "weight_decay": 0.0},
+            {"params": [torch.zeros(2, requires_grad=True)], "weight_decay": 0.0, "lr_scale": 7.0}]
+
+
+def applied_lrs(cfg, steps_per_epoch: int, steps: list[int]) -> dict[int, float]:
+    """The lr each step is taken with, driving the Task's optimizer as the Trainer does."""
+    opt = optimizer_factory(cfg.model, steps_per_epoch)(tiny_groups(), cfg.optim)
+    total, seen = cfg.optim.epochs * steps_per_epoch, {}
+    def record(o, args, kwargs):  # registered after the staircase's hook: sees its lr
+        seen[len(seen)] = o.param_groups[0]["lr"]
+    opt.register_step_pre_hook(record)
+    for step in range(max(steps) + 1):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.optim, steps_per_epoch) * g.get("lr_scale", 1.0)
+            for p in g["params"]:
+                p.grad = torch.ones_like(p)
+        opt.step()
+    return {s: seen[s] for s in steps}
+
+
+def test_stage_defaults_are_the_papers_in_both_recipes():
+    for recipe in RECIPES:
+        cfg = configs("--recipe", recipe)
+        sk = cfg.model
+        assert (cfg.optim.epochs, sk.warmup_frac, sk.keep_prob) == (8, 0.625, 0.6)
+        assert (cfg.optim.label_smoothing, sk.dropout, sk.formula) == (0.1, 0.2, "paper")
+    # the dataclass defaults are the spnas recipe (one set of defaults)
+    sk, spnas = SuperkernelConfig(), RECIPES["spnas"]
+    for f in dataclasses.fields(SuperkernelConfig):
+        key = "latency_formula" if f.name == "formula" else f.name
+        if key in spnas:
+            assert getattr(sk, f.name) == spnas[key], f.name
+    assert set(RECIPES["paper"]) == set(spnas)
+
+
+def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
+    cfg = configs("--recipe", "paper", "--batch_size", "256")
+    sk, o = cfg.model, cfg.optim
+    assert sk.recipe == "paper" and (sk.lam, sk.lam_scale) == (0.02, 1000.0)
+    # optimizer: TF1 RMSProp, decay 0.9, momentum 0.9, eps 1e-3
+    opt = optimizer_factory(sk, 10)(tiny_groups(), o)
+    assert type(opt) is RMSpropTF and (o.momentum, sk.rmsprop_alpha, sk.rmsprop_eps) == (0.9, 0.9, 1e-3)
+    # lr 0.064 per 1024 images, scaled to 256 (0.016, the official base lr), constant, x0.97
+    # every 2.4 epochs (staircase): at 10 steps/epoch, steps 0-23 x1, 24-47 x0.97, 48- x0.97^2
+    scaled, _ = scale_lr(cfg, world=1)
+    assert scaled.optim.lr == pytest.approx(0.016) and scaled.model.lr_batch is None
+    lrs = applied_lrs(scaled, 10, [0, 23, 24, 47, 48, 79])
+    assert [lrs[s] / 0.016 for s in (0, 23, 24, 47, 48, 79)] == pytest.approx(
+        [1, 1, 0.97, 0.97, 0.97 ** 2, 0.97 ** 3])
+    torch.manual_seed(0)
+    net = SuperkernelNet(mbconv_space("imagenet"), 10, sk.dropout, sk.mask_at, sk.bn_eps,
+                         sk.bn_momentum, sk.init)
+    # BN eps 1e-3 and TF decay 0.99 = torch momentum 0.01
+    assert {(m.eps, m.momentum) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)} == \
+        {(1e-3, 0.01)}
+    # depthwise init: normal with fan-out k k, part norms about 10-38
+    assert 9 < net.layers[0].dw[0].weight.mul(net.layers[0].ring_mask).norm() < 13
+    assert sk.mask_at == "kernel"
+    # weight decay 1e-5 on every non-BN variable; thresholds at the weights' lr, decay 1e-5
+    groups = search_param_groups(net, o.weight_decay, sk.threshold_lr_scale,
+                                 sk.threshold_weight_decay, sk.weight_decay_on)
+    decay = {id(p) for g in groups if g["weight_decay"] == 1e-5 for p in g["params"]}
+    bn = {id(p) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert decay == {id(p) for p in net.parameters()} - bn and id(net.head[-1].bias) in decay
+    assert groups[-1]["lr_scale"] == 1.0 and groups[-1]["weight_decay"] == 1e-5
+    # the Task: dropout rescaled in warm-up only, lambda x 1e3 x ln R after it, an EMA evaluated
+    table = synthetic_table()
+    ema = TfEma(net, sk.ema_decay)
+    task = build_task(net, table, scaled, 80, 10, lambda m, s: {}, RunLog(tmp_path), ema)
+    calls = []
+    task.forward(lambda x, **kw: calls.append(kw), None, 49)
+    task.forward(lambda x, **kw: calls.append(kw), None, 50)
+    assert calls == [{"keep_prob": 0.6, "rescale": True}, {"keep_prob": 1.0, "rescale": True}]
+    logits, labels = torch.randn(4, 10), torch.arange(4)
+    loss, extra = task.loss(logits, labels, 50)
+    r = LatencyModel(table, "paper")(net.gates())
+    assert loss.item() == pytest.approx(extra["ce"].item() + 0.02 * 1e3 * math.log(r.item()), rel=1e-6)
+    assert extra["lr"].item() == pytest.approx(0.016 * 0.97 ** 2)
+    assert task.deploy is ema.deploy and sk.ema_decay == 0.9999
+    assert ema.decay_at(0) == pytest.approx(2 / 11) and ema.decay_at(10 ** 6) == 0.9999
+
+
+def test_spnas_recipe_keeps_its_choices_and_explicit_flags_override_a_recipe():
+    cfg = configs()
+    sk, o = cfg.model, cfg.optim
+    assert (sk.recipe, sk.optimizer, sk.lr_decay_factor, sk.lr_batch, sk.ema_decay) == \
+        ("spnas", "sgd", None, None, 0.0)
+    assert (o.lr, o.schedule, o.weight_decay, sk.threshold_lr_scale, sk.threshold_weight_decay) == \
+        (0.05, "cosine", 4e-5, 100.0, 0.0)
+    assert (sk.lam, sk.lam_scale, sk.gate_dropout_rescale, sk.mask_at, sk.init) == \
+        (0.1, 1.0, False, "activation", "spnas")
+    assert (sk.bn_eps, sk.bn_momentum, sk.weight_decay_on) == (1e-5, 0.1, "weights")
+    opt = optimizer_factory(sk, 10)(tiny_groups(), o)
+    assert type(opt) is torch.optim.SGD
+    lrs = applied_lrs(cfg, 10, [0, 30, 79])  # cosine over 80 steps, to 0
+    cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * s / 80)) for s in (0, 30, 79)]
+    assert [lrs[s] for s in (0, 30, 79)] == pytest.approx(cosine)
+    mixed = configs("--recipe", "paper", "--optimizer", "sgd", "--lam", "0.5", "--mask_at",
+                    "activation", "--no-gate_dropout_rescale", "--lr", "0.1")
+    assert (mixed.model.optimizer, mixed.model.lam, mixed.model.mask_at) == ("sgd", 0.5, "activation")
+    assert not mixed.model.gate_dropout_rescale and mixed.optim.lr == 0.1
+    assert (mixed.model.lam_scale, mixed.model.init, mixed.model.bn_eps) == (1000.0, "paper", 1e-3)
+
+
+def test_rmsprop_tf_is_tf1s_update_rule():
+    """ms starts at 1; mom = 0.9 mom + lr g / sqrt(ms + eps) (eps inside); w -= mom; L2 in g."""
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    opt = RMSpropTF([w], lr=0.1, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=0.01)
+    ref_w, ms, mom = torch.tensor([1.0, -2.0]), torch.ones(2), torch.zeros(2)
+    for grad in ([0.5, 0.1], [-0.2, 0.003], [0.0, 1e-4]):
+        g = torch.tensor(grad) + 0.01 * ref_w
+        ms = 0.9 * ms + 0.1 * g * g
+        mom = 0.9 * mom + 0.1 * g / torch.sqrt(ms + 1e-3)
+        ref_w = ref_w - mom
+        w.grad = torch.tensor(grad)
+        opt.step()
+        torch.testing.assert_close(w.detach(), ref_w)
+
+
+def test_staircase_resumes_from_the_optimizer_state():
+    cfg = configs("--recipe", "paper")
+    make = optimizer_factory(cfg.model, 10)
+    opt = make(tiny_groups(), cfg.optim)
+    for _ in range(30):
+        for g in opt.param_groups:
+            g["lr"] = 1.0
+            for p in g["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+    again = make(tiny_groups(), cfg.optim)
+    again.load_state_dict(opt.state_dict())
+    for g in again.param_groups:
+        g["lr"] = 1.0
+    again.step()
+    assert again.param_groups[0]["lr"] == pytest.approx(0.97)  # step 30 of 24-47
+
+
+def _flat_yaml(path):
+    """The recipe files are flat 'flag: value' lists (no YAML loader in spnas yet)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, value = (s.strip() for s in line.split(":", 1))
+        literal = {"true": True, "false": False, "null": None}
+        if value in literal:
+            out[key] = literal[value]
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value.strip("'\"")
+    return out
+
+
+@pytest.mark.parametrize("recipe", ["spnas", "paper"])
+def test_recipe_files_match_the_preset_table(recipe):
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"superkernel_{recipe}.yaml"
+    assert _flat_yaml(path) == RECIPES[recipe]
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load(path.read_text()) == RECIPES[recipe]
+
+
+def test_search_with_the_paper_recipe(fake_cifar, tmp_path):
+    """End to end: lr scaled to the batch and decayed in steps, lambda x 1e3, the EMA
+    shipped as the checkpoint's model and evaluated, the trained weights beside it."""
+    argv = search_argv(fake_cifar, tmp_path, "p", **{"--recipe": "paper", "--epochs": 3,
+                                                     "--num_steps": 2, "--warmup_frac": 0.5,
+                                                     "--lam": 0.02})
+    i = argv.index("--threshold_lr_scale")  # the recipe's (1.0), not search_argv's
+    del argv[i:i + 2]
+    assert main(argv) == 0
+    run = tmp_path / "p"
+    config = json.loads((run / "config.json").read_text())
+    assert config["optim"]["lr"] == pytest.approx(0.064 * 8 / 1024)
+    assert config["model"]["recipe"] == "paper" and config["model"]["optimizer"] == "rmsprop_tf"
+    train = {r["step"]: r for r in read_metrics(run) if r["type"] == "train"}
+    assert train[5]["lr"] == pytest.approx(0.0005) and train[6]["lr"] == pytest.approx(0.0005 * 0.97)
+    for step in (4, 5, 6):  # warm-up: steps 1-3
+        assert train[step]["loss"] == pytest.approx(
+            train[step]["ce"] + 20 * math.log(train[step]["latency"]), rel=1e-5)
+    ckpt = load_checkpoint(run / "last.pt", kinds=("superkernel",))
+    assert ckpt["train_model"] is not None and ckpt["model_args"]["bn_eps"] == 1e-3
+    ema = model_from_checkpoint(ckpt)
+    assert ema.layers[0].dw[1].eps == 1e-3
+    key = "layers.0.dw.0.weight"
+    assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])

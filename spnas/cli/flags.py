@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..config import DataConfig, OptimConfig, RunConfig, TrainConfig, from_namespace
 from ..data import DATASETS
@@ -70,17 +71,46 @@ def add_run_args(p: argparse.ArgumentParser, exp_name: str) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the run folder's last.pt")
 
 
+def check_finite(args: argparse.Namespace, *names: str) -> None:
+    """Refuse NaN and infinity (``float()`` reads 'nan' and 'inf' without complaint)."""
+    for n in names:
+        v = getattr(args, n, None)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SpnasError(f"--{n} must be a finite number, got {v}")
+
+
 def check_positive(args: argparse.Namespace, *names: str) -> None:
+    check_finite(args, *names)
     for n in names:
         v = getattr(args, n, None)
         if v is not None and v <= 0:
             raise SpnasError(f"--{n} must be positive, got {v}")
 
 
+def check_range(args: argparse.Namespace, name: str, low: float, high: float | None = None,
+                high_open: bool = True) -> None:
+    """``low <= value`` (``< high`` or ``<= high``), finite; None (not given) passes."""
+    check_finite(args, name)
+    v = getattr(args, name, None)
+    if v is None:
+        return
+    above = high is not None and (v >= high if high_open else v > high)
+    if v < low or above:
+        want = (f"in [{low:g}, {high:g}{')' if high_open else ']'}" if high is not None
+                else f"{low:g} or more")
+        raise SpnasError(f"--{name} must be {want}, got {v}")
+
+
 def train_config(args: argparse.Namespace, model) -> TrainConfig:
+    """The checked flags of a training stage as a ``TrainConfig``; any bad value is a
+    one-line error here, before any data is loaded."""
+    from ..train import check_exp_name
     check_positive(args, "epochs", "num_steps", "batch_size", "lr", "print_freq", "val_interval",
                    "cutout_length", "image_size", "stop_after")
-    if args.val_size < 0:
-        raise SpnasError(f"--val_size must be 0 or more, got {args.val_size}")
+    for name in ("val_size", "ckpt_interval", "weight_decay", "warmup_epochs", "min_lr"):
+        check_range(args, name, 0)
+    check_range(args, "momentum", 0, 1)
+    check_range(args, "label_smoothing", 0, 1)
+    check_exp_name(args.exp_name)
     return TrainConfig(from_namespace(DataConfig, args), from_namespace(OptimConfig, args),
                        from_namespace(RunConfig, args), model)

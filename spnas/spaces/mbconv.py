@@ -38,6 +38,9 @@ layer, with W the 5x5 depthwise kernel, three gates decide the layer::
 
 ``I`` is a step forward and the sigmoid's gradient backward (``indicator``);
 the thresholds ``t`` start at 0, so the search starts from k5e6 everywhere.
+The ring's gate is decided first and the channel norms are taken of W' (the
+kernel with the ring as decided); norms are plain (not squared) L2 norms
+over the whole part.
 ``d_e3`` is fixed to 1 where the layer cannot skip. A gate vector per layer
 (``gates``) is all the network needs: ``forward(x)`` computes them from the
 weights, ``forward(x, arch)`` fixes them to an arch (``arch_gates``), and
@@ -56,8 +59,21 @@ Where the channel gates apply (``mask_at``):
   constant, and a skipped layer adds the projection BN's beta. BN also makes
   the output blind to a channel group's scale, so the cross-entropy sends
   almost no gradient to d_e3 and d_e6 through the kernel.
+
+Initialisation (``init``) and BatchNorm (``bn_eps``, ``bn_momentum``, torch's
+convention: momentum = 1 - TF's decay):
+
+* ``"spnas"`` (default): ``common.init_weights``, torch's He-normal fan-out,
+  which for a depthwise conv counts every channel (fan-out C k k): a part of
+  a 5x5 superkernel has an L2 norm near 1 whatever its width.
+* ``"paper"``: the official code's ``conv_kernel_initializer`` (and timm's
+  ``_init_weight_goog``): normal(0, sqrt(2 / fan_out)) with fan_out =
+  k k out / groups, i.e. k k for a depthwise conv, so the parts' norms are
+  about 10 to 38; the classifier uniform(-1/sqrt(out), 1/sqrt(out)), bias 0.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -143,17 +159,50 @@ def make_layer(cin: int, cout: int, stride: int, token: str) -> nn.Module:
     return MBConv(cin, cout, *token_shape(token), stride)
 
 
+INITS = ("spnas", "paper")
+
+
+def init_paper(model: nn.Module) -> None:
+    """The official Single-Path NAS init (``conv_kernel_initializer``, ``dense_kernel_initializer``;
+    timm's ``_init_weight_goog``): convs normal(0, sqrt(2 / fan_out)), fan_out = k k out / groups
+    (k k for a depthwise conv); linear uniform(-1/sqrt(out), 1/sqrt(out)), bias 0; BN 1, 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            k_h, k_w = m.kernel_size
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (k_h * k_w * m.out_channels // m.groups)))
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.out_features)
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def configure(model: nn.Module, init: str, bn_eps: float, bn_momentum: float) -> None:
+    """Initialise ``model`` (``init`` in ``INITS``) and set every BN's eps and momentum (torch's:
+    the weight of the new batch in the running statistics, 1 - TF's decay)."""
+    if init not in INITS:
+        raise SpnasError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    (init_weights if init == "spnas" else init_paper)(model)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = bn_eps, bn_momentum
+
+
 class MbconvNet(ChildNet):
     """The standalone network of one MBConv arch (affine BN, dropout before the classifier)."""
 
-    def __init__(self, arch: Arch, num_classes: int, dropout: float = 0.2):
+    def __init__(self, arch: Arch, num_classes: int, dropout: float = 0.2, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, init: str = "spnas"):
         spec = arch.space
         if spec.name != "mbconv":
             raise SpnasError(f"MbconvNet needs an mbconv arch, got {spec.describe()}")
         layers = [make_layer(cin, cout, s, spec.tokens[c])
                   for (cin, cout, s), c in zip(layer_geometry(spec), arch)]
         super().__init__(arch, make_stem(spec), layers, make_head(num_classes, dropout))
-        init_weights(self)
+        configure(self, init, bn_eps, bn_momentum)
 
 
 # ---- the superkernel --------------------------------------------------------------------
@@ -166,11 +215,15 @@ def indicator(x: torch.Tensor) -> torch.Tensor:
     return ((x >= 0).to(s.dtype) - s).detach() + s
 
 
-def drop_gate(gate: torch.Tensor, keep_prob: float) -> torch.Tensor:
-    """Keep ``gate`` with probability ``keep_prob``, else 0 (torch's global RNG; no rescaling)."""
+def drop_gate(gate: torch.Tensor, keep_prob: float, rescale: bool = False) -> torch.Tensor:
+    """Keep ``gate`` with probability ``keep_prob``, else 0 (torch's global RNG).
+
+    ``rescale`` divides a kept gate by ``keep_prob``, as TF1's ``tf.nn.dropout`` in the
+    paper's code does (a kept ring then enters the kernel at 1/keep_prob its weight)."""
     if keep_prob >= 1.0:
         return gate
-    return gate * (torch.rand((), device=gate.device) < keep_prob).to(gate.dtype)
+    kept = (torch.rand((), device=gate.device) < keep_prob).to(gate.dtype)
+    return gate * (kept / keep_prob if rescale else kept)
 
 
 class SuperkernelMBConv(nn.Module):
@@ -193,15 +246,18 @@ class SuperkernelMBConv(nn.Module):
         ring = w * self.ring_mask
         return w - ring + d_k5 * ring
 
-    def gates(self, keep_prob: float = 1.0) -> torch.Tensor:
-        """(d_k5, d_e3, d_e6) from the weight norms and thresholds; dropout during warm-up."""
+    def gates(self, keep_prob: float = 1.0, rescale: bool = False) -> torch.Tensor:
+        """(d_k5, d_e3, d_e6) from the weight norms and thresholds; dropout during warm-up.
+
+        The ring is decided first; the channel halves' norms are of the kernel with the
+        ring as decided (dropped, rescaled), as the paper's code does."""
         t = self.thresholds
         w = self.dw[0].weight
-        d_k5 = drop_gate(indicator((w * self.ring_mask).norm() - t[0]), keep_prob)
+        d_k5 = drop_gate(indicator((w * self.ring_mask).norm() - t[0]), keep_prob, rescale)
         kernel, half = self._kernel(d_k5), self.mid // 2
-        d_e6 = drop_gate(indicator(kernel[half:].norm() - t[2]), keep_prob)
+        d_e6 = drop_gate(indicator(kernel[half:].norm() - t[2]), keep_prob, rescale)
         if self.can_skip:
-            d_e3 = drop_gate(indicator(kernel[:half].norm() - t[1]), keep_prob)
+            d_e3 = drop_gate(indicator(kernel[:half].norm() - t[1]), keep_prob, rescale)
         else:
             d_e3 = torch.ones((), dtype=w.dtype, device=w.device)
         return torch.stack((d_k5, d_e3, d_e6))
@@ -267,29 +323,31 @@ class SuperkernelNet(nn.Module):
     """The superkernel network: ``forward(x)`` runs the layers its thresholds select."""
 
     def __init__(self, spec: SpaceSpec, num_classes: int, dropout: float = 0.2,
-                 mask_at: str = "activation"):
+                 mask_at: str = "activation", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 init: str = "spnas"):
         super().__init__()
         if spec.name != "mbconv":
             raise SpnasError(f"SuperkernelNet needs an mbconv space, got {spec.describe()}")
         if mask_at not in MASK_AT:
             raise SpnasError(f"mask_at must be one of {', '.join(MASK_AT)}, got {mask_at!r}")
         self.spec, self.num_classes, self.dropout = spec, num_classes, dropout
+        self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
         self.stem = make_stem(spec)
         self.layers = nn.ModuleList(
             SuperkernelMBConv(cin, cout, s, SKIP in spec.allowed[i], mask_at)
             for i, (cin, cout, s) in enumerate(layer_geometry(spec)))
         self.head = make_head(num_classes, dropout)
-        init_weights(self)
+        configure(self, init, bn_eps, bn_momentum)
 
-    def gates(self, keep_prob: float = 1.0) -> torch.Tensor:
-        return torch.stack([layer.gates(keep_prob) for layer in self.layers])
+    def gates(self, keep_prob: float = 1.0, rescale: bool = False) -> torch.Tensor:
+        return torch.stack([layer.gates(keep_prob, rescale) for layer in self.layers])
 
     def thresholds(self) -> list[nn.Parameter]:
         return [layer.thresholds for layer in self.layers]
 
-    def forward(self, x: torch.Tensor, arch: Arch | None = None,
-                keep_prob: float = 1.0) -> torch.Tensor:
-        gates = self.gates(keep_prob) if arch is None else arch_gates(arch, x.device)
+    def forward(self, x: torch.Tensor, arch: Arch | None = None, keep_prob: float = 1.0,
+                rescale: bool = False) -> torch.Tensor:
+        gates = self.gates(keep_prob, rescale) if arch is None else arch_gates(arch, x.device)
         x = self.stem(x)
         for layer, g in zip(self.layers, gates):
             x = layer(x, g)
@@ -303,7 +361,7 @@ class SuperkernelNet(nn.Module):
     def extract(self, arch: Arch | None = None) -> MbconvNet:
         """The standalone network of ``arch`` (default: ``decode()``) holding these weights."""
         arch = self.decode() if arch is None else arch
-        net = MbconvNet(arch, self.num_classes, self.dropout)
+        net = MbconvNet(arch, self.num_classes, self.dropout, self.bn_eps, self.bn_momentum)
         own = self.state_dict()
         net.load_state_dict({k: _slice_to(own[k], v.shape).clone()
                              for k, v in net.state_dict().items()})
