@@ -3,7 +3,7 @@
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
-#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: bench retrain cli
+#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful bench retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
@@ -17,7 +17,7 @@ set -u
 OUT=${OUT:?set OUT to a folder for the results}
 CIFAR=${CIFAR:-/tmp/c10}
 SMOKE=${SMOKE:-0}
-PARTS=" ${PARTS:-bench retrain cli} "
+PARTS=" ${PARTS:-faithful bench retrain cli} "
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1
@@ -63,6 +63,13 @@ if [ ! -d "$CIFAR" ] && [ -f .gpudata/make_cifar10.py ]; then
 fi
 
 SP="python3 -m spnas"
+
+# 0. the supernet's loss curve against the original code's (issue: <= 5% over 2,500 steps)
+if part faithful; then
+    FSTEPS=2500; [ "$SMOKE" = 1 ] && FSTEPS=20
+    step faithful 300 python3 benchmarks/bench_faithful.py --data "$CIFAR" --steps "$FSTEPS" \
+        --out "$RUNS/faithful"
+fi
 
 # 1. throughput benchmarks (README "Measured results")
 if part bench; then
