@@ -26,6 +26,7 @@ from .networks import (
     run_profile,
     run_retrain,
 )
+from .pipeline import add_pipeline_parser, run_pipeline
 from .reference import add_import_reference_parser, run_import_reference
 from .spos import (
     add_latency_table_parser,
@@ -39,6 +40,8 @@ from .spos import (
 from .superkernel import add_superkernel_parser, run_superkernel
 
 COMMANDS = {
+    "pipeline": (add_pipeline_parser, run_pipeline,
+                 "supernet -> search -> retrain -> evaluate -> export -> report, from one recipe"),
     "train": (add_train_parser, run_train, "train a SPOS supernet (one random path per step)"),
     "search": (add_search_parser, run_search,
                "search a trained supernet's paths (evolution or random) under a budget"),

@@ -1,0 +1,227 @@
+"""Typed settings with help, units and checks: the machinery behind ``config``'s dataclasses.
+
+A setting is declared once, with everything the command line and the checks
+need::
+
+    lr: float = opt(0.025, "peak learning rate", unit="per step of batch_size images",
+                    check="positive")
+
+``Checked`` dataclasses check their values on construction (``__post_init__``),
+so a bad value is the same one-line ``SpnasError`` from Python as from a flag,
+named by its flag (``--lr must be positive, got -1.0``). Checks: ``positive``,
+``nonneg``, ``prob`` ([0, 1]), ``open_prob`` ((0, 1]), ``fraction`` ([0, 1)), or
+a callable returning the error text (after the flag's name) or None. Every
+float must be finite, and every value of the field's type (an int where a float
+is due becomes a float). Other metadata: ``choices``; ``flags`` (extra
+spellings); ``parse`` (a text parser such as ``count_arg``, for flags and
+files); ``cli=False`` (no generated flag); ``group`` (the help section);
+``label`` (the flag named in errors); ``default_text`` (the default as help
+states it); ``metavar``.
+
+Settings are addressed by their leaf names (``lr``, ``cutout``), unique within a
+stage's config, so a flat file, a nested ``config.json`` and the flags all name
+them alike (``leaf_fields``, ``flat_fields``, ``from_flat``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import typing
+from dataclasses import MISSING, field
+from typing import Any
+
+from .errors import SpnasError
+
+_CHECKS = {
+    "positive": (lambda v: v > 0, "must be positive"),
+    "nonneg": (lambda v: v >= 0, "must be 0 or more"),
+    "prob": (lambda v: 0 <= v <= 1, "must be within 0..1"),
+    "open_prob": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def opt(default: Any = MISSING, help: str = "", *, unit: str = "", check=None,
+        choices: tuple | None = None, flags: tuple[str, ...] = (), factory=None, **meta) -> Any:
+    """A dataclass field with the metadata the CLI generator and ``Checked`` read."""
+    if check is not None and not callable(check) and check not in _CHECKS:
+        raise ValueError(f"unknown check {check!r}")
+    metadata = {"help": help, "unit": unit, "check": check, "choices": choices, "flags": flags,
+                **meta}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def flag_of(name: str, f: dataclasses.Field | None = None) -> str:
+    """The flag a setting is known by in messages: ``--lr``."""
+    return "--" + ((f.metadata.get("label") if f is not None else None) or name)
+
+
+def check_value(name: str, value, f: dataclasses.Field) -> None:
+    """Raise the one-line error for a bad ``value`` of setting ``name``."""
+    if value is None:
+        return
+    flag = flag_of(name, f)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpnasError(f"{flag} must be a finite number, got {value}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise SpnasError(f"{flag} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    check = f.metadata.get("check")
+    if check is None:
+        return
+    if callable(check):
+        problem = check(value)
+        if problem:
+            raise SpnasError(f"{flag} {problem}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    ok, text = _CHECKS[check]
+    if not ok(value):
+        raise SpnasError(f"{flag} {text}, got {value}")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _base(hint):
+    """``int | None`` -> int; ``float`` -> float."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _typed(name: str, value, f: dataclasses.Field, hint):
+    """``value`` if it is of the setting's type (an int for a float becomes a float)."""
+    kind = _base(hint)
+    if value is None or kind not in _KIND_NAMES:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, kind) and not isinstance(value, bool))
+    if not ok:
+        raise SpnasError(f"{flag_of(name, f)} must be {_KIND_NAMES[kind]}, got {value!r}")
+    return value
+
+
+class Checked:
+    """Mixin for dataclasses whose fields carry ``opt`` metadata: checked on construction.
+
+    A subclass with cross-field checks defines ``__post_init__``, calls this one
+    first, then raises its own one-line ``SpnasError``.
+    """
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            if "help" not in f.metadata:
+                continue
+            value = _typed(f.name, getattr(self, f.name), f, hints[f.name])
+            object.__setattr__(self, f.name, value)
+            check_value(f.name, value, f)
+
+
+def leaf_fields(obj, path: tuple[str, ...] = ()):
+    """(path, field, type hint, value) of every non-dataclass field, depth first."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from leaf_fields(value, (*path, f.name))
+        else:
+            yield (*path, f.name), f, hints[f.name], value
+
+
+def section_names(obj) -> set[str]:
+    """The names of the sub-configs nested in ``obj`` (``data``, ``optim``, ...)."""
+    out = set()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= {f.name} | section_names(value)
+    return out
+
+
+SECTIONS = {"data", "optim", "run", "model", "search", "scoring"}  # nested sub-configs
+
+
+def flat_fields(data: dict, renames: dict[str, str] | None = None) -> dict:
+    """{name: value} of a nested settings dict (sections flattened; leaf names are unique).
+
+    ``renames`` maps old names (of configs written by earlier versions) to today's.
+    """
+    out: dict = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k in SECTIONS:
+            out.update(flat_fields(v, renames))
+        else:
+            out[(renames or {}).get(k, k)] = v
+    return out
+
+
+def from_flat(default, values: dict):
+    """A copy of the dataclass ``default`` with the leaf settings in ``values`` replaced
+    (checked again: a bad value or combination raises ``SpnasError``)."""
+    changes = {}
+    for f in dataclasses.fields(default):
+        current = getattr(default, f.name)
+        if dataclasses.is_dataclass(current):
+            changes[f.name] = from_flat(current, values)
+        elif f.name in values:
+            changes[f.name] = values[f.name]
+    return dataclasses.replace(default, **changes)
+
+
+def to_flat(obj) -> dict:
+    """{leaf name: value} of a (nested) settings dataclass."""
+    return {path[-1]: value for path, _, _, value in leaf_fields(obj)}
+
+
+def coerce(name: str, value, f: dataclasses.Field, hint):
+    """``value`` (from a YAML/JSON file) as the setting's type; e.g. YAML's '3e-4' string -> 3e-4."""
+    if value is None:
+        return None
+    kind, parse = _base(hint), f.metadata.get("parse")
+    try:
+        if parse is not None and isinstance(value, str):
+            return parse(value)
+        if kind in _KIND_NAMES and isinstance(value, bool) != (kind is bool):
+            raise ValueError
+        if kind is float:
+            return float(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is str:
+            if not isinstance(value, (int, float, str)):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        detail = f" ({e})" if str(e) else ""
+        raise SpnasError(f"setting {name} must be {_KIND_NAMES.get(kind, kind)}, got "
+                         f"{value!r}{detail}") from None
+    return value
+
+
+# ---- value parsers shared by the settings and the command line --------------------------
+_SUFFIX = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}
+
+
+def count_arg(text: str) -> float:
+    """A count such as 330M, 1.5G, 2e8 or 330000000."""
+    scale = _SUFFIX.get(text[-1:], 1.0)
+    try:
+        value = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (e.g. 330M, 2.5e8)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
