@@ -71,6 +71,12 @@ if part faithful; then
         --out "$RUNS/faithful"
 fi
 
+# f. the fast recipe end to end (docs/recipes.md); about 10 minutes: run it alone, PARTS=fast
+if part fast; then
+    step fast 560 python3 -m spnas pipeline --config recipes/spos_c10_fast.yaml --out "$RUNS/fast" \
+        --data_path "$CIFAR"
+fi
+
 # 1. throughput benchmarks (README "Measured results")
 if part bench; then
 step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN
