@@ -108,6 +108,7 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     if ckpt.get("kind") not in kinds:
         raise SpnasError(f"{path} holds a {ckpt.get('kind')} checkpoint; this command needs "
                          f"one of: {', '.join(kinds)}")
+    _check_fields(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt
 
@@ -127,6 +128,24 @@ def _check_crcs(path: Path) -> None:
         bad = archive.testzip()
     if bad is not None:
         raise zipfile.BadZipFile(f"CRC-32 mismatch in {bad}")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_fields(ckpt: dict, path: Path) -> None:
+    """The fields a checkpoint is rebuilt from, as ``save_checkpoint`` writes them."""
+    n = ckpt.get("num_classes")
+    if not (_whole(n) and n > 0):
+        raise SpnasError(f"{path}: num_classes must be a positive whole number, got {n!r}; the "
+                         "file was edited or written by something else: use another checkpoint")
+    step = ckpt.get("step", 0)
+    if not (_whole(step) and step >= 0):
+        raise SpnasError(f"{path}: step must be a whole number >= 0, got {step!r}; use another "
+                         "checkpoint")
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("space"), dict):
+        raise SpnasError(f"{path} lacks its model weights or space; use another checkpoint")
 
 
 def checkpoint_space(ckpt: dict) -> SpaceSpec:

@@ -52,13 +52,21 @@ class Curve:
 
 def _from_metrics(path: Path, name: str) -> Curve:
     curve = Curve(name)
-    for rec in read_metrics(path):
-        if rec.get("type") == "train" and "loss" in rec:
-            curve.steps.append(int(rec["step"]))
-            curve.losses.append(float(rec["loss"]))
-        elif rec.get("type") == "val" and "val_loss" in rec:
-            curve.val_steps.append(int(rec["step"]))
-            curve.val_losses.append(float(rec["val_loss"]))
+    for i, rec in enumerate(read_metrics(path), start=1):
+        kind = rec.get("type")
+        key = {"train": "loss", "val": "val_loss"}.get(kind)
+        if key is None or key not in rec:
+            continue
+        step, value = rec.get("step"), rec[key]
+        if not (isinstance(step, int) and not isinstance(step, bool) and step > 0) or \
+                not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise SpnasError(f"{path} record {i}: a {kind} record needs a whole step >= 1 and a "
+                             f"number {key}, got step {step!r}, {key} {value!r}; fix or drop "
+                             "that line")
+        steps, values = (curve.steps, curve.losses) if kind == "train" else \
+            (curve.val_steps, curve.val_losses)
+        steps.append(step)
+        values.append(float(value))
     return curve
 
 
@@ -332,6 +340,8 @@ def plot_curves(curves: list[Curve], out_dir: str | Path, window: int | None = N
     """loss.jpg and loss.png in ``out_dir``: see ``draw_curves``; only steps <= max_step."""
     from .plots import figure
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SpnasError(f"--out {out} is a file; give a folder for loss.jpg and loss.png")
     out.mkdir(parents=True, exist_ok=True)
     fig = figure(8, 4.5, dpi=120)
     draw_curves(fig.subplots(), [_clip(c, max_step) for c in curves], window)

@@ -48,6 +48,8 @@ RECORD = "candidates.jsonl"
 
 def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
     """Run (or resume) the search ``cfg`` describes; returns the top-k, best first."""
+    if not cfg.checkpoint:
+        raise SpnasError("--checkpoint is required: a supernet checkpoint (.pt) or its run folder")
     ckpt = load_checkpoint(cfg.checkpoint, kinds=("supernet",))
     data, split_seed, held_out = resolve_data(ckpt, cfg.data, cfg.split_seed)
     out = Path(cfg.out) if cfg.out else Path(ckpt["path"]).parent / f"search_{cfg.search.method}"
@@ -119,6 +121,10 @@ def _run(s: SearchConfig, job: _Job, replay: "Replay", log: RunLog) -> list[Cand
     else:
         found = evolution_search(job.space, replay, job.costs, job.budget, s, s.seed,
                                  replay.record, replay.generation_done)
+    if len(found) < total:
+        log.info(f"WARNING: the space holds too few distinct architectures within the budget: "
+                 f"{len(found)} scored of the {total} asked for (the space, or what the budget "
+                 "leaves of it, is exhausted); all of them were searched")
     log.close()
     replay.finish()
     return found
@@ -138,13 +144,15 @@ def _report(out: Path, s: SearchConfig, job: _Job, found: list[Candidate],
 
 
 # ---- data ----------------------------------------------------------------------------------
-def resolve_data(ckpt: dict, overrides: dict,
+def resolve_data(ckpt: dict, overrides,
                  split_seed: int | None) -> tuple[DataConfig, int, bool]:
     """The checkpoint's data flags and seed, with the given overrides (None = not given),
     and whether the validation split is still the one held out of supernet training."""
     config = ckpt.get("config") or {}
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     trained = {k: v for k, v in (config.get("data") or {}).items() if k in fields}
+    if dataclasses.is_dataclass(overrides):
+        overrides = dataclasses.asdict(overrides)
     given = {k: v for k, v in overrides.items() if v is not None}
     data = DataConfig(**{**trained, **given})
     seed = split_seed if split_seed is not None else int((config.get("run") or {}).get("seed", 0))
@@ -259,6 +267,9 @@ def prepare_out_dir(out: Path, settings: dict, resume: bool) -> list[dict]:
     """The candidates recorded by an earlier run of this search (none for a new one)."""
     record, meta = out / RECORD, out / "search.json"
     if not (record.exists() and record.stat().st_size):
+        if resume and not meta.exists():
+            raise SpnasError(f"--resume: {out} holds no search to continue; drop --resume to "
+                             "start one there, or give the --out of the search to continue")
         return []  # nothing scored yet: nothing to lose
     if not resume:
         raise SpnasError(f"{out} already holds a search; pass --resume to continue it, or "

@@ -243,6 +243,27 @@ def _valid_json_with_null_loss(tmp: Path) -> None:
     assert r["loss"] is None and r["nonfinite_images"] == 100 and r["n"] == 100
 
 
+def edited_checkpoint(tmp: Path, **fields) -> Path:
+    """``child_checkpoint`` with some of its fields replaced (None: removed), as if by hand."""
+    path = child_checkpoint(tmp)
+    ckpt = torch.load(path, weights_only=True)
+    for k, v in fields.items():
+        ckpt.pop(k) if v is None else ckpt.__setitem__(k, v)
+    torch.save(ckpt, path)
+    return path
+
+
+def metrics_run(tmp: Path, *records: dict) -> Path:
+    run = tmp / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def evaluate_argv(path: Path) -> list[str]:
+    return ["evaluate", "--device", "cpu", "--checkpoint", str(path), "--out", str(path.parent / "e")]
+
+
 def arch_case(id: str, edit, message: str, space=None) -> Case:
     """A hand-edited arch file read by ``Arch.load``."""
     return Case(id, lambda t, m: call(Arch.load, arch_file(t, edit, space)), 2, message)
@@ -349,6 +370,28 @@ CASES = [
     Case("export-over-its-checkpoint", lambda t, m: export_argv(
         child_checkpoint(t), "--out", str(t / "run" / "best.pt"), "--force"),
          ERROR, "--out {tmp}/run/best.pt is the checkpoint itself", watch="run"),
+    # checkpoints edited by hand or written elsewhere
+    Case("checkpoint-without-num-classes",
+         lambda t, m: evaluate_argv(edited_checkpoint(t, num_classes=None)), ERROR,
+         "num_classes must be a positive whole number, got None", watch="run"),
+    Case("checkpoint-negative-num-classes",
+         lambda t, m: evaluate_argv(edited_checkpoint(t, num_classes=-3)), ERROR,
+         "num_classes must be a positive whole number, got -3", watch="run"),
+    Case("checkpoint-negative-step", lambda t, m: evaluate_argv(edited_checkpoint(t, step=-1)),
+         ERROR, "step must be a whole number >= 0, got -1", watch="run"),
+    Case("checkpoint-fractional-step", lambda t, m: evaluate_argv(edited_checkpoint(t, step=2.5)),
+         ERROR, "step must be a whole number >= 0, got 2.5", watch="run"),
+    # metrics files read by curves / loss.py
+    Case("metrics-record-without-step", lambda t, m: ["curves", str(metrics_run(
+        t, {"type": "train", "step": 1, "loss": 2.3}, {"type": "train", "loss": 2.2})),
+        "--out", str(t / "plots")], ERROR, "metrics.jsonl record 2: a train record needs a whole "
+         "step >= 1 and a number loss, got step None", watch="run"),
+    Case("metrics-loss-not-a-number", lambda t, m: ["curves", str(metrics_run(
+        t, {"type": "train", "step": 1, "loss": "low"})), "--out", str(t / "plots")], ERROR,
+         "got step 1, loss 'low'", watch="run"),
+    Case("curves-out-is-a-file", lambda t, m: (t.joinpath("f.txt").write_text("mine"), [
+        "curves", str(metrics_run(t, {"type": "train", "step": 1, "loss": 2.3})),
+        "--out", str(t / "f.txt")])[1], ERROR, "f.txt is a file; give a folder", watch="run"),
     # evaluate
     Case("evaluate-non-finite-outputs", lambda t, m: [
         "evaluate", "--device", "cpu", "--checkpoint", str(child_checkpoint(t, broken=True)),

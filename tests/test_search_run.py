@@ -193,3 +193,18 @@ def test_a_candidate_is_recalibrated_to_exactly_the_recalibration_set_statistics
     rebuilt = SupernetScorer(model, recal_set(x, 40, 16, aug, 5, cpu, torch.float32, 0),
                              val_set(x, y, None, 25, aug, 0, cpu, torch.float32, 0), 10, cpu)
     assert not rebuilt.recal.prepared and rebuilt(arch) == result
+
+
+def test_an_exhausted_space_is_reported(supernet, tmp_path, capsys):
+    """5 of the 256 paths fit 77.7M MACs: asked for 20, the search scores those 5 and says so."""
+    out = tmp_path / "few"
+    assert main(search_argv(supernet, out, **{"--method": "random", "--num": 20,
+                                              "--max_flops": "77.7M"})) == 0
+    assert len(records(out)) == 5
+    assert "5 scored of the 20 asked for" in (out / "search.log").read_text()
+
+
+def test_resume_of_no_search_is_refused(supernet, tmp_path, capsys):
+    assert main(search_argv(supernet, tmp_path / "none", **{"--resume": None})) == 2
+    assert "holds no search to continue" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
