@@ -1,130 +1,226 @@
-"""Hyperparameters in one typed place, with units. Every run dumps its config as JSON.
+"""Hyperparameters in one typed place, with units and checks. Every run dumps its config as JSON.
 
-Functions take the values they need from these dataclasses; nothing passes an
-``argparse.Namespace`` down a call chain. ``from_namespace`` picks a
-dataclass's fields out of parsed flags of the same names.
+Each setting is declared once (``fields.opt``): its default, help text, unit and
+check. The command line is generated from these dataclasses (``cli.generate``),
+so ``spnas retrain --help``, ``RetrainStage()`` and a recipe file agree on every
+default; a bad value is the same one-line ``SpnasError`` from Python
+(``OptimConfig(batch_size=0)``) as from ``--batch_size 0``.
+
+One dataclass per stage holds every default of its command: ``SupernetStage``
+(``spnas train``), ``RetrainStage``, ``FinetuneStage``, ``SuperkernelStage``
+(``--recipe spnas``; ``superkernel_recipe("paper")`` for the other preset) and
+``SearchRunConfig`` (``spnas search``). Functions take the values they need
+from these; nothing passes an ``argparse.Namespace`` down a call chain.
+
+Resuming a run takes its ``config.json`` back; only the settings in
+``RESUMABLE`` may differ from it (``resume_changes``).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import SpnasError
+from .fields import Checked, flag_of, flat_fields, from_flat, opt, to_flat
+from .fields import count_arg as count_arg  # re-exported: budgets read like papers write them
 
-@dataclass
-class DataConfig:
-    dataset: str = "cifar10"        # cifar10 | cifar100 | folder
-    data_path: str = "data"         # folder holding the data (any accepted layout)
-    classes: int | None = None      # expected number of classes; checked against the data
-    val_size: int = 5000            # images held out of training for validation; 0 = use test
-    cutout: bool = False
-    cutout_length: int = 16         # pixels, side of the cutout square
-    auto_aug: bool = False          # torchvision AutoAugment, CIFAR-10 policy
-    resize: bool = False            # train at 224 (RandomResizedCrop), eval Resize 256 + Crop 224
-    image_size: int = 32            # pixels; image folders are resized to this
-    download: bool = True           # fetch the official tarball when no data is found
+DATASETS = ("cifar10", "cifar100", "folder")  # = data.DATASETS (a test checks)
+SCHEDULES = ("cosine", "linear", "constant")
 
 
-@dataclass
-class OptimConfig:
-    epochs: int = 600
-    num_steps: int | None = None    # cap on optimizer steps per epoch; None = the whole epoch
-    batch_size: int = 64            # images per step per process
-    lr: float = 0.025               # peak learning rate (per step of batch_size images)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 3e-4      # on conv/linear weights only, never on BN or biases
-    label_smoothing: float = 0.0
-    schedule: str = "cosine"        # cosine | linear, decaying over all steps after warm-up
-    warmup_epochs: float = 0.0      # linear warm-up from 0, in epochs
-    min_lr: float = 0.0             # learning rate reached at the last step
+def plain_folder_name(name: str) -> str | None:
+    """Why ``name`` can't be a run folder's name (it can't leave, or be, --save_path); None: it can."""
+    seps = [s for s in (os.sep, os.altsep, "/") if s]
+    if not name or name in (".", "..") or any(s in name for s in seps) or "\0" in name:
+        return (f"{name!r} must be a plain folder name (not empty, no '/', not '.' or '..'); "
+                "the run folder is --save_path/--exp_name")
+    return None
 
 
 @dataclass
-class RunConfig:
-    exp_name: str = "run"
-    save_path: str = "checkpoints"  # run folder = save_path/exp_name
-    seed: int = 0
-    print_freq: int = 100           # steps between metric lines
-    val_interval: int = 5           # epochs between validations (and always after the last)
-    ckpt_interval: int = 0          # steps between extra 'last' checkpoints; 0 = at validations only
-    stop_after: int | None = None   # stop after this many steps in all (schedule still spans epochs)
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: bool = True                # bf16 autocast on CUDA (never on CPU)
-    channels_last: bool = True      # NHWC activations (faster on CPU and GPU, see README)
-    deterministic: bool = False     # torch.use_deterministic_algorithms on CUDA
-    resume: bool = False            # continue from save_path/exp_name/last.pt
+class DataConfig(Checked):
+    dataset: str = opt("cifar10", "cifar10 or cifar100 (official tarball or batches), or folder "
+                       "(train/<class>/ + test/<class>/ image folders)", choices=DATASETS)
+    data_path: str = opt("data", "folder with the dataset (official tarball, unpacked batches, or "
+                         "train/<class>/ + test/<class>/ image folders); downloaded if absent")
+    classes: int | None = opt(None, "number of classes, checked against the data; none = the "
+                              "data's", check="positive")
+    val_size: int = opt(5000, "training images held out for validation (stratified); 0 = validate "
+                        "on the test set, as the old recipe did", unit="images", check="nonneg")
+    cutout: bool = opt(False, "cutout augmentation")
+    cutout_length: int = opt(16, "side of the cutout square", unit="pixels", check="positive")
+    auto_aug: bool = opt(False, "torchvision AutoAugment, CIFAR-10 policy")
+    resize: bool = opt(False, "train at 224 (RandomResizedCrop) and evaluate Resize 256 + "
+                       "CenterCrop 224, with the ImageNet layout of the network")
+    image_size: int = opt(32, "image folders are resized to this", unit="pixels", check="positive")
+    download: bool = opt(True, "download the official tarball when no data is found")
 
 
 @dataclass
-class SupernetConfig:
-    space: str = "spos"
-    layers: int = 20                # searchable layers (the first N of the space)
-    num_choices: int = 4            # blocks per layer (the first K of k3 k5 k7 x)
-    val_paths: int = 3              # fixed seeded paths averaged for supernet validation
-    recal_images: int = 1024        # training images for BN recalibration per validation path
+class OptimConfig(Checked):
+    epochs: int = opt(600, "epochs; the schedule spans all of them", check="positive")
+    num_steps: int | None = opt(None, "cap on optimizer steps per epoch; none = the whole epoch",
+                                unit="steps", check="positive")
+    batch_size: int = opt(64, "images per step per process", check="positive")
+    lr: float = opt(0.025, "peak learning rate", unit="per step of batch_size images, or of "
+                    "lr_batch", check="positive")
+    lr_batch: int | None = opt(None, "lr and min_lr are for this many images per step, scaled "
+                               "linearly to batch_size x processes; none = no scaling",
+                               unit="images", check="positive")
+    momentum: float = opt(0.9, "momentum of SGD (or of rmsprop_tf)", check="fraction")
+    nesterov: bool = opt(False, "Nesterov momentum (SGD)")
+    weight_decay: float = opt(3e-4, "L2 weight decay, on conv/linear weights only (never BN or "
+                              "biases)", check="nonneg", flags=("--weight-decay",))
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy", check="fraction")
+    schedule: str = opt("cosine", "cosine or linear: from lr to min_lr over the steps after the "
+                        "warm-up; constant: lr throughout", choices=SCHEDULES)
+    warmup_epochs: float = opt(0.0, "linear warm-up from 0", unit="epochs", check="nonneg")
+    min_lr: float = opt(0.0, "learning rate reached at the last step (cosine, linear)",
+                        check="nonneg")
+    decay_factor: float | None = opt(None, "staircase on top of the schedule: lr x factor ** "
+                                     "floor(step / (decay_epochs x steps per epoch)), TF's "
+                                     "exponential_decay(staircase=True); none = no staircase",
+                                     check="positive")
+    decay_epochs: float = opt(2.4, "epochs per staircase step", unit="epochs", check="positive")
 
 
 @dataclass
-class RetrainConfig:
-    arch: str = ""                  # arch string, choice indices ("1,0,3,...") or arch file (JSON)
-    space: str = "spos"             # space of an arch string (an arch file names its own)
-    layers: int = 20                # searchable layers of that space
-    num_choices: int = 4            # blocks per layer of that space
-    dropout: float = 0.0            # probability, before the classifier
-    ema: bool = False               # validate and ship an exponential moving average of the weights
-    ema_decay: float = 0.9998       # per optimizer step (horizon about 1 / (1 - decay) steps)
-    eval_batch: int = 500           # images per evaluation batch
+class RunConfig(Checked):
+    exp_name: str = opt("run", "run folder name under --save_path", check=plain_folder_name)
+    save_path: str = opt("checkpoints", "folder of the run folders (the run is "
+                         "save_path/exp_name)")
+    seed: int = opt(0, "seed of every random draw: data order, augmentation, paths, init")
+    print_freq: int = opt(100, "steps between metric lines", unit="steps", check="positive")
+    val_interval: int = opt(5, "epochs between validations (and always after the last epoch)",
+                            unit="epochs", check="positive")
+    ckpt_interval: int = opt(0, "steps between extra last.pt checkpoints; 0 = at validations "
+                             "only", unit="steps", check="nonneg")
+    stop_after: int | None = opt(None, "stop after this many steps in all, writing last.pt; the "
+                                 "learning-rate schedule still spans --epochs (for trial runs); "
+                                 "none = run to the end", unit="steps", check="positive")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = opt(True, "bf16 autocast on CUDA (never on CPU)")
+    channels_last: bool = opt(True, "NHWC memory format (faster on CPU and GPU, see README)")
+    deterministic: bool = opt(False, "deterministic algorithms on CUDA (slower)")
+    resume: bool = opt(False, "continue from the run folder's last.pt with the run's config.json: "
+                       "flags not given are the run's, and only epochs, stop_after, print_freq, "
+                       "val_interval, ckpt_interval, device, deterministic, data_path and "
+                       "download may change")
 
 
 @dataclass
-class FinetuneConfig:
-    checkpoint: str = ""            # a child checkpoint, or a supernet checkpoint with ``arch``
-    arch: str | None = None         # the path to take out of a supernet checkpoint
-    dropout: float | None = None    # probability before the classifier; None = the checkpoint's
-    freeze_epochs: int = 0          # epochs with the backbone frozen (weights and BN statistics)
-    backbone_lr_scale: float = 1.0  # backbone learning rate / classifier learning rate, after
-    ema: bool = False
-    ema_decay: float = 0.9998       # per optimizer step
-    eval_batch: int = 500           # images per evaluation batch
-    recal_images: int = 2048        # training images for BN statistics of a supernet path
+class SupernetConfig(Checked):
+    space: str = opt("spos", "the search space", choices=("spos",))
+    layers: int = opt(20, "choice layers (the first N of the space's 20)", check="positive")
+    num_choices: int = opt(4, "blocks per layer (the first K of k3 k5 k7 x)", check="positive")
+    val_paths: int = opt(3, "fixed seeded paths averaged for supernet validation", check="positive")
+    recal_images: int = opt(1024, "training images for BN recalibration of each validation path",
+                            unit="images", check="positive")
 
 
 @dataclass
-class SuperkernelConfig:
-    """The superkernel search; defaults are ``--recipe spnas`` (``cli.superkernel.RECIPES``)."""
-
-    recipe: str = "spnas"           # spnas | paper: the preset the flags started from
-    layout: str = "cifar"           # cifar | imagenet (strides of the MBConv space)
-    lam: float = 0.1                # weight of ln(predicted latency) after the warm-up, x lam_scale
-    lam_scale: float = 1.0          # penalty = lam x lam_scale x ln R; the paper's code: 1e3
-    target_latency: float | None = None  # in the table's unit: penalise only above it
-    target_unit: str = "ms"         # unit of target_latency: ms (measured table) | MMAC
-    latency_table: str | None = None  # JSON from 'spnas latency-table'; None = MACs table
-    formula: str = "paper"          # paper (R[k3e3] ~ R[k5e3] R[k3e6] / R[k5e6]) | exact
-    warmup_frac: float = 0.625      # fraction of the steps with lambda 0 and gate dropout
-    keep_prob: float = 0.6          # probability a gate is kept during the warm-up
-    gate_dropout_rescale: bool = False  # kept warm-up gates x 1 / keep_prob (TF1 dropout, the paper)
-    threshold_lr_scale: float = 100.0  # thresholds' lr = scale x the weights' lr
-    threshold_weight_decay: float = 0.0  # L2 on the thresholds (the paper: 1e-5, as every weight)
-    weight_decay_on: str = "weights"  # weights (conv/linear, dim > 1) | non_bn (every non-BN one)
-    mask_at: str = "activation"     # activation (exact zeros) | kernel (the paper's, leaks)
-    dropout: float = 0.2            # before the classifier
-    init: str = "spnas"             # spnas (torch He fan-out) | paper (official/timm: dw fan-out k k)
-    bn_eps: float = 1e-5
-    bn_momentum: float = 0.1        # torch's: weight of the new batch (= 1 - TF's decay)
-    optimizer: str = "sgd"          # sgd (optim.momentum, nesterov) | rmsprop_tf (TF1's RMSProp)
-    rmsprop_alpha: float = 0.9      # rmsprop_tf: decay of the mean square (TF "decay")
-    rmsprop_eps: float = 1e-3       # rmsprop_tf: added inside the square root, as TF does
-    lr_batch: int | None = None     # optim.lr/min_lr are per this many images; scaled to the batch
-    lr_decay_factor: float | None = None  # staircase: lr x factor ** floor(epoch / lr_decay_epochs)
-    lr_decay_epochs: float = 2.4    # epochs per staircase step
-    ema_decay: float = 0.0          # evaluate an EMA of the weights (TF's, warmed up); 0 = none
+class RetrainConfig(Checked):
+    arch: str = opt("", "the network: an arch file (.json), tokens ('k5 k3 x ...') or "
+                    "choice indices ('1,0,3,...')", default_text="required")
+    space: str = opt("spos", "space of an arch string (an arch file names its own)",
+                     choices=("spos",))
+    layers: int = opt(20, "searchable layers of that space", check="positive")
+    num_choices: int = opt(4, "blocks per layer of that space", check="positive")
+    dropout: float = opt(0.0, "dropout before the classifier", unit="probability",
+                         check="fraction")
+    ema: bool = opt(False, "validate and ship an exponential moving average of the weights")
+    ema_decay: float = opt(0.9998, "EMA decay (horizon about 1 / (1 - decay) steps)",
+                           unit="per optimizer step", check="fraction")
+    eval_batch: int = opt(500, "images per evaluation batch", check="positive")
 
 
 @dataclass
-class TrainConfig:
+class FinetuneConfig(Checked):
+    checkpoint: str = opt("", "the network: a child checkpoint (or its run folder), or a "
+                          "supernet checkpoint with --arch", default_text="required")
+    arch: str | None = opt(None, "the path to take out of a supernet checkpoint")
+    dropout: float | None = opt(None, "dropout before the classifier; none = the checkpoint's",
+                                unit="probability", check="fraction")
+    freeze_epochs: int = opt(0, "first epochs with the backbone frozen (weights and BN "
+                             "statistics)", unit="epochs", check="nonneg")
+    backbone_lr_scale: float = opt(1.0, "backbone learning rate / classifier learning rate, once "
+                                   "unfrozen", check="nonneg")
+    ema: bool = opt(False, "validate and ship an exponential moving average of the weights")
+    ema_decay: float = opt(0.9998, "EMA decay", unit="per optimizer step", check="fraction")
+    eval_batch: int = opt(500, "images per evaluation batch", check="positive")
+    recal_images: int = opt(2048, "training images for the BN statistics of a supernet path",
+                            unit="images", check="positive")
+
+
+@dataclass
+class SuperkernelConfig(Checked):
+    """The superkernel search; the defaults are ``--recipe spnas`` (``RECIPES``)."""
+
+    recipe: str = opt("spnas", "preset of every setting not given (table below): spnas (this "
+                      "project's) or paper (the official code's)", choices=("spnas", "paper"))
+    layout: str | None = opt(None, "strides of the MBConv space; none = imagenet with --resize, "
+                             "else cifar", choices=("cifar", "imagenet"))
+    latency_table: str | None = opt(None, "per-layer latency table from 'spnas latency-table "
+                                    "--space mbconv'; none = a table of MACs, no timing",
+                                    metavar="FILE")
+    lam: float = opt(0.1, "weight of ln(predicted latency) after the warm-up, in the convention "
+                     "of --lam_scale", check="nonneg")
+    lam_scale: float = opt(1.0, "the penalty is lam x lam_scale x ln R; 1000 is the paper code's "
+                           "convention (its lambda x 1e3)", check="positive")
+    target_latency: float | None = opt(None, "penalise only predicted latency above this, in the "
+                                       "table's unit", check="positive", cli=False,
+                                       label="target_latency_ms (or --target_mmacs)")
+    target_unit: str = opt("ms", "unit of target_latency: ms (a measured table) or MMAC (the MACs "
+                           "table)", choices=("ms", "MMAC"), cli=False)
+    latency_formula: str = opt("paper", "paper: the paper's per-layer formula (k3e3 "
+                               "approximated, R[k3e3] ~ R[k5e3] R[k3e6] / R[k5e6]); exact: "
+                               "interpolates all five table entries", choices=("paper", "exact"))
+    warmup_frac: float = opt(0.625, "fraction of the steps with lambda 0 and gate dropout",
+                             check="prob")
+    keep_prob: float = opt(0.6, "probability a gate is kept during the warm-up", check="open_prob")
+    gate_dropout_rescale: bool = opt(False, "divide kept warm-up gates by keep_prob (TF1 "
+                                     "dropout, the paper)")
+    threshold_lr_scale: float = opt(100.0, "thresholds' learning rate = this x --lr",
+                                    check="positive")
+    threshold_weight_decay: float = opt(0.0, "L2 on the thresholds (the paper: 1e-5, as every "
+                                        "weight)", check="nonneg")
+    weight_decay_on: str = opt("weights", "weights: --weight_decay on conv/linear weights "
+                               "(dim > 1); non_bn: on every parameter outside BatchNorm",
+                               choices=("weights", "non_bn"))
+    mask_at: str = opt("activation", "activation: gated channels are exact zeros; kernel: the "
+                       "paper's kernel mask (BN's beta leaks through)",
+                       choices=("activation", "kernel"))
+    dropout: float = opt(0.2, "dropout before the classifier", unit="probability",
+                         check="fraction")
+    init: str = opt("spnas", "weight init: spnas (torch He fan-out, depthwise fan-out C k k); "
+                    "paper (official/timm: depthwise fan-out k k, uniform classifier)",
+                    choices=("spnas", "paper"))
+    bn_eps: float = opt(1e-5, "BatchNorm epsilon", check="positive")
+    bn_momentum: float = opt(0.1, "BatchNorm momentum, torch's: weight of the new batch (= 1 - "
+                             "TF's decay)", check="prob")
+    optimizer: str = opt("sgd", "sgd (with --momentum, --nesterov) or rmsprop_tf (TF1's RMSProp: "
+                         "eps inside the sqrt, mean square starting at 1)",
+                         choices=("sgd", "rmsprop_tf"))
+    rmsprop_alpha: float = opt(0.9, "rmsprop_tf: decay of the mean square (TF 'decay')",
+                               check="fraction")
+    rmsprop_eps: float = opt(1e-3, "rmsprop_tf: epsilon, added inside the square root as TF does",
+                             check="positive")
+    ema_decay: float = opt(0.0, "validate an EMA of the weights (TF's, its decay warmed up as "
+                           "min(d, (1+n)/(10+n))); 0 = none", unit="per optimizer step",
+                           check="fraction")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target_latency is not None and self.target_unit == "ms" and not self.latency_table:
+            raise SpnasError("--target_latency_ms needs a table in ms, but the latency table is "
+                             "in MMAC; give --latency_table FILE (a measured table)")
+
+
+@dataclass
+class TrainConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -134,13 +230,6 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["model_type"] = type(self.model).__name__ if self.model is not None else None
         return d
-
-
-def from_namespace(cls, ns, **overrides):
-    """Build dataclass ``cls`` from the attributes of ``ns`` that share its field names."""
-    kw = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
-    kw.update(overrides)
-    return cls(**kw)
 
 
 def derive_seed(*parts) -> int:
@@ -155,71 +244,126 @@ def derive_seed(*parts) -> int:
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(Checked):
     """How candidates are proposed, and the budget they must fit (``spnas search``)."""
 
-    method: str = "evolution"       # evolution | random
-    population: int = 50            # candidates per generation
-    top_k: int = 10                 # best candidates kept across all generations (the parents)
-    generations: int = 20
-    mutation_prob: float = 0.1      # chance that a mutation redraws each layer's choice
-    max_tries: int = 10             # mutation/crossover draws per wanted candidate, then random
-    num: int = 1000                 # random search: candidates
-    max_flops: float | None = None  # multiply-accumulates of the standalone network
-    max_params: float | None = None  # parameters of the standalone network
-    max_latency_ms: float | None = None  # milliseconds per batch, predicted by latency_table
-    latency_table: str | None = None  # JSON file from 'spnas latency-table'
-    seed: int = 0                   # every draw of the search, and the recalibration images
+    method: str = opt("evolution", "evolution or random", choices=("evolution", "random"))
+    population: int = opt(50, "candidates per generation", check="positive")
+    top_k: int = opt(10, "best candidates kept across all generations (the parents)",
+                     check="positive")
+    generations: int = opt(20, "generations of the evolution", check="positive")
+    mutation_prob: float = opt(0.1, "chance that a mutation redraws each layer's choice",
+                               check="prob")
+    max_tries: int = opt(10, "mutation/crossover draws per wanted candidate, then random ones",
+                         check="positive")
+    num: int = opt(1000, "--method random: candidates", check="positive")
+    max_flops: float | None = opt(None, "multiply-accumulates of the standalone network, as NAS "
+                                  "papers count FLOPs (e.g. 175M at 32x32; SPOS's 330M only "
+                                  "means something at 224x224, with --resize)", check="positive",
+                                  parse=count_arg, group="budget", metavar="COUNT")
+    max_params: float | None = opt(None, "parameters of the standalone network (e.g. 2.3M)",
+                                   check="positive", parse=count_arg, group="budget",
+                                   metavar="COUNT")
+    max_latency_ms: float | None = opt(None, "latency predicted by --latency_table",
+                                       unit="milliseconds per batch", check="positive",
+                                       group="budget")
+    latency_table: str | None = opt(None, "JSON file from 'spnas latency-table'", group="budget",
+                                    metavar="FILE")
+    seed: int = opt(0, "seed of every draw of the search, and of the recalibration images")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_latency_ms is not None and not self.latency_table:
+            raise SpnasError("--max_latency_ms needs --latency_table FILE "
+                             "(make one with 'spnas latency-table')")
 
 
 @dataclass
-class ScoringConfig:
+class ScoringConfig(Checked):
     """How one candidate is scored: BN recalibration, then accuracy on held-out images."""
 
-    recal_images: int = 2560        # training images (crop/flip only) for BN recalibration
-    recal_batch: int = 512          # images per recalibration batch (BN uses batch statistics)
-    val_images: int | None = None   # images of the scoring split; None = all of it
-    eval_batch: int = 1000          # images per evaluation batch
-    score_on: str = "val"           # val (held out of training) | test (warned)
-    cache_gb: float = 4.0           # GiB of prepared images kept on the device; more: rebuilt per candidate
+    recal_images: int = opt(2560, "training images (crop/flip only) for each candidate's BN "
+                            "recalibration", unit="images", check="positive")
+    recal_batch: int = opt(512, "images per recalibration batch (BN uses batch statistics)",
+                           check="positive")
+    val_images: int | None = opt(None, "images of the scoring split; none = all of it",
+                                 check="positive")
+    eval_batch: int = opt(1000, "images per evaluation batch", check="positive")
+    score_on: str = opt("val", "val (held out of training) or test (not recommended; warned)",
+                        choices=("val", "test"))
+    cache_gb: float = opt(4.0, "prepared images kept on the device; beyond it they are rebuilt "
+                          "per candidate", unit="GiB", check="nonneg")
+
+
+def _overrides(cls, name: str, default_text: str):
+    """A dataclass with ``cls``'s settings, each optional (default None = not overridden)."""
+    from .fields import type_hints
+    hints = type_hints(cls)
+    specs = [(f.name, hints[f.name] | None,
+              field(default=None, metadata={**f.metadata, "default_text": default_text}))
+             for f in dataclasses.fields(cls)]
+    doc = f"``{cls.__name__}`` settings overriding a checkpoint's (None = the checkpoint's)."
+    return dataclasses.make_dataclass(name, specs, bases=(Checked,),
+                                      namespace={"__module__": __name__, "__doc__": doc})
+
+
+DataOverrides = _overrides(DataConfig, "DataOverrides", "the checkpoint's")
 
 
 @dataclass
-class SearchRunConfig:
+class SearchRunConfig(Checked):
     """One ``spnas search`` run: which supernet, which data, where the results go."""
 
-    checkpoint: str = ""            # supernet checkpoint (.pt) or its run folder
-    out: str | None = None          # output folder; None = search_<method> beside the checkpoint
+    checkpoint: str = opt("", "the supernet: a checkpoint (.pt) or its run folder", default_text="required")
+    out: str | None = opt(None, "output folder; none = search_<method> beside the checkpoint")
     search: SearchConfig = field(default_factory=SearchConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    data: dict = field(default_factory=dict)  # DataConfig fields overriding the checkpoint's
-    split_seed: int | None = None   # seed of the train/val split; None = the checkpoint's run seed
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: bool = True                # bf16 autocast on CUDA
-    channels_last: bool = True
-    resume: bool = False            # continue the search recorded in the output folder
+    data: DataOverrides = field(default_factory=DataOverrides)  # type: ignore[valid-type]
+    split_seed: int | None = opt(None, "seed of the train/val split; none = the checkpoint's "
+                                 "training seed")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = opt(True, "bf16 autocast on CUDA")
+    channels_last: bool = opt(True, "NHWC memory format")
+    resume: bool = opt(False, "continue the search recorded in --out (with the same settings)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):  # {DataConfig field: value}, as earlier versions took
+            try:
+                self.data = DataOverrides(**self.data)
+            except TypeError as e:
+                raise SpnasError(f"data overrides: {e}; give DataConfig fields") from None
+        super().__post_init__()
 
 
 @dataclass
-class LatencyConfig:
+class LatencyConfig(Checked):
     """``spnas latency-table``: time every (layer, choice) of a space on one device."""
 
-    out: str = "latency.json"       # the table (JSON)
-    space: str = "spos"             # a registered space (spaces.make_space)
-    layout: str = "cifar"           # cifar | imagenet
-    options: dict = field(default_factory=dict)  # space options, e.g. {"layers": 8}
-    checkpoint: str | None = None   # take the space (and classes) from this checkpoint instead
-    num_classes: int = 10
-    device: str = "cpu"             # cpu | cuda | cuda:N
-    batch: int = 1                  # images per timed forward
-    resolution: int | None = None   # pixels; None = the layout's (32 cifar, 224 imagenet)
-    threads: int | None = None      # CPU threads; None = torch's default
-    calibrate: int = 10             # random whole networks that fit the table's scale; 0 = none
-    validate: int = 20              # other random whole networks timed to check it; 0 = none
-    warmup: int = 10                # untimed calls before each measurement
-    repeats: int = 30               # timed calls; the median is kept
-    channels_last: bool = True
-    overwrite: bool = False         # replace an existing --out
+    out: str = opt("latency.json", "the table (JSON)", metavar="FILE")
+    space: str = opt("spos", "a registered space (spaces.SPACE_SPECS)", choices=("spos", "mbconv"))
+    layout: str = opt("cifar", "strides of the space", choices=("cifar", "imagenet"))
+    options: dict = opt(help="space options, e.g. {'layers': 8}", factory=dict, cli=False)
+    checkpoint: str | None = opt(None, "take the space and classes from this checkpoint instead")
+    num_classes: int = opt(10, "classes of the classifier", check="positive")
+    device: str = opt("cpu", "cpu, cuda or cuda:N")
+    batch: int = opt(1, "images per timed forward", check="positive")
+    resolution: int | None = opt(None, "input side; none = the layout's (32 cifar, 224 imagenet)",
+                                 unit="pixels", check="positive")
+    threads: int | None = opt(None, "CPU threads; none = torch's default", check="positive")
+    calibrate: int = opt(10, "random whole networks that fit one factor, whole network / sum of "
+                         "parts; 0 = none", check="nonneg")
+    validate: int = opt(20, "other random whole networks timed to report the table's error; "
+                        "0 = none", check="nonneg")
+    warmup: int = opt(10, "untimed calls before each measurement", check="nonneg")
+    repeats: int = opt(30, "timed calls; the median is kept", check="positive")
+    channels_last: bool = opt(True, "NHWC memory format")
+    overwrite: bool = opt(False, "replace an existing --out")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.options and self.checkpoint:
+            raise SpnasError("--option and --checkpoint do not mix: the checkpoint fixes the "
+                             "space; drop one of them")
 
 
 # ---- one dataclass per stage: every default of a command, for the CLI and the API alike ----
@@ -252,6 +396,12 @@ class FinetuneStage(TrainConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="finetune"))
     model: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.model.freeze_epochs > self.optim.epochs:
+            raise SpnasError(f"--freeze_epochs must be 0..{self.optim.epochs} (--epochs), got "
+                             f"{self.model.freeze_epochs}")
+
 
 @dataclass
 class SuperkernelStage(TrainConfig):
@@ -261,3 +411,98 @@ class SuperkernelStage(TrainConfig):
         epochs=8, batch_size=64, lr=0.05, weight_decay=4e-5, label_smoothing=0.1))
     run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="superkernel"))
     model: SuperkernelConfig = field(default_factory=SuperkernelConfig)
+
+
+# The two presets of ``spnas superkernel --recipe``, by setting name; every recipe names
+# every key, and ``SuperkernelStage()`` is "spnas" (a test checks). docs/superkernel.md
+# says why each spnas choice differs and what measurement supports it.
+RECIPES: dict[str, dict] = {
+    "spnas": {
+        "epochs": 8, "lr": 0.05, "lr_batch": None, "momentum": 0.9, "nesterov": False,
+        "schedule": "cosine", "min_lr": 0.0, "decay_factor": None, "decay_epochs": 2.4,
+        "optimizer": "sgd", "rmsprop_alpha": 0.9, "rmsprop_eps": 1e-3,
+        "weight_decay": 4e-5, "weight_decay_on": "weights",
+        "threshold_lr_scale": 100.0, "threshold_weight_decay": 0.0,
+        "lam": 0.1, "lam_scale": 1.0, "latency_formula": "paper",
+        "warmup_frac": 0.625, "keep_prob": 0.6, "gate_dropout_rescale": False,
+        "label_smoothing": 0.1, "dropout": 0.2, "mask_at": "activation", "init": "spnas",
+        "bn_eps": 1e-5, "bn_momentum": 0.1, "ema_decay": 0.0,
+    },
+    # github dstamoulis/single-path-nas, nas-search/search_main.py, nas_utils.py,
+    # superkernel.py, singlepath_supernet.py, supernet_macro.py; lambda from its README.
+    "paper": {
+        "epochs": 8,                    # 10008 steps of 1024 ImageNet images
+        "lr": 0.064, "lr_batch": 1024,  # base_learning_rate 0.016 x 1024 / 256
+        "momentum": 0.9, "nesterov": False,
+        "schedule": "constant", "min_lr": 0.0,  # warm-up cancelled (warmup_epochs=-1) ...
+        "decay_factor": 0.97, "decay_epochs": 2.4,  # ... x 0.97 every 2.4 epochs (staircase)
+        "optimizer": "rmsprop_tf", "rmsprop_alpha": 0.9, "rmsprop_eps": 1e-3,
+        "weight_decay": 1e-5, "weight_decay_on": "non_bn",  # every variable but BN's ...
+        "threshold_lr_scale": 1.0, "threshold_weight_decay": 1e-5,  # ... thresholds included
+        "lam": 0.02, "lam_scale": 1000.0,  # runtime_lambda * 1e3 * ln(R), lambda 0.020
+        "latency_formula": "paper",
+        "warmup_frac": 0.625, "keep_prob": 0.6, "gate_dropout_rescale": True,  # 6255 of 10008
+        "label_smoothing": 0.1, "dropout": 0.2, "mask_at": "kernel", "init": "paper",
+        "bn_eps": 1e-3, "bn_momentum": 0.01,  # TF decay 0.99
+        "ema_decay": 0.9999,
+    },
+}
+
+
+def superkernel_recipe(name: str = "spnas", **settings) -> SuperkernelStage:
+    """``SuperkernelStage`` of preset ``name`` (``RECIPES``), with ``settings`` (by leaf name) on top."""
+    if name not in RECIPES:
+        raise SpnasError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+    return from_flat(SuperkernelStage(), {**RECIPES[name], "recipe": name, **settings})
+
+
+# ---- resuming a run -------------------------------------------------------------------------
+# Settings a resumed run may change (logged); every other one must equal the run's config.json.
+RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
+             "deterministic", "data_path", "download", "resume")
+WHERE = ("save_path", "exp_name")  # where the run folder is: the folder being resumed, not compared
+# what one command does, not a setting of the run: recorded as false/none (so a run folder's
+# config.json starts a whole new run), taken from the command line alone, not compared
+PER_COMMAND = ("resume", "stop_after")
+# names in config.json files written by earlier versions -> today's
+RENAMED = {"formula": "latency_formula", "lr_decay_factor": "decay_factor",
+           "lr_decay_epochs": "decay_epochs"}
+
+
+def saved_settings(saved: dict) -> dict:
+    """{leaf name: value} of a run's config.json (old names renamed; no ``PER_COMMAND``)."""
+    return {k: v for k, v in flat_fields(saved, RENAMED).items()
+            if k != "model_type" and k not in PER_COMMAND}
+
+
+def flag_text(name: str, value) -> str:
+    """A setting as a command line gives it: ``--lr 0.1``, ``--cutout``, ``--no-amp``."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"{flag_of(name)} {'none' if value is None else value}"
+
+
+def resume_changes(cfg, saved: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed): how ``cfg``'s settings differ from a run's saved ``config.json``.
+
+    Settings the saved config lacks (added since), ``WHERE`` and ``PER_COMMAND`` are not
+    compared.
+    """
+    before = saved_settings(saved)
+    refused, allowed = [], []
+    for name, value in to_flat(cfg).items():
+        if name not in before or name in WHERE + PER_COMMAND or before[name] == value:
+            continue
+        old = before[name]
+        was = flag_text(name, old) if isinstance(old, bool) else ("none" if old is None else old)
+        text = f"{flag_text(name, value)} differs from the run's {was} (config.json)"
+        (allowed if name in RESUMABLE else refused).append(text)
+    return refused, allowed
+
+
+def refuse_changes(refused: list[str], run_dir) -> None:
+    if refused:
+        raise SpnasError(f"{'; '.join(refused)}: a resumed run keeps the settings it was started "
+                         f"with ({run_dir}/config.json; flags not given are taken from it); drop "
+                         f"the flag{'s' if len(refused) > 1 else ''}, or start a new run with "
+                         f"another --exp_name. Only {', '.join(RESUMABLE)} may change on resume")

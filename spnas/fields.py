@@ -87,11 +87,11 @@ def check_value(name: str, value, f: dataclasses.Field) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict:
+def type_hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _base(hint):
+def base_type(hint):
     """``int | None`` -> int; ``float`` -> float."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
@@ -99,7 +99,7 @@ def _base(hint):
 
 def _typed(name: str, value, f: dataclasses.Field, hint):
     """``value`` if it is of the setting's type (an int for a float becomes a float)."""
-    kind = _base(hint)
+    kind = base_type(hint)
     if value is None or kind not in _KIND_NAMES:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -119,7 +119,7 @@ class Checked:
     """
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        hints = type_hints(type(self))
         for f in dataclasses.fields(self):
             if "help" not in f.metadata:
                 continue
@@ -130,7 +130,7 @@ class Checked:
 
 def leaf_fields(obj, path: tuple[str, ...] = ()):
     """(path, field, type hint, value) of every non-dataclass field, depth first."""
-    hints = _hints(type(obj))
+    hints = type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -188,7 +188,7 @@ def coerce(name: str, value, f: dataclasses.Field, hint):
     """``value`` (from a YAML/JSON file) as the setting's type; e.g. YAML's '3e-4' string -> 3e-4."""
     if value is None:
         return None
-    kind, parse = _base(hint), f.metadata.get("parse")
+    kind, parse = base_type(hint), f.metadata.get("parse")
     try:
         if parse is not None and isinstance(value, str):
             return parse(value)

@@ -114,11 +114,12 @@ def _recalibrate(model: nn.Module, train_x: torch.Tensor, cfg: TrainConfig, n: i
 def finetune(cfg: TrainConfig) -> dict:
     """Fine-tune ``cfg.model.checkpoint`` on ``cfg.data``; returns the results."""
     fc: FinetuneConfig = cfg.model
+    if not fc.checkpoint:
+        raise SpnasError("--checkpoint is required: a child checkpoint (or its run folder), or a "
+                         "supernet checkpoint with --arch")
     if fc.freeze_epochs < 0 or fc.freeze_epochs > cfg.optim.epochs:
         raise SpnasError(f"--freeze_epochs must be 0..{cfg.optim.epochs} (--epochs), "
                          f"got {fc.freeze_epochs}")
-    if fc.dropout is not None and not 0.0 <= fc.dropout < 1.0:
-        raise SpnasError(f"--dropout must be in [0, 1), got {fc.dropout}")
     if fc.freeze_epochs and world_size() > 1:  # before any data is loaded
         raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
     src = load_source(fc)

@@ -180,8 +180,6 @@ def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: T
 def retrain(cfg: TrainConfig) -> dict:
     """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
     rc: RetrainConfig = cfg.model
-    if not 0.0 <= rc.dropout < 1.0:
-        raise SpnasError(f"--dropout must be in [0, 1), got {rc.dropout}")
     arch = load_arch(rc, cfg.data)
     dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}

@@ -16,10 +16,11 @@ records carry ``ce`` and ``latency``; ``decisions`` records the arch every
 latency, and its measured latency when the table was measured on this kind
 of device) and two plots.
 
-Two recipes (``cli.superkernel.RECIPES``) set the rest: ``spnas`` (SGD with
+Two recipes (``config.RECIPES``) set the rest: ``spnas`` (SGD with
 cosine decay, thresholds at 100x the lr without decay, gates on activations)
 and ``paper``, the official code's: TF1's RMSProp (``RMSpropTF``) at a
-constant lr decayed 0.97 every 2.4 epochs (``staircase``), the latency term
+constant lr decayed 0.97 every 2.4 epochs (the staircase of ``train.lr_at``:
+``schedule="constant"``, ``decay_factor=0.97``), the latency term
 lambda x 1e3 x ln R (``lam_scale``), L2 on every non-BN variable, rescaled gate
 dropout, the official init and BN, and an EMA of the weights for evaluation
 (``TfEma``).
@@ -27,9 +28,7 @@ dropout, the official init and BN, and an EMA of the weights for evaluation
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -44,17 +43,7 @@ from .runlog import RunLog
 from .runtime import torch_threads
 from .spaces import build_child
 from .spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from .train import (
-    Task,
-    Trainer,
-    build_transform,
-    lr_at,
-    param_groups,
-    place,
-    run_dir_for,
-    start_run,
-    train_loader,
-)
+from .train import Task, Trainer, build_transform, param_groups, place, run_dir_for, start_run, train_loader
 
 FORMULAS = ("paper", "exact")
 
@@ -177,34 +166,9 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-def staircase_factor(step: int, steps_per_epoch: int, factor: float, every_epochs: float) -> float:
-    """TF's ``exponential_decay(staircase=True)``: factor ** floor(step / (every x steps/epoch))."""
-    return factor ** math.floor(step / (every_epochs * steps_per_epoch))
-
-
-def add_staircase(opt: torch.optim.Optimizer, steps_per_epoch: int, factor: float,
-                  every_epochs: float) -> torch.optim.Optimizer:
-    """Multiply the lr the Trainer sets by ``staircase_factor`` of the step, at every step.
-
-    The step count lives in the param groups (``staircase_step``), so it is saved and
-    restored with the optimizer's state: a resumed run continues the staircase exactly.
-    """
-    def before(o, args, kwargs):
-        for g in o.param_groups:
-            g["lr"] *= staircase_factor(g.setdefault("staircase_step", 0), steps_per_epoch,
-                                        factor, every_epochs)
-
-    def after(o, args, kwargs):
-        for g in o.param_groups:
-            g["staircase_step"] += 1
-
-    opt.register_step_pre_hook(before)
-    opt.register_step_post_hook(after)
-    return opt
-
-
-def optimizer_factory(sk: SuperkernelConfig, steps_per_epoch: int):
-    """The Task's ``make_optimizer``: SGD or ``RMSpropTF``, with the staircase when asked."""
+def optimizer_factory(sk: SuperkernelConfig, steps_per_epoch: int | None = None):
+    """The Task's ``make_optimizer``: SGD or ``RMSpropTF``. (The lr of every step, the
+    paper recipe's staircase included, is ``train.lr_at``'s: a pure function of the step.)"""
     def make(groups: list[dict], o: OptimConfig) -> torch.optim.Optimizer:
         if sk.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
@@ -214,23 +178,8 @@ def optimizer_factory(sk: SuperkernelConfig, steps_per_epoch: int):
                             momentum=o.momentum)
         else:
             raise SpnasError(f"--optimizer must be sgd or rmsprop_tf, got {sk.optimizer!r}")
-        if sk.lr_decay_factor is not None:
-            add_staircase(opt, steps_per_epoch, sk.lr_decay_factor, sk.lr_decay_epochs)
         return opt
     return make
-
-
-def scale_lr(cfg: TrainConfig, world: int) -> tuple[TrainConfig, str]:
-    """``cfg`` with lr and min_lr scaled from ``lr_batch`` images to the global batch (linear)."""
-    sk: SuperkernelConfig = cfg.model
-    if sk.lr_batch is None:
-        return cfg, ""
-    o, batch = cfg.optim, cfg.optim.batch_size * world
-    f = batch / sk.lr_batch
-    optim = dataclasses.replace(o, lr=o.lr * f, min_lr=o.min_lr * f)
-    note = (f"lr: {o.lr:g} per {sk.lr_batch} images, scaled linearly to the batch of {batch}: "
-            f"{optim.lr:g}")
-    return dataclasses.replace(cfg, optim=optim, model=dataclasses.replace(sk, lr_batch=None)), note
 
 
 class TfEma:
@@ -294,7 +243,7 @@ def _describe(table: LatencyTable, path: str | None) -> str:
 class _Decisions:
     """Appends the arch the thresholds select to metrics.jsonl every ``every`` steps.
 
-    Its first call also logs ``notes`` (which latency table is used, the lr scaling):
+    Its first call also logs ``notes`` (which latency table is used):
     only then is the run folder known to be this run's (the Trainer refuses a used one).
     """
 
@@ -322,19 +271,15 @@ def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, tot
     """The superkernel search as a ``Task`` for the ``Trainer``."""
     sk: SuperkernelConfig = cfg.model
     warm = round(sk.warmup_frac * total)
-    latency = LatencyModel(table, sk.formula)
+    latency = LatencyModel(table, sk.latency_formula)
     smoothing, lam = cfg.optim.label_smoothing, sk.lam * sk.lam_scale
 
     def forward(m, x, step):
         return m(x, keep_prob=sk.keep_prob if step < warm else 1.0, rescale=sk.gate_dropout_rescale)
 
-    def applied_lr(step):  # the staircase multiplies the Trainer's lr; logged as "lr"
-        return torch.tensor(lr_at(step, total, cfg.optim, steps_per_epoch) * staircase_factor(
-            step, steps_per_epoch, sk.lr_decay_factor, sk.lr_decay_epochs), dtype=torch.float64)
-
     def loss(logits, labels, step):
         ce = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-        extra = {"ce": ce} if sk.lr_decay_factor is None else {"ce": ce, "lr": applied_lr(step)}
+        extra = {"ce": ce}
         if step < warm:
             with torch.no_grad():
                 extra["latency"] = latency(model.gates())
@@ -376,13 +321,17 @@ def make_validator(splits, cfg: TrainConfig, device: torch.device, table: Latenc
     return validate
 
 
+def search_layout(cfg: TrainConfig) -> str:
+    """``layout``, or by default the one the images need: imagenet with --resize, else cifar."""
+    return cfg.model.layout or ("imagenet" if cfg.data.resize else "cifar")
+
+
 def search(cfg: TrainConfig) -> dict:
     """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
     dist_info, device, splits = start_run(cfg)
-    cfg, lr_note = scale_lr(cfg, dist_info.world)
     sk: SuperkernelConfig = cfg.model
     num_classes = len(splits.classes)
-    space = mbconv_space(sk.layout)
+    space = mbconv_space(search_layout(cfg))
     model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at, sk.bn_eps,
                                  sk.bn_momentum, sk.init), device, cfg.run.channels_last)
     ema = TfEma(model, sk.ema_decay) if sk.ema_decay > 0 else None
@@ -394,7 +343,7 @@ def search(cfg: TrainConfig) -> dict:
     notes = RunLog(run_dir, enabled=dist_info.main)
     validate = make_validator(splits, cfg, device, table, None if ema is None else ema.deploy)
     task = build_task(model, table, cfg, total, spe, validate, notes, ema,
-                      (lr_note,) if lr_note else ())
+                      )
     result = Trainer(task, loader, cfg, run_dir, dist_info).fit()
     if not dist_info.main:
         return result
@@ -417,7 +366,7 @@ def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result:
     sk: SuperkernelConfig = cfg.model
     arch = model.decode()
     metrics = {"latency": table.predict(arch), "latency_unit": table.unit,
-               "formula_latency": LatencyModel(table, sk.formula).of_arch(arch),
+               "formula_latency": LatencyModel(table, sk.latency_formula).of_arch(arch),
                "supernet_val_acc": result.get("val_acc"), "steps": result["step"]}
     measured = _measure(arch, table, model.num_classes)
     if measured is not None:
@@ -426,7 +375,7 @@ def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result:
                 "lam_scale": sk.lam_scale,
                 "target_latency": sk.target_latency, "target_unit": sk.target_unit,
                 "latency_table": sk.latency_table or "macs", "table_device": table.device_name,
-                "formula": sk.formula, "mask_at": sk.mask_at, "seed": cfg.run.seed}
+                "formula": sk.latency_formula, "mask_at": sk.mask_at, "seed": cfg.run.seed}
     arch.save(run_dir / "arch.json", found_by=found_by, metrics=metrics)
     plots = plot_search(run_dir, table.unit, warm, sk.target_latency)
     log.info(f"found {arch}")

@@ -10,6 +10,8 @@ uninterrupted run would have.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -33,7 +35,17 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .config import DataConfig, OptimConfig, RunConfig, TrainConfig, derive_seed
+from .config import (
+    RESUMABLE,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    derive_seed,
+    plain_folder_name,
+    refuse_changes,
+    resume_changes,
+)
 from .data import Splits, load_dataset, make_splits
 from .errors import SpnasError
 from .evaluation import autocast
@@ -42,16 +54,43 @@ from .runlog import RunLog, check_run_dir, lock_run_dir
 
 # ---- schedule ------------------------------------------------------------------------
 def lr_at(step: int, total: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of ``total``."""
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``: a pure function of
+    the step, so a resumed run continues its schedule exactly.
+
+    A linear warm-up from 0 over ``warmup_epochs``, then ``schedule`` (cosine or linear
+    from lr to min_lr, or constant), times the staircase ``decay_factor ** floor(step /
+    (decay_epochs x steps_per_epoch))`` when ``decay_factor`` is set.
+    """
     warm = round(cfg.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
     frac = (step - warm) / max(total - warm, 1)
-    if cfg.schedule == "cosine":
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
-    if cfg.schedule == "linear":
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - frac)
-    raise SpnasError(f"unknown --schedule {cfg.schedule!r}; use cosine or linear")
+    if step < warm:
+        lr = cfg.lr * (step + 1) / warm
+    elif cfg.schedule == "cosine":
+        lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
+    elif cfg.schedule == "linear":
+        lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - frac)
+    elif cfg.schedule == "constant":
+        lr = cfg.lr
+    else:
+        raise SpnasError(f"unknown --schedule {cfg.schedule!r}; use cosine, linear or constant")
+    if cfg.decay_factor is not None:
+        lr *= cfg.decay_factor ** math.floor(step / (cfg.decay_epochs * steps_per_epoch))
+    return lr
+
+
+def effective_optim(o: OptimConfig, world: int = 1) -> tuple[OptimConfig, str]:
+    """``o`` with lr and min_lr scaled linearly from ``lr_batch`` images to the global batch
+    (``batch_size x world``), and the log line saying so ("" when ``lr_batch`` is None).
+
+    The run's config keeps the settings as given; the Trainer schedules with these.
+    """
+    if o.lr_batch is None:
+        return o, ""
+    batch = o.batch_size * world
+    f = batch / o.lr_batch
+    scaled = dataclasses.replace(o, lr=o.lr * f, min_lr=o.min_lr * f, lr_batch=None)
+    return scaled, (f"lr: {o.lr:g} per {o.lr_batch} images, scaled linearly to the batch of "
+                    f"{batch}: {scaled.lr:g}")
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
@@ -191,7 +230,7 @@ def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
     dist_info, device = init_distributed(cfg.run.device)
     cfg.data.data_path = os.path.abspath(os.path.expanduser(cfg.data.data_path))
     run_dir = run_dir_for(cfg.run)
-    lock = rank0_first(lambda: lock_run_dir(run_dir, cfg.run.resume), dist_info, device)
+    lock = rank0_first(lambda: open_run_dir(run_dir, cfg), dist_info, device)
     try:
         setup_torch(cfg.run, device)
         splits = load_splits(cfg.data, cfg.run.seed)
@@ -203,6 +242,43 @@ def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
         weakref.finalize(splits, lock.release)
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
     return dist_info, device, splits
+
+
+def open_run_dir(run_dir: Path, cfg: TrainConfig):
+    """Check and lock ``run_dir`` for ``cfg``'s run; a resume must keep the run's settings."""
+    lock = lock_run_dir(run_dir, cfg.run.resume)
+    try:
+        check_resume(cfg, run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
+    """Refuse a resume whose settings differ from the run's ``config.json`` outside
+    ``config.RESUMABLE`` (naming each); return the allowed changes, to be logged."""
+    path = run_dir / "config.json"
+    if not cfg.run.resume or not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SpnasError(f"{path} is unreadable ({e}); it records the run's settings, "
+                         "so the run can't be resumed safely") from None
+    refused, allowed = resume_changes(cfg, saved)
+    refuse_changes(refused, run_dir)
+    return allowed
+
+
+def recorded_config(cfg: TrainConfig) -> dict:
+    """The config a run folder records: ``resume`` and ``stop_after`` are what one command
+    did, not settings of the run (``config.PER_COMMAND``), so they are stored as false and
+    none: a run folder's config.json starts a whole new run, and a resume runs to the end
+    unless it is given --stop_after again."""
+    d = cfg.to_dict()
+    d["run"].update(resume=False, stop_after=None)
+    return d
 
 
 def rank0_first(fn: Callable[[], object], dist_info: Dist, device: torch.device):
@@ -274,7 +350,8 @@ class Trainer:
                  dist_info: Dist = Dist()):
         self.task, self.loader, self.cfg, self.dir, self.dist = task, loader, cfg, run_dir, dist_info
         self.log = RunLog(run_dir, enabled=dist_info.main)
-        o = cfg.optim
+        o, self.lr_note = effective_optim(cfg.optim, dist_info.world)  # lr_batch scaled
+        self.optim = o
         self.opt = task.make_optimizer(task.param_groups, o) if task.make_optimizer else \
             torch.optim.SGD(task.param_groups, lr=o.lr, momentum=o.momentum,
                             nesterov=o.nesterov and o.momentum > 0)
@@ -293,7 +370,8 @@ class Trainer:
                 "model": shipped.state_dict(),
                 "train_model": None if t.deploy is None else t.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step,
-                "epoch": self.step // self.loader.steps_per_epoch, "config": self.cfg.to_dict(),
+                "epoch": self.step // self.loader.steps_per_epoch,
+                "config": recorded_config(self.cfg),
                 "rng": {"seed": self.cfg.run.seed, **rng_state()},
                 "metrics": {"best": self.best, "select": t.select, **self.last_val},
                 "extra": t.extra_state()}
@@ -332,13 +410,18 @@ class Trainer:
             load_model_state(t.model, trained, ckpt["path"])
 
     def _prepare_run_dir(self) -> None:
+        """Resume (same settings as the run's config.json, but for ``RESUMABLE`` ones,
+        which are logged) or start fresh; then record the config."""
         if self.cfg.run.resume:
+            changes = check_resume(self.cfg, self.dir)
             self.restore()
+            for change in changes:
+                self.log.info(f"resume: {change}; allowed ({', '.join(RESUMABLE[:-1])})")
         else:
             check_run_dir(self.dir, resume=False)
         if self.dist.main:
-            import json
-            atomic_write_text(self.dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(self.dir / "config.json",
+                              json.dumps(recorded_config(self.cfg), indent=2) + "\n")
 
     # -- the loop
     def fit(self) -> dict:
@@ -352,6 +435,8 @@ class Trainer:
         end = min(self.total, run.stop_after or self.total)
         self.log.info(f"{self.task.kind}: {self.total} steps ({self.cfg.optim.epochs} epochs x "
                       f"{spe}), batch {self.loader.batch_size}, device {self.device}, run {self.dir}")
+        if self.lr_note:
+            self.log.info(self.lr_note)
         self.log.progress(self.total, self.step)
         window = _Window(self.device)
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -361,7 +446,7 @@ class Trainer:
                 step = self.step
                 epoch, i = divmod(step, spe)
                 images, labels = self.loader.batch(epoch, i)
-                lr = lr_at(step, self.total, self.cfg.optim, spe)
+                lr = lr_at(step, self.total, self.optim, spe)
                 for g in self.opt.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
                 torch.manual_seed(derive_seed(run.seed, "step", step))
@@ -524,10 +609,9 @@ class _Window:
 
 def check_exp_name(name: str) -> None:
     """A run folder's name is one plain folder name: it can't leave, or be, --save_path."""
-    seps = [s for s in (os.sep, os.altsep, "/") if s]
-    if not name or name in (".", "..") or any(s in name for s in seps) or "\0" in name:
-        raise SpnasError(f"--exp_name {name!r} must be a plain folder name (not empty, no "
-                         "'/', not '.' or '..'); the run folder is --save_path/--exp_name")
+    problem = plain_folder_name(name)
+    if problem:
+        raise SpnasError(f"--exp_name {problem}")
 
 
 def run_dir_for(run: RunConfig) -> Path:

@@ -61,12 +61,17 @@ def test_truncated_checkpoint_is_a_one_line_error(fake_cifar, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value, message", [
+    ("--layers", 5, "--layers 5 differs from the run's 4 (config.json)"),
+    ("--num_choices", 2, "--num_choices 2 differs from the run's 4 (config.json)"),
+    # without config.json, the checkpoint's own space refuses it
     ("--layers", 5, "is for spos/cifar, 4 layers with 4 choices, but this run uses spos/cifar, 5 layers"),
     ("--num_choices", 2, "with 4 choices, but this run uses spos/cifar, 4 layers with 2 choices"),
 ])
 def test_checkpoint_of_another_space_is_refused(fake_cifar, tmp_path, capsys, flag, value, message):
     assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1})) == 0
     capsys.readouterr()
+    if "config.json" not in message:
+        (tmp_path / "a" / "config.json").unlink()
     assert main(train_argv(fake_cifar, tmp_path, "a", **{flag: value, "--resume": None})) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]

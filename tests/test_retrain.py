@@ -111,7 +111,7 @@ def test_evaluation_numbers_equal_a_direct_computation(run, data, tmp_path):
     assert sum(map(sum, r["confusion"])) == len(y)
 
 
-def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch):
+def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch, capsys):
     real_batch = DeviceLoader.batch
 
     def crash_at_step_5(self, epoch, i):
@@ -130,8 +130,9 @@ def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch):
         assert all(torch.equal(full[key][k], part[key][k]) for k in full[key]), key
     w = "layers.0.main.0.0.weight"
     assert not torch.equal(full["model"][w], full["train_model"][w])  # the EMA is shipped
-    no_ema = {"--resume": None, "--ema": False}
-    assert main(retrain_argv(data, save, "part", **no_ema)) == 2  # refused: same flags
+    no_ema = {"--resume": None, "--ema": False, "--no-ema": None}
+    assert main(retrain_argv(data, save, "part", **no_ema)) == 2  # refused: same settings
+    assert "--no-ema differs from the run's --ema (config.json)" in capsys.readouterr().err
 
 
 def test_profile_counts_match_the_per_layer_cost_table():

@@ -10,10 +10,10 @@ import torch
 from spnas.arch import Arch
 from spnas.checkpoint import load_checkpoint
 from spnas.cli import build_parser, main
-from spnas.cli.flags import train_config
-from spnas.cli.superkernel import RECIPES, apply_recipe, superkernel_config
-from spnas.config import SuperkernelConfig
+from spnas.cli.superkernel import RECIPES, superkernel_config
+from spnas.config import SuperkernelStage, superkernel_recipe
 from spnas.cost import LatencyTable, count_macs, macs_latency_table
+from spnas.fields import to_flat
 from spnas.runlog import RunLog, read_metrics
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
@@ -24,10 +24,9 @@ from spnas.superkernel import (
     build_task,
     latency_penalty,
     optimizer_factory,
-    scale_lr,
     search_param_groups,
 )
-from spnas.train import lr_at
+from spnas.train import effective_optim, lr_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -175,7 +174,7 @@ def test_search_with_a_measured_table_and_a_target(fake_cifar, tmp_path):
     ({"--target_latency_ms": 5}, "--target_latency_ms needs a table in ms"),
     ({"--latency_table": "missing.json"}, "latency table missing.json not found"),
     ({"--layout": "cifar", "--latency_table": "TABLE"}, "is for mbconv/imagenet, 20 layers"),
-    ({"--keep_prob": 1.5}, "--keep_prob in (0, 1]"),
+    ({"--keep_prob": 1.5}, "--keep_prob must be in (0, 1], got 1.5"),
 ])
 def test_bad_search_flags_are_one_line_errors(fake_cifar, tmp_path, capsys, over, message):
     synthetic_table().save(tmp_path / "table.json")
@@ -189,8 +188,7 @@ def test_bad_search_flags_are_one_line_errors(fake_cifar, tmp_path, capsys, over
 # ---- the recipes ---------------------------------------------------------------------------
 def configs(*flags: str):
     """(TrainConfig) of ``spnas superkernel FLAGS`` with the recipe applied, as the CLI does."""
-    args = apply_recipe(build_parser().parse_args(["superkernel", *flags]))
-    return train_config(args, superkernel_config(args))
+    return superkernel_config(build_parser().parse_args(["superkernel", *flags]))
 
 
 def tiny_groups():
@@ -199,15 +197,17 @@ def tiny_groups():
 
 
 def applied_lrs(cfg, steps_per_epoch: int, steps: list[int]) -> dict[int, float]:
-    """The lr each step is taken with, driving the Task's optimizer as the Trainer does."""
-    opt = optimizer_factory(cfg.model, steps_per_epoch)(tiny_groups(), cfg.optim)
-    total, seen = cfg.optim.epochs * steps_per_epoch, {}
-    def record(o, args, kwargs):  # registered after the staircase's hook: sees its lr
-        seen[len(seen)] = o.param_groups[0]["lr"]
+    """The lr each step is taken with, driving the Task's optimizer as the Trainer does
+    (lr_batch scaled to the batch, one process)."""
+    o, _ = effective_optim(cfg.optim, world=1)
+    opt = optimizer_factory(cfg.model)(tiny_groups(), o)
+    total, seen = o.epochs * steps_per_epoch, {}
+    def record(opt, args, kwargs):
+        seen[len(seen)] = opt.param_groups[0]["lr"]
     opt.register_step_pre_hook(record)
     for step in range(max(steps) + 1):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total, cfg.optim, steps_per_epoch) * g.get("lr_scale", 1.0)
+            g["lr"] = lr_at(step, total, o, steps_per_epoch) * g.get("lr_scale", 1.0)
             for p in g["params"]:
                 p.grad = torch.ones_like(p)
         opt.step()
@@ -219,14 +219,12 @@ def test_stage_defaults_are_the_papers_in_both_recipes():
         cfg = configs("--recipe", recipe)
         sk = cfg.model
         assert (cfg.optim.epochs, sk.warmup_frac, sk.keep_prob) == (8, 0.625, 0.6)
-        assert (cfg.optim.label_smoothing, sk.dropout, sk.formula) == (0.1, 0.2, "paper")
-    # the dataclass defaults are the spnas recipe (one set of defaults)
-    sk, spnas = SuperkernelConfig(), RECIPES["spnas"]
-    for f in dataclasses.fields(SuperkernelConfig):
-        key = "latency_formula" if f.name == "formula" else f.name
-        if key in spnas:
-            assert getattr(sk, f.name) == spnas[key], f.name
+        assert (cfg.optim.label_smoothing, sk.dropout, sk.latency_formula) == (0.1, 0.2, "paper")
+    # the dataclass defaults are the spnas recipe (one set of defaults), every key a setting
+    defaults, spnas = to_flat(SuperkernelStage()), RECIPES["spnas"]
+    assert {k: defaults[k] for k in spnas} == spnas
     assert set(RECIPES["paper"]) == set(spnas)
+    assert to_flat(superkernel_recipe("paper")) == to_flat(configs("--recipe", "paper"))
 
 
 def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
@@ -234,13 +232,14 @@ def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
     sk, o = cfg.model, cfg.optim
     assert sk.recipe == "paper" and (sk.lam, sk.lam_scale) == (0.02, 1000.0)
     # optimizer: TF1 RMSProp, decay 0.9, momentum 0.9, eps 1e-3
-    opt = optimizer_factory(sk, 10)(tiny_groups(), o)
+    opt = optimizer_factory(sk)(tiny_groups(), o)
     assert type(opt) is RMSpropTF and (o.momentum, sk.rmsprop_alpha, sk.rmsprop_eps) == (0.9, 0.9, 1e-3)
     # lr 0.064 per 1024 images, scaled to 256 (0.016, the official base lr), constant, x0.97
     # every 2.4 epochs (staircase): at 10 steps/epoch, steps 0-23 x1, 24-47 x0.97, 48- x0.97^2
-    scaled, _ = scale_lr(cfg, world=1)
-    assert scaled.optim.lr == pytest.approx(0.016) and scaled.model.lr_batch is None
-    lrs = applied_lrs(scaled, 10, [0, 23, 24, 47, 48, 79])
+    scaled, note = effective_optim(o, world=1)
+    assert scaled.lr == pytest.approx(0.016) and scaled.lr_batch is None and "1024" in note
+    assert o.lr == 0.064 and o.lr_batch == 1024  # the config keeps the settings as given
+    lrs = applied_lrs(cfg, 10, [0, 23, 24, 47, 48, 79])
     assert [lrs[s] / 0.016 for s in (0, 23, 24, 47, 48, 79)] == pytest.approx(
         [1, 1, 0.97, 0.97, 0.97 ** 2, 0.97 ** 3])
     torch.manual_seed(0)
@@ -262,7 +261,7 @@ def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
     # the Task: dropout rescaled in warm-up only, lambda x 1e3 x ln R after it, an EMA evaluated
     table = synthetic_table()
     ema = TfEma(net, sk.ema_decay)
-    task = build_task(net, table, scaled, 80, 10, lambda m, s: {}, RunLog(tmp_path), ema)
+    task = build_task(net, table, cfg, 80, 10, lambda m, s: {}, RunLog(tmp_path), ema)
     calls = []
     task.forward(lambda x, **kw: calls.append(kw), None, 49)
     task.forward(lambda x, **kw: calls.append(kw), None, 50)
@@ -271,7 +270,7 @@ def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
     loss, extra = task.loss(logits, labels, 50)
     r = LatencyModel(table, "paper")(net.gates())
     assert loss.item() == pytest.approx(extra["ce"].item() + 0.02 * 1e3 * math.log(r.item()), rel=1e-6)
-    assert extra["lr"].item() == pytest.approx(0.016 * 0.97 ** 2)
+    assert lr_at(50, 80, scaled, 10) == pytest.approx(0.016 * 0.97 ** 2)
     assert task.deploy is ema.deploy and sk.ema_decay == 0.9999
     assert ema.decay_at(0) == pytest.approx(2 / 11) and ema.decay_at(10 ** 6) == 0.9999
 
@@ -279,14 +278,14 @@ def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
 def test_spnas_recipe_keeps_its_choices_and_explicit_flags_override_a_recipe():
     cfg = configs()
     sk, o = cfg.model, cfg.optim
-    assert (sk.recipe, sk.optimizer, sk.lr_decay_factor, sk.lr_batch, sk.ema_decay) == \
+    assert (sk.recipe, sk.optimizer, o.decay_factor, o.lr_batch, sk.ema_decay) == \
         ("spnas", "sgd", None, None, 0.0)
     assert (o.lr, o.schedule, o.weight_decay, sk.threshold_lr_scale, sk.threshold_weight_decay) == \
         (0.05, "cosine", 4e-5, 100.0, 0.0)
     assert (sk.lam, sk.lam_scale, sk.gate_dropout_rescale, sk.mask_at, sk.init) == \
         (0.1, 1.0, False, "activation", "spnas")
     assert (sk.bn_eps, sk.bn_momentum, sk.weight_decay_on) == (1e-5, 0.1, "weights")
-    opt = optimizer_factory(sk, 10)(tiny_groups(), o)
+    opt = optimizer_factory(sk)(tiny_groups(), o)
     assert type(opt) is torch.optim.SGD
     lrs = applied_lrs(cfg, 10, [0, 30, 79])  # cosine over 80 steps, to 0
     cosine = [0.05 * 0.5 * (1 + math.cos(math.pi * s / 80)) for s in (0, 30, 79)]
@@ -313,22 +312,19 @@ def test_rmsprop_tf_is_tf1s_update_rule():
         torch.testing.assert_close(w.detach(), ref_w)
 
 
-def test_staircase_resumes_from_the_optimizer_state():
-    cfg = configs("--recipe", "paper")
-    make = optimizer_factory(cfg.model, 10)
-    opt = make(tiny_groups(), cfg.optim)
-    for _ in range(30):
-        for g in opt.param_groups:
-            g["lr"] = 1.0
-            for p in g["params"]:
-                p.grad = torch.zeros_like(p)
-        opt.step()
-    again = make(tiny_groups(), cfg.optim)
-    again.load_state_dict(opt.state_dict())
-    for g in again.param_groups:
-        g["lr"] = 1.0
-    again.step()
-    assert again.param_groups[0]["lr"] == pytest.approx(0.97)  # step 30 of 24-47
+def test_staircase_and_constant_schedule_are_pure_functions_of_the_step():
+    """lr_at holds the paper's schedule (constant x 0.97 every 2.4 epochs, staircase), so a
+    resumed run, whose step comes back from last.pt, continues it exactly; no optimizer state."""
+    o, _ = effective_optim(configs("--recipe", "paper").optim)
+    assert (o.schedule, o.decay_factor, o.decay_epochs) == ("constant", 0.97, 2.4)
+    lrs = [lr_at(s, 80, o, 10) for s in range(80)]
+    assert lrs[:24] == [o.lr] * 24 and lrs[24] == pytest.approx(o.lr * 0.97)
+    assert lrs[30] == pytest.approx(o.lr * 0.97) and lrs[79] == pytest.approx(o.lr * 0.97 ** 3)
+    cosine = configs().optim  # the staircase multiplies any schedule, the warm-up included
+    stair = dataclasses.replace(cosine, decay_factor=0.5, decay_epochs=1.0, warmup_epochs=1.0)
+    for s in (0, 9, 10, 25, 39):
+        plain = lr_at(s, 40, dataclasses.replace(stair, decay_factor=None), 10)
+        assert lr_at(s, 40, stair, 10) == pytest.approx(plain * 0.5 ** (s // 10))
 
 
 def _flat_yaml(path):
@@ -356,9 +352,11 @@ def _flat_yaml(path):
 @pytest.mark.parametrize("recipe", ["spnas", "paper"])
 def test_recipe_files_match_the_preset_table(recipe):
     path = Path(__file__).resolve().parents[1] / "recipes" / f"superkernel_{recipe}.yaml"
-    assert _flat_yaml(path) == RECIPES[recipe]
+    assert _flat_yaml(path) == {"recipe": recipe, **RECIPES[recipe]}
     yaml = pytest.importorskip("yaml")
-    assert yaml.safe_load(path.read_text()) == RECIPES[recipe]
+    assert yaml.safe_load(path.read_text()) == {"recipe": recipe, **RECIPES[recipe]}
+    # a valid --config: the same settings as --recipe
+    assert to_flat(configs("--config", str(path))) == to_flat(configs("--recipe", recipe))
 
 
 def test_search_with_the_paper_recipe(fake_cifar, tmp_path):
@@ -371,8 +369,8 @@ def test_search_with_the_paper_recipe(fake_cifar, tmp_path):
     del argv[i:i + 2]
     assert main(argv) == 0
     run = tmp_path / "p"
-    config = json.loads((run / "config.json").read_text())
-    assert config["optim"]["lr"] == pytest.approx(0.064 * 8 / 1024)
+    config = json.loads((run / "config.json").read_text())  # the settings as given
+    assert (config["optim"]["lr"], config["optim"]["lr_batch"]) == (0.064, 1024)
     assert config["model"]["recipe"] == "paper" and config["model"]["optimizer"] == "rmsprop_tf"
     train = {r["step"]: r for r in read_metrics(run) if r["type"] == "train"}
     assert train[5]["lr"] == pytest.approx(0.0005) and train[6]["lr"] == pytest.approx(0.0005 * 0.97)
@@ -385,3 +383,21 @@ def test_search_with_the_paper_recipe(fake_cifar, tmp_path):
     assert ema.layers[0].dw[1].eps == 1e-3
     key = "layers.0.dw.0.weight"
     assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
+
+
+def test_the_paper_recipe_resumes_exactly_across_a_staircase_step(fake_cifar, tmp_path):
+    """Stopped at step 3 and resumed (same flags): the same lrs (x0.97 from step 6 on),
+    losses and weights as the run that was never stopped."""
+    over = {"--recipe": "paper", "--epochs": 3, "--num_steps": 2, "--warmup_frac": 0.5,
+            "--lam": 0.02}
+    assert main(search_argv(fake_cifar, tmp_path, "full", **over)) == 0
+    assert main(search_argv(fake_cifar, tmp_path, "part", **over, **{"--stop_after": 3})) == 0
+    assert main(search_argv(fake_cifar, tmp_path, "part", **over, **{"--resume": None})) == 0
+    full, part = ({r["step"]: (r["lr"], r["loss"]) for r in read_metrics(tmp_path / name)
+                   if r["type"] == "train"} for name in ("full", "part"))
+    assert part == full and sorted(full) == [1, 2, 3, 4, 5, 6]
+    assert full[6][0] == pytest.approx(full[5][0] * 0.97)
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("full", "part"))
+    assert all(torch.equal(a[key][k], b[key][k]) for key in ("model", "train_model")
+               for k in a[key])
+

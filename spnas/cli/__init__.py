@@ -4,8 +4,11 @@ A user mistake (``SpnasError``) prints one line, ``spnas: error: ...``, and
 exits with status 2; no stack trace. The subcommands' flags live in this
 package by stage: ``spos`` (train, search, latency-table), ``networks``
 (retrain, finetune, evaluate, profile, export), ``superkernel``, ``curves``,
-``reference`` (import-reference);
-``flags`` holds the groups they share.
+``reference`` (import-reference). The flags of the stages (train, retrain,
+finetune, superkernel, search, latency-table) are generated from their
+dataclasses in ``config`` by ``generate``, with ``--config FILE`` and, for
+training, ``--resume`` taking the run's config.json back; ``flags`` holds the
+checks of the hand-written ones.
 """
 from __future__ import annotations
 

@@ -2,72 +2,49 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from ..config import DataConfig, FinetuneConfig, RetrainConfig, from_namespace
+from ..config import DataConfig, FinetuneStage, RetrainConfig, RetrainStage
 from ..data import DATASETS
 from ..errors import SpnasError
-from .flags import B, add_data_args, add_optim_args, add_run_args, check_positive, train_config
+from .flags import B, check_positive
+from .generate import add_config_args, config_from_args, default_paren
 
 
 def add_arch_args(g) -> None:
-    g.add_argument("--arch", required=True,
-                   help="arch file (.json), tokens ('k5 k3 x ...') or choice indices ('1,0,3,...')")
-    g.add_argument("--space", default="spos", choices=("spos",), help="space of an arch string")
-    g.add_argument("--layers", type=int, default=20, help="layers of that space")
-    g.add_argument("--num_choices", type=int, default=4, help="blocks per layer of that space")
+    """``spnas profile``'s network flags, with ``RetrainConfig``'s help and defaults."""
+    fields = {f.name: f for f in dataclasses.fields(RetrainConfig)}
+    d = RetrainConfig()
 
-
-def add_child_args(g, dropout: float | None) -> None:
-    g.add_argument("--dropout", type=float, default=dropout,
-                   help="dropout before the classifier" + ("" if dropout is not None
-                                                           else " (default: the checkpoint's)"))
-    g.add_argument("--ema", action="store_true",
-                   help="validate and ship an exponential moving average of the weights")
-    g.add_argument("--ema_decay", type=float, default=0.9998, help="EMA decay per step")
-    g.add_argument("--eval_batch", type=int, default=500, help="images per evaluation batch")
+    def text(name):
+        f = fields[name]
+        return f"{f.metadata['help']} {default_paren(getattr(d, name), f)}"
+    g.add_argument("--arch", required=True, help=text("arch"))
+    g.add_argument("--space", default=d.space, choices=fields["space"].metadata["choices"],
+                   help=text("space"))
+    g.add_argument("--layers", type=int, default=d.layers, help=text("layers"))
+    g.add_argument("--num_choices", type=int, default=d.num_choices, help=text("num_choices"))
 
 
 def add_retrain_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    add_data_args(p)
-    add_optim_args(p, epochs=200, lr=0.1, wd=5e-4, batch_size=128)
-    add_run_args(p, exp_name="retrain")
-    g = p.add_argument_group("network")
-    add_arch_args(g)
-    add_child_args(g, dropout=0.0)
-    return p
+    """Flags of ``spnas retrain``, generated from ``RetrainStage``."""
+    return add_config_args(p, RetrainStage(), titles={"model": "network"})
 
 
 def run_retrain(args: argparse.Namespace) -> dict:
     from ..retrain import retrain
-    check_positive(args, "eval_batch")
-    return retrain(train_config(args, from_namespace(RetrainConfig, args)))
+    return retrain(config_from_args(RetrainStage(), args))
 
 
 def add_finetune_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    add_data_args(p)
-    add_optim_args(p, epochs=30, lr=0.01, wd=5e-4, batch_size=128)
-    add_run_args(p, exp_name="finetune")
-    g = p.add_argument_group("fine-tuning")
-    g.add_argument("--checkpoint", required=True,
-                   help="child checkpoint (or run folder), or a supernet checkpoint with --arch")
-    g.add_argument("--arch", default=None, help="the path to take out of a supernet checkpoint")
-    g.add_argument("--freeze_epochs", type=int, default=0,
-                   help="first epochs with the backbone frozen (weights and BN statistics)")
-    g.add_argument("--backbone_lr_scale", type=float, default=1.0,
-                   help="backbone learning rate as a fraction of --lr once unfrozen")
-    g.add_argument("--recal_images", type=int, default=2048,
-                   help="training images for the BN statistics of a supernet path")
-    add_child_args(g, dropout=None)
-    return p
+    """Flags of ``spnas finetune``, generated from ``FinetuneStage``."""
+    return add_config_args(p, FinetuneStage(), titles={"model": "fine-tuning"})
 
 
 def run_finetune(args: argparse.Namespace) -> dict:
     from ..finetune import finetune
-    check_positive(args, "eval_batch", "recal_images")
-    if args.backbone_lr_scale < 0:
-        raise SpnasError(f"--backbone_lr_scale must be 0 or more, got {args.backbone_lr_scale}")
-    return finetune(train_config(args, from_namespace(FinetuneConfig, args)))
+    return finetune(config_from_args(FinetuneStage(), args))
 
 
 def add_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -123,7 +100,8 @@ def run_profile(args: argparse.Namespace) -> dict:
     check_positive(args, "classes", "resolution", "batch_size", "repeats")
     if args.warmup < 0:
         raise SpnasError(f"--warmup must be 0 or more, got {args.warmup}")
-    arch = load_arch(from_namespace(RetrainConfig, args), DataConfig(resize=args.resize))
+    arch = load_arch(RetrainConfig(arch=args.arch, space=args.space, layers=args.layers,
+                                   num_choices=args.num_choices), DataConfig(resize=args.resize))
     r = profile_arch(arch, args.classes, args.resolution, resolve_device(args.device),
                      args.batch_size, args.channels_last, args.amp, args.warmup, args.repeats)
     print(format_profile(r))

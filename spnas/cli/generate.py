@@ -1,0 +1,252 @@
+"""Command-line flags generated from the stage dataclasses, so the CLI and the API share one set of defaults.
+
+Every leaf field of a stage's config (``config.SupernetStage`` and the
+others) becomes ``--<name>``, in an argument group named after the
+sub-config that holds it (data, optimisation, run, ...). The field's type
+gives the flag's type (a bool becomes ``--x/--no-x``), its metadata (set by
+``fields.opt``) the help text, unit, choices and extra spellings, and the
+stage's default instance the default, which the help shows. Values are
+checked by the dataclasses themselves (``fields.Checked``), so
+``OptimConfig(batch_size=0)`` and ``--batch_size 0`` are the same one-line
+error. The flags record which of them the command line gave (``given``).
+
+``config_from_args`` builds the stage's config, each source over the one before:
+
+    defaults < recipe preset (--recipe) < the run's config.json (--resume)
+             < --config FILE < flags given on the command line
+
+``--config FILE`` is YAML or JSON, flat ``name: value`` or nested like a run
+folder's ``config.json``; an unknown name is a one-line error. With
+``--resume`` the run folder's own ``config.json`` comes back, so a resumed run
+needs no flag repeated; a given setting that differs from it is refused
+(``train.check_resume``) unless it is in ``config.RESUMABLE``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import RENAMED, RunConfig, plain_folder_name, saved_settings
+from ..errors import SpnasError
+from ..fields import base_type, coerce, flat_fields, from_flat, leaf_fields
+
+GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
+IGNORED_KEYS = {"model_type", "config"}  # written into config.json, not settings
+TITLES = {"data": "data", "optim": "optimisation", "run": "run", "model": "model",
+          "options": "options"}
+
+
+def mark_given(namespace: argparse.Namespace, *dests: str) -> None:
+    given = getattr(namespace, GIVEN, None)
+    if given is None:
+        given = set()
+        setattr(namespace, GIVEN, given)
+    given.update(dests)
+
+
+def given(args: argparse.Namespace) -> set[str]:
+    """The settings the command line gave explicitly (by dest)."""
+    return set(getattr(args, GIVEN, None) or ())
+
+
+class _Recorded:
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        mark_given(namespace, self.dest)
+
+
+class _Store(_Recorded, argparse._StoreAction):
+    pass
+
+
+class _Bool(_Recorded, argparse.BooleanOptionalAction):
+    pass
+
+
+def default_text(value, f: dataclasses.Field | None = None) -> str:
+    if f is not None and f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None or value == "" else str(value)
+
+
+def default_paren(value, f: dataclasses.Field | None = None, note: str | None = None) -> str:
+    """The help's '(default: 0.1)', '(default: 0.1; --recipe paper: 0.02)' or '(required)'."""
+    shown = default_text(value, f)
+    if shown == "required":
+        return "(required)"
+    return f"(default: {shown}{'; ' + note if note else ''})"
+
+
+def add_config_args(p: argparse.ArgumentParser, default, titles: dict | None = None,
+                    skip: tuple[str, ...] = (), notes: dict[str, str] | None = None
+                    ) -> argparse.ArgumentParser:
+    """One flag per leaf field of ``default`` (a stage config instance), grouped by sub-config
+    (or by the field's ``group``); ``titles`` maps a group to its title or (title,
+    description); ``notes`` adds text after a flag's default (e.g. another recipe's value)."""
+    titles = {**TITLES, **(titles or {})}
+    groups: dict[str, Any] = {}
+    for path, f, hint, value in leaf_fields(default):
+        if f.name in skip or f.metadata.get("cli") is False or "help" not in f.metadata:
+            continue
+        section = f.metadata.get("group") or (path[0] if len(path) > 1 else "options")
+        if section not in groups:
+            title = titles.get(section, section)
+            title, description = title if isinstance(title, tuple) else (title, None)
+            groups[section] = p.add_argument_group(title, description)
+        _add_flag(groups[section], f, hint, value, (notes or {}).get(f.name))
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML or JSON file of settings by these flags' names, flat or nested "
+                        "like a run folder's config.json (a valid input); flags given here win")
+    return p
+
+
+def _add_flag(g, f: dataclasses.Field, hint, value, note: str | None) -> None:
+    meta = f.metadata
+    unit = f" [{meta['unit']}]" if meta.get("unit") else ""
+    text = f"{meta.get('help', '')}{unit} {default_paren(value, f, note)}".strip()
+    names = [f"--{f.name}", *meta.get("flags", ())]
+    kind = base_type(hint)
+    kw: dict[str, Any] = {"dest": f.name, "default": value}
+    if kind is bool:
+        kw["action"] = _Bool
+    else:
+        kw["action"] = _Store
+        kw["type"] = meta.get("parse") or kind
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+    action = g.add_argument(*names, **kw)
+    action.help = text.replace("%", "%%")  # after: BooleanOptionalAction appends its own default
+
+
+def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the flags that ``argv`` gives (prefix matching is off everywhere).
+
+    The generated flags record this themselves (``given``); this reads an argv."""
+    found = set()
+    for action in parser._actions:  # argparse keeps no public list of them
+        for opt in action.option_strings:
+            if any(tok == opt or tok.startswith(opt + "=") for tok in argv):
+                found.add(action.dest)
+    return found
+
+
+# ---- settings files -------------------------------------------------------------------------
+def read_recipe(path: str | Path) -> dict:
+    """The mapping a YAML or JSON settings file holds, as written (sections kept).
+
+    PyYAML is imported only for .yaml/.yml files."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpnasError(f"{path}: cannot read it ({e.strerror or e}); give a YAML or JSON "
+                         "file") from None
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise SpnasError("reading YAML needs PyYAML (pip install pyyaml); or give JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SpnasError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise SpnasError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise SpnasError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A flat {name: value} dict from a YAML or JSON file (nested sections are flattened,
+    old names renamed, ``--weight-decay`` spellings read as ``weight_decay``)."""
+    flat = flat_fields(read_recipe(path), RENAMED)
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def _settings(default) -> dict[str, tuple]:
+    return {f.name: (f, hint) for _, f, hint, _ in leaf_fields(default)}
+
+
+def file_settings(path: str | Path, default, command: str | None = None) -> dict:
+    """The settings of ``--config path`` for the stage ``default``, typed; unknown names refused."""
+    data = read_recipe(path)
+    expected = type(getattr(default, "model", None)).__name__
+    if data.get("model_type") not in (None, expected) and hasattr(default, "model"):
+        raise SpnasError(f"--config {path} holds the settings of a {data['model_type']} run; this "
+                         f"command's are {expected}")
+    known = _settings(default)
+    values = {k: v for k, v in read_config_file(path).items() if k not in IGNORED_KEYS}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        where = f"'spnas {command}'" if command else "this command"
+        raise SpnasError(f"--config {path}: no setting named {', '.join(unknown)} for {where}; "
+                         "see --help for the settings")
+    return {k: coerce(k, v, *known[k]) for k, v in values.items()}
+
+
+def saved_run_settings(default, values: dict) -> dict:
+    """The settings in the run folder's ``config.json`` that ``values`` (merged so far) point
+    at, typed; {} when there is none to read (the trainer says why a resume can't go on)."""
+    run = getattr(default, "run", None)
+    if not isinstance(run, RunConfig):
+        return {}
+    exp_name = values.get("exp_name", run.exp_name)
+    if not isinstance(exp_name, str) or plain_folder_name(exp_name):
+        return {}  # the config's own check says what is wrong with it
+    path = Path(values.get("save_path", run.save_path)).expanduser() / exp_name / "config.json"
+    try:
+        saved = saved_settings(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+    known = _settings(default)
+    return {k: coerce(k, v, *known[k]) for k, v in saved.items() if k in known}
+
+
+# ---- the config of a command ---------------------------------------------------------------
+def stage_config(default, args: argparse.Namespace, given_dests: set[str] | None = None,
+                 saved: dict | None = None, file_values: dict | None = None,
+                 preset: dict | None = None, extra: dict | None = None):
+    """The stage config: defaults < preset < the run's saved config < --config file < explicit
+    flags (``given_dests``, by default those the command line gave) and ``extra`` (values of
+    hand-written flags)."""
+    known = _settings(default)
+    chosen = given(args) if given_dests is None else given_dests
+    values: dict[str, Any] = {}
+    for source in (preset, saved, file_values):
+        values.update(source or {})
+    values.update({k: getattr(args, k) for k in chosen if k in known})
+    values.update(extra or {})
+    return from_flat(default, values)
+
+
+def config_from_args(default, args: argparse.Namespace, presets: dict[str, dict] | None = None,
+                     extra: dict | None = None):
+    """The command's config from its parsed flags, ``--config`` file, recipe preset and, with
+    ``--resume``, the run's config.json (see the module docstring for the order)."""
+    known = _settings(default)
+    explicit = {k: getattr(args, k) for k in given(args) if k in known}
+    explicit.update(extra or {})
+    path = getattr(args, "config", None)
+    file_values = file_settings(path, default, getattr(args, "command", None)) if path else {}
+    wanted = {**file_values, **explicit}
+    saved = saved_run_settings(default, wanted) if wanted.get("resume") else {}
+    preset = None
+    if presets:
+        name = wanted.get("recipe") or saved.get("recipe") or default.model.recipe
+        if name not in presets:
+            raise SpnasError(f"--recipe must be one of {', '.join(presets)}, got {name!r}")
+        preset = {k: coerce(k, v, *known[k]) for k, v in {**presets[name], "recipe": name}.items()}
+    return stage_config(default, args, set(), saved, file_values, preset, explicit)

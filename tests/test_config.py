@@ -1,0 +1,288 @@
+"""One set of defaults: the stage dataclasses, their generated flags, --config files and resume.
+
+Every command's parsed defaults are its stage dataclass's; a bad value is the same
+one-line error from Python as from the flag; ``--config FILE`` (YAML, JSON, a run
+folder's config.json) sets settings under the flags given; ``--resume`` takes the
+run's config.json back and refuses a changed setting outside ``config.RESUMABLE``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, write_official
+from test_train import train_argv
+
+from spnas import config as C
+from spnas.cli import build_parser, main
+from spnas.cli.generate import config_from_args
+from spnas.cli.superkernel import superkernel_config
+from spnas.errors import SpnasError
+from spnas.fields import leaf_fields, to_flat
+
+STAGES = {"train": C.SupernetStage, "retrain": C.RetrainStage, "finetune": C.FinetuneStage,
+          "superkernel": C.SuperkernelStage, "search": C.SearchRunConfig,
+          "latency-table": C.LatencyConfig}
+
+
+def parse(command: str, *argv):
+    return build_parser().parse_args([command, *map(str, argv)])
+
+
+def config_of(command: str, *argv):
+    """The config ``spnas COMMAND ARGV`` runs with (nothing is run)."""
+    args = parse(command, *argv)
+    if command == "superkernel":
+        return superkernel_config(args)
+    return config_from_args(STAGES[command](), args)
+
+
+# ---- one set of defaults ------------------------------------------------------------------
+@pytest.mark.parametrize("command", STAGES)
+def test_parsed_defaults_are_the_stage_dataclass_defaults(command):
+    default, args = STAGES[command](), parse(command)
+    for path, f, _, value in leaf_fields(default):
+        if f.metadata.get("cli") is not False:
+            assert getattr(args, f.name) == value, (command, ".".join(path))
+    assert to_flat(config_of(command)) == to_flat(default)
+
+
+SEED_COMMAND = (
+    "--exp_name spos_c10_train_supernet --layers 20 --num_choices 4 --batch_size 64 --epochs 600 "
+    "--num_steps 100 --lr 0.025 --momentum 0.9 --weight-decay 0.0003 --print_freq 100 "
+    "--val_interval 5 --save_path ./checkpoints/ --seed 0 --data_path data/teco-data/ --classes 10 "
+    "--dataset cifar10 --cutout --cutout_length 16 --auto_aug --resize")
+
+
+def test_the_seed_parser_has_the_supernet_stage_defaults():
+    sys.path.insert(0, str(ROOT / "run_scripts"))
+    try:
+        from argument import parse_args
+    finally:
+        sys.path.remove(str(ROOT / "run_scripts"))
+    args = parse_args([])
+    assert {k: getattr(args, k) for k in to_flat(C.SupernetStage())} == to_flat(C.SupernetStage())
+    seed = parse_args(SEED_COMMAND.split())  # the README's, verbatim
+    cfg = config_from_args(C.SupernetStage(), seed)
+    assert (cfg.optim.weight_decay, cfg.data.cutout, cfg.data.auto_aug, cfg.data.resize) == \
+        (3e-4, True, True, True)
+    assert (cfg.optim.num_steps, cfg.data.data_path, cfg.run.exp_name) == \
+        (100, "data/teco-data/", "spos_c10_train_supernet")
+
+
+@pytest.mark.parametrize("command", STAGES)
+def test_setting_names_are_unique_within_a_stage(command):
+    names = [path[-1] for path, *_ in leaf_fields(STAGES[command]())]
+    assert len(names) == len(set(names))
+
+
+def test_help_states_every_default_and_unit():
+    sub = build_parser()._subparsers._group_actions[0].choices
+    for command, stage in STAGES.items():
+        text = " ".join(sub[command].format_help().split())
+        for _, f, _, value in leaf_fields(stage()):
+            if f.metadata.get("cli") is not False:
+                assert f"--{f.name}" in text, (command, f.name)
+    retrain = " ".join(sub["retrain"].format_help().split())
+    assert "peak learning rate [per step of batch_size images, or of lr_batch] (default: 0.1)" \
+        in retrain and "(default: 128)" in retrain and "side of the cutout square [pixels]" in retrain
+    paper = " ".join(sub["superkernel"].format_help().split())
+    assert "(default: 0.1; --recipe paper: 0.02)" in paper
+    search = " ".join(sub["search"].format_help().split())
+    assert "--cutout, --no-cutout cutout augmentation (default: the checkpoint's)" in search
+
+
+def test_config_choices_match_the_registries():
+    from spnas.data import DATASETS
+    from spnas.spaces import SPACE_SPECS
+    assert C.DATASETS == DATASETS
+    assert set(dataclasses.fields(C.LatencyConfig)[1].metadata["choices"]) == set(SPACE_SPECS)
+
+
+# ---- checks: the same one-line error from Python and from the flag --------------------------
+BAD = [
+    (lambda: C.OptimConfig(batch_size=0), ["train", "--batch_size", "0"],
+     "--batch_size must be positive, got 0"),
+    (lambda: C.SearchConfig(mutation_prob=5), ["search", "--mutation_prob", "5"],
+     "--mutation_prob must be within 0..1, got 5.0"),
+    (lambda: C.OptimConfig(lr=float("nan")), ["retrain", "--lr", "nan"],
+     "--lr must be a finite number, got nan"),
+    (lambda: C.OptimConfig(momentum=1.0), ["finetune", "--momentum", "1"],
+     "--momentum must be in [0, 1), got 1.0"),
+    (lambda: C.RunConfig(exp_name="../x"), ["train", "--exp_name", "../x"],
+     "--exp_name '../x' must be a plain folder name"),
+    (lambda: C.SuperkernelConfig(keep_prob=0.0), ["superkernel", "--keep_prob", "0"],
+     "--keep_prob must be in (0, 1], got 0.0"),
+    (lambda: C.SuperkernelConfig(target_latency=5.0), ["superkernel", "--target_latency_ms", "5"],
+     "--target_latency_ms needs a table in ms"),
+    (lambda: C.SearchConfig(max_latency_ms=3.0), ["search", "--max_latency_ms", "3"],
+     "--max_latency_ms needs --latency_table FILE"),
+    (lambda: C.ScoringConfig(cache_gb=-1.0), ["search", "--cache_gb", "-1"],
+     "--cache_gb must be 0 or more, got -1.0"),
+    (lambda: C.FinetuneStage(model=C.FinetuneConfig(freeze_epochs=31)),
+     ["finetune", "--freeze_epochs", "31"], "--freeze_epochs must be 0..30 (--epochs), got 31"),
+    (lambda: C.RetrainConfig(dropout=1.0), ["retrain", "--dropout", "1"],
+     "--dropout must be in [0, 1), got 1.0"),
+    (lambda: C.LatencyConfig(calibrate=-1), ["latency-table", "--calibrate", "-1"],
+     "--calibrate must be 0 or more, got -1"),
+    (lambda: C.LatencyConfig(options={"layers": 2}, checkpoint="x.pt"),
+     ["latency-table", "--option", "layers=2", "--checkpoint", "x.pt"],
+     "--option and --checkpoint do not mix"),
+]
+
+
+@pytest.mark.parametrize("build, argv, message", BAD, ids=[b[1][1] for b in BAD])
+def test_a_bad_value_is_the_same_error_from_python_and_from_the_flag(build, argv, message, capsys):
+    with pytest.raises(SpnasError) as e:
+        build()
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == f"spnas: error: {e.value}"
+
+
+def test_python_values_of_the_wrong_type_are_refused():
+    with pytest.raises(SpnasError, match="--lr must be a number, got '0.1'"):
+        C.OptimConfig(lr="0.1")
+    with pytest.raises(SpnasError, match="--cutout must be true or false, got 1"):
+        C.DataConfig(cutout=1)
+    with pytest.raises(SpnasError, match="--dataset must be one of cifar10, cifar100, folder"):
+        C.DataConfig(dataset="imagenet")
+    assert C.OptimConfig(lr=1).lr == 1.0 and isinstance(C.OptimConfig(lr=1).lr, float)
+    assert C.SearchRunConfig(data={"cutout": True}).data.cutout is True
+
+
+# ---- --config FILE -------------------------------------------------------------------------
+def test_config_files_set_settings_and_explicit_flags_win(tmp_path):
+    pytest.importorskip("yaml")
+    (tmp_path / "r.yaml").write_text("lr: 3e-4  # YAML reads this as text; coerced\n"
+                                     "cutout: true\nepochs: 7\nweight-decay: 0\n")
+    (tmp_path / "r.json").write_text(json.dumps(
+        {"optim": {"lr": 0.0003, "epochs": 7, "weight_decay": 0}, "data": {"cutout": True}}))
+    for name in ("r.yaml", "r.json"):
+        cfg = config_of("retrain", "--config", tmp_path / name)
+        assert (cfg.optim.lr, cfg.optim.epochs, cfg.data.cutout) == (3e-4, 7, True)
+        assert cfg.optim.weight_decay == 0.0 and cfg.optim.batch_size == 128  # the rest: defaults
+        cfg = config_of("retrain", "--config", tmp_path / name, "--epochs", "9", "--no-cutout")
+        assert (cfg.optim.lr, cfg.optim.epochs, cfg.data.cutout) == (3e-4, 9, False)
+    (tmp_path / "s.yaml").write_text("max_flops: 80M\nmethod: random\nresize: true\n")
+    cfg = config_of("search", "--config", tmp_path / "s.yaml")
+    assert (cfg.search.max_flops, cfg.search.method, cfg.data.resize) == (80e6, "random", True)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: 0.1\nlearning_rate: 0.1\n", "no setting named learning_rate for 'spnas retrain'"),
+    ("optim: {lr: abc}\n", "setting lr must be a number, got 'abc'"),
+    ("batch_size: 0\n", "--batch_size must be positive, got 0"),
+    ("- lr\n", "must hold a mapping of settings, not list"),
+    ("lr: [\n", "is not valid YAML"),
+    ("model_type: SupernetConfig\nlr: 0.1\n", "holds the settings of a SupernetConfig run"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
+    pytest.importorskip("yaml")
+    (tmp_path / "bad.yaml").write_text(text)
+    assert main(["retrain", "--config", str(tmp_path / "bad.yaml"), "--arch", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_the_superkernel_order_is_defaults_recipe_file_flags(tmp_path):
+    (tmp_path / "lam.json").write_text('{"lam": 0.5, "init": "spnas"}')
+    cfg = config_of("superkernel", "--recipe", "paper", "--config", tmp_path / "lam.json")
+    sk = cfg.model
+    assert (sk.recipe, sk.lam, sk.init, sk.lam_scale, cfg.optim.schedule) == \
+        ("paper", 0.5, "spnas", 1000.0, "constant")  # file over recipe; the rest the recipe's
+    cfg = config_of("superkernel", "--recipe", "paper", "--config", tmp_path / "lam.json",
+                    "--lam", "0.7")
+    assert cfg.model.lam == 0.7
+    (tmp_path / "paper.json").write_text('{"recipe": "paper"}')  # the file may pick the recipe
+    assert to_flat(config_of("superkernel", "--config", tmp_path / "paper.json")) == \
+        to_flat(C.superkernel_recipe("paper"))
+
+
+# ---- a run folder: its config.json as input, and resume -----------------------------------
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A finished 1-epoch supernet run (3 steps, 4 layers, lr 0.05), and its data."""
+    root = tmp_path_factory.mktemp("config")
+    write_official(root / "data")
+    assert main(train_argv(root / "data", root / "runs", "base", **{"--epochs": 1})) == 0
+    return root
+
+
+@pytest.fixture
+def run(base, tmp_path):
+    shutil.copytree(base / "runs" / "base", tmp_path / "run")
+    return tmp_path / "run"
+
+
+def resume_argv(run, *flags):
+    return ["train", "--save_path", str(run.parent), "--exp_name", run.name, "--resume",
+            *map(str, flags)]
+
+
+def test_a_run_folders_config_json_is_a_valid_config(base, run, tmp_path):
+    cfg = config_of("train", "--config", run / "config.json", "--exp_name", "again")
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["run"]["resume"] is False  # recorded as false: the file starts a new run
+    assert to_flat(cfg) == {**saved["data"], **saved["optim"], **saved["run"], **saved["model"],
+                            "exp_name": "again"}
+    assert cfg.model.layers == 4 and cfg.optim.lr == 0.05
+
+
+def test_resume_with_a_changed_setting_is_refused_naming_it(run, capsys):
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(resume_argv(run, "--lr", 0.1, "--epochs", 2, "--no-cutout", "--layers", 3)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spnas: error: --lr 0.1 differs from the run's "
+                                               "0.05 (config.json); --layers 3 differs from the "
+                                               "run's 4 (config.json): a resumed run keeps")
+    assert "--cutout" not in err[0] and "--epochs" not in err[0]  # unchanged; allowed
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_stop_after_is_not_taken_back(base, run):
+    """A trial run's --stop_after is what that command did: a resume without it runs to the end."""
+    shutil.rmtree(run)
+    argv = train_argv(base / "data", run.parent, run.name, **{"--epochs": 2, "--stop_after": 2})
+    assert main(argv) == 0
+    assert json.loads((run / "config.json").read_text())["run"]["stop_after"] is None
+    assert main(resume_argv(run)) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 6
+
+
+def test_resume_takes_the_saved_config_back_and_may_add_epochs(base, run):
+    """No flag repeated but --epochs (allowed, logged): 4 layers, lr 0.05, ... come back."""
+    saved = json.loads((run / "config.json").read_text())
+    assert main(resume_argv(run, "--epochs", 2, "--data_path", base / "data")) == 0
+    now = json.loads((run / "config.json").read_text())
+    assert now["optim"]["epochs"] == 2 and now["run"]["resume"] is False
+    now["optim"]["epochs"] = 1
+    for d in (now, saved):  # where the folder is (the copy's), not a setting
+        del d["run"]["save_path"], d["run"]["exp_name"]
+    assert now == saved
+    log = (run / "train.log").read_text()
+    assert "resume: --epochs 2 differs from the run's 1 (config.json); allowed" in log
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["type"] == "val"] == [3, 6]
+
+
+def test_the_python_api_obeys_the_same_rule(base, run):
+    from spnas.supernet import train_supernet
+    cfg = config_of("train", "--config", run / "config.json", "--save_path", run.parent,
+                    "--exp_name", run.name, "--resume")
+    changed = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.2, epochs=2))
+    before = (run / "config.json").read_bytes()
+    with pytest.raises(SpnasError, match=r"^--lr 0.2 differs from the run's 0.05 \(config.json\)"):
+        train_supernet(changed)
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_a_config_file_that_changes_a_resumed_run_is_refused(run, tmp_path, capsys):
+    (tmp_path / "lr.json").write_text('{"lr": 0.5}')
+    assert main(resume_argv(run, "--config", tmp_path / "lr.json")) == 2
+    assert "--lr 0.5 differs from the run's 0.05" in capsys.readouterr().err
