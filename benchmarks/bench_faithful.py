@@ -32,7 +32,7 @@ from common import ROOT, machine
 
 import spnas.spaces.spos as spos
 from spnas.cli import main as spnas_main
-from spnas.runlog import read_metrics
+from spnas.engine.runlog import read_metrics
 from spnas.spaces.common import init_weights
 
 REFERENCE = ROOT.parent / "shared" / "reference" / "spos_c10_supernet_b96_steps.csv"

@@ -1,6 +1,6 @@
 """Retraining throughput (training images/s) of a standalone network, through the real trainer.
 
-Runs ``spnas.retrain.child_task`` with the ``Trainer`` for a few hundred
+Runs ``spnas.stages.retrain.child_task`` with the ``Trainer`` for a few hundred
 steps per setting, on CIFAR-shaped data held on the device (random uint8
 images unless ``--data_path`` is given; the speed does not depend on the
 pixels), and reads the ``img_per_s`` of the metrics windows after the first
@@ -29,12 +29,12 @@ from common import append_rows, machine  # noqa: E402  (puts the repository on s
 
 from spnas.arch import Arch  # noqa: E402
 from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig  # noqa: E402
-from spnas.data import Splits  # noqa: E402
-from spnas.retrain import child_task  # noqa: E402
-from spnas.runlog import read_metrics  # noqa: E402
-from spnas.runtime import tune_allocator  # noqa: E402
+from spnas.data.datasets import Splits  # noqa: E402
+from spnas.engine.runlog import read_metrics  # noqa: E402
+from spnas.engine.runtime import tune_allocator  # noqa: E402
+from spnas.engine.trainer import Trainer, load_splits, place, resolve_device, setup_torch, train_loader  # noqa: E402
 from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.train import Trainer, load_splits, place, resolve_device, setup_torch, train_loader  # noqa: E402
+from spnas.stages.retrain import child_task  # noqa: E402
 
 OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
 EPOCH_IMAGES, RECIPE_EPOCHS = 50_000, 600

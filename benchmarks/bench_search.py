@@ -23,12 +23,12 @@ import torch
 from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
 
 from spnas.arch import Arch  # noqa: E402
-from spnas.augment import AugmentConfig, BatchTransform  # noqa: E402
-from spnas.evaluation import evaluate  # noqa: E402
-from spnas.runtime import tune_allocator  # noqa: E402
-from spnas.scoring import SupernetScorer, input_dtype, recal_set, val_set  # noqa: E402
+from spnas.data.augment import AugmentConfig, BatchTransform  # noqa: E402
+from spnas.engine.evaluation import evaluate  # noqa: E402
+from spnas.engine.runtime import tune_allocator  # noqa: E402
+from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set  # noqa: E402
+from spnas.engine.trainer import place, resolve_device  # noqa: E402
 from spnas.spaces.spos import SposSupernet, spos_space  # noqa: E402
-from spnas.train import place, resolve_device  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -26,11 +26,19 @@ from common import append_rows, cifar_or_random, machine
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RunConfig, SupernetConfig, TrainConfig
-from spnas.runlog import read_metrics
-from spnas.runtime import tune_allocator
+from spnas.engine.runlog import read_metrics
+from spnas.engine.runtime import tune_allocator
+from spnas.engine.trainer import (
+    DeviceLoader,
+    Task,
+    Trainer,
+    build_transform,
+    cross_entropy_loss,
+    param_groups,
+    place,
+)
 from spnas.spaces.spos import SposSupernet, spos_space
-from spnas.supernet import supernet_space
-from spnas.train import DeviceLoader, Task, Trainer, build_transform, cross_entropy_loss, param_groups, place
+from spnas.stages.train import supernet_space
 
 
 def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,

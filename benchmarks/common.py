@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
-from spnas.cost import device_description  # noqa: E402
+from spnas.engine.cost import device_description  # noqa: E402
 
 
 def machine(device: torch.device) -> str:
@@ -55,7 +55,7 @@ def append_rows(name: str, device: torch.device, rows: list[dict]) -> Path:
 def cifar_or_random(path: str | None, n: int = 50000):
     """CIFAR-10 training images (uint8) from ``path`` if given, else random ones."""
     if path:
-        from spnas.data import load_dataset
+        from spnas.data.datasets import load_dataset
         ds = load_dataset("cifar10", path, download_ok=False)
         return ds.train_x, ds.train_y, f"CIFAR-10 from {path}"
     g = torch.Generator().manual_seed(0)

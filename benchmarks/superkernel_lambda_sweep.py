@@ -23,9 +23,9 @@ from pathlib import Path
 from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
 
 from spnas.cli import build_parser, run_superkernel  # noqa: E402
+from spnas.engine.runtime import tune_allocator  # noqa: E402
+from spnas.engine.trainer import resolve_device  # noqa: E402
 from spnas.errors import SpnasError  # noqa: E402
-from spnas.runtime import tune_allocator  # noqa: E402
-from spnas.train import resolve_device  # noqa: E402
 
 FIELDS = ("lam", "arch", "latency", "latency_unit", "measured_latency_ms", "supernet_val_acc",
           "steps", "run")

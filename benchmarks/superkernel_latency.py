@@ -22,10 +22,10 @@ import torch
 from common import append_rows, machine, results_path  # noqa: E402  (puts the repo on sys.path)
 
 from spnas.arch import Arch  # noqa: E402
-from spnas.cost import build_latency_table, validate_latency_table  # noqa: E402
+from spnas.engine.cost import build_latency_table, validate_latency_table  # noqa: E402
+from spnas.engine.trainer import resolve_device  # noqa: E402
 from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.superkernel import LatencyModel  # noqa: E402
-from spnas.train import resolve_device  # noqa: E402
+from spnas.stages.superkernel import LatencyModel  # noqa: E402
 
 
 def main() -> None:

@@ -38,10 +38,10 @@ from common import ROOT, append_rows, machine, results_path  # noqa: E402  (repo
 
 from spnas.cli import build_parser, main, run_superkernel  # noqa: E402
 from spnas.cli.networks import run_retrain  # noqa: E402
+from spnas.engine.runtime import tune_allocator  # noqa: E402
+from spnas.engine.trainer import resolve_device  # noqa: E402
 from spnas.errors import SpnasError  # noqa: E402
-from spnas.runtime import tune_allocator  # noqa: E402
-from spnas.superkernel_plots import plot_recipes, plot_thresholds  # noqa: E402
-from spnas.train import resolve_device  # noqa: E402
+from spnas.stages.superkernel_plots import plot_recipes, plot_thresholds  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Seed-compatible entry point: ``python run_spnas.py --exp_name ... --resize`` trains a supernet.
 
-A thin wrapper: the flags are ``spnas train``'s, the work is ``spnas.supernet``'s.
+A thin wrapper: the flags are ``spnas train``'s, the work is ``spnas.stages.train``'s.
 """
 import sys
 

@@ -1,6 +1,43 @@
-"""spnas: single-path neural architecture search (SPOS and Single-Path NAS) for PyTorch."""
+"""spnas: single-path neural architecture search (SPOS and Single-Path NAS) for PyTorch.
+
+The package is its API: each stage is one call taking its stage dataclass::
+
+    import spnas
+    spnas.train_supernet(spnas.SupernetStage())          # spnas train
+    spnas.search(spnas.SearchRunConfig(checkpoint="checkpoints/spos_supernet"))
+    spnas.retrain(spnas.RetrainStage())                  # spnas retrain
+    spnas.pipeline("recipes/smoke.yaml", "runs/smoke", overrides={"data_path": "data"})
+
+Layout (the flow of data): ``data/`` (datasets, augmentation) -> ``spaces/``
+(the SPOS and MBConv spaces) -> ``engine/`` (the trainer, evaluation,
+checkpoints, logs, costs, the search algorithms) -> ``stages/`` (one module
+per command) -> ``cli/``.
+"""
 from .arch import Arch, ArchError, SpaceSpec
+from .config import FinetuneStage, RetrainStage, SearchRunConfig, SuperkernelStage, SupernetStage
 from .errors import SpnasError
 
-__version__ = "0.1.0"
-__all__ = ["Arch", "ArchError", "SpaceSpec", "SpnasError", "__version__"]
+__version__ = "0.2.0"
+
+_STAGES = {  # name -> (module, attribute), imported on first use (torch-heavy)
+    "train_supernet": ("spnas.stages.train", "train_supernet"),
+    "search": ("spnas.stages.search", "search_supernet"),
+    "superkernel": ("spnas.stages.superkernel", "search"),
+    "retrain": ("spnas.stages.retrain", "retrain"),
+    "finetune": ("spnas.stages.finetune", "finetune"),
+    "evaluate": ("spnas.stages.evaluate", "evaluate_checkpoint"),
+    "export": ("spnas.stages.export", "export_checkpoint"),
+    "pipeline": ("spnas.stages.pipeline", "pipeline"),
+}
+
+
+def __getattr__(name: str):
+    if name in _STAGES:
+        import importlib
+        module, attr = _STAGES[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'spnas' has no attribute {name!r}")
+
+
+__all__ = ["Arch", "ArchError", "FinetuneStage", "RetrainStage", "SearchRunConfig", "SpaceSpec",
+           "SpnasError", "SuperkernelStage", "SupernetStage", "__version__", *_STAGES]

@@ -29,7 +29,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import SpnasError
+from spnas.errors import SpnasError
 
 
 class ArchError(SpnasError):
@@ -204,7 +204,7 @@ class Arch:
 
     def save(self, path: str | Path, found_by: dict | None = None,
              metrics: dict | None = None) -> None:
-        from .checkpoint import atomic_write_text
+        from spnas.engine.checkpoint import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_json(found_by, metrics), indent=2) + "\n")
 
     @classmethod
@@ -268,7 +268,7 @@ def check_real_space(space: SpaceSpec, where: str) -> None:
     file is read: the spaces import this module). Unknown names pass: they
     fail where a network is built, naming the known spaces.
     """
-    from .spaces import real_space_difference
+    from spnas.spaces import real_space_difference
     problem = real_space_difference(space)
     if problem:
         raise ArchError(f"{where}: {problem}; write the file with spnas or copy one it wrote")

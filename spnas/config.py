@@ -23,9 +23,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SpnasError
-from .fields import Checked, flag_of, flat_fields, from_flat, opt, to_flat
-from .fields import count_arg as count_arg  # re-exported: budgets read like papers write them
+from spnas.errors import SpnasError
+from spnas.fields import Checked, flag_of, flat_fields, from_flat, opt, to_flat
+from spnas.fields import count_arg as count_arg  # re-exported: budgets read like papers write them
 
 DATASETS = ("cifar10", "cifar100", "folder")  # = data.DATASETS (a test checks)
 SCHEDULES = ("cosine", "linear", "constant")
@@ -297,7 +297,7 @@ class ScoringConfig(Checked):
 
 def _overrides(cls, name: str, default_text: str):
     """A dataclass with ``cls``'s settings, each optional (default None = not overridden)."""
-    from .fields import type_hints
+    from spnas.fields import type_hints
     hints = type_hints(cls)
     specs = [(f.name, hints[f.name] | None,
               field(default=None, metadata={**f.metadata, "default_text": default_text}))
@@ -379,7 +379,7 @@ class SupernetStage(TrainConfig):
 
 @dataclass
 class RetrainStage(TrainConfig):
-    """``spnas retrain`` / ``spnas.retrain``: a found network from scratch."""
+    """``spnas retrain`` / ``spnas.stages.retrain``: a found network from scratch."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4))
@@ -389,7 +389,7 @@ class RetrainStage(TrainConfig):
 
 @dataclass
 class FinetuneStage(TrainConfig):
-    """``spnas finetune`` / ``spnas.finetune``: a trained network (or a supernet path) on new data."""
+    """``spnas finetune`` / ``spnas.stages.finetune``: a trained network (or a supernet path) on new data."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4))
@@ -405,7 +405,7 @@ class FinetuneStage(TrainConfig):
 
 @dataclass
 class SuperkernelStage(TrainConfig):
-    """``spnas superkernel`` / ``spnas.superkernel``: the Single-Path NAS search (spnas recipe)."""
+    """``spnas superkernel`` / ``spnas.stages.superkernel``: the Single-Path NAS search (spnas recipe)."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=8, batch_size=64, lr=0.05, weight_decay=4e-5, label_smoothing=0.1))

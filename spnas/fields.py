@@ -32,7 +32,7 @@ import typing
 from dataclasses import MISSING, field
 from typing import Any
 
-from .errors import SpnasError
+from spnas.errors import SpnasError
 
 _CHECKS = {
     "positive": (lambda v: v > 0, "must be positive"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from spnas.runtime import torch_threads
+from spnas.engine.runtime import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.autoaugment import _apply_op
 
-from spnas.augment import (
+from spnas.data.augment import (
     AugmentConfig,
     BatchAutoAugment,
     BatchTransform,
@@ -128,7 +128,7 @@ def test_transform_is_seeded_and_shapes_are_right(cfg):
 def test_batched_equalize_equals_torchvision_per_image():
     from torchvision.transforms.functional import equalize as tv_equalize
 
-    from spnas.augment import equalize
+    from spnas.data.augment import equalize
     x = _images(32, seed=7)
     x[0] = 77                                   # constant: step 0, unchanged
     x[1] = torch.where(x[1] > 128, 200, 10)     # two values

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_image_folders, write_official
+from conftest import CLASSES, write_image_folders, write_official
 
 from spnas.arch import Arch
-from spnas.checkpoint import save_checkpoint
 from spnas.cli import main, run_guarded
 from spnas.config import DataConfig, TrainConfig
-from spnas.cost import LatencyTable
-from spnas.data import load_dataset
+from spnas.data.datasets import load_dataset
+from spnas.engine.checkpoint import save_checkpoint
+from spnas.engine.cost import LatencyTable
 from spnas.spaces import build_child, mbconv_space, spos_space
 
 
@@ -381,6 +381,13 @@ CASES = [
          ERROR, "step must be a whole number >= 0, got -1", watch="run"),
     Case("checkpoint-fractional-step", lambda t, m: evaluate_argv(edited_checkpoint(t, step=2.5)),
          ERROR, "step must be a whole number >= 0, got 2.5", watch="run"),
+    Case("evaluate-classes-in-another-order",
+         lambda t, m: evaluate_argv(edited_checkpoint(t, classes=CLASSES[::-1])), ERROR,
+         "was trained with the classes in another order (truck, ship, horse, frog, ...)",
+         watch="run"),
+    Case("evaluate-other-classes",
+         lambda t, m: evaluate_argv(edited_checkpoint(t, classes=[f"c{i}" for i in range(10)])),
+         ERROR, "was trained on other classes than cifar10", watch="run"),
     # metrics files read by curves / loss.py
     Case("metrics-record-without-step", lambda t, m: ["curves", str(metrics_run(
         t, {"type": "train", "step": 1, "loss": 2.3}, {"type": "train", "loss": 2.2})),

@@ -97,7 +97,7 @@ def test_help_states_every_default_and_unit():
 
 
 def test_config_choices_match_the_registries():
-    from spnas.data import DATASETS
+    from spnas.data.datasets import DATASETS
     from spnas.spaces import SPACE_SPECS
     assert C.DATASETS == DATASETS
     assert set(dataclasses.fields(C.LatencyConfig)[1].metadata["choices"]) == set(SPACE_SPECS)
@@ -272,7 +272,7 @@ def test_resume_takes_the_saved_config_back_and_may_add_epochs(base, run):
 
 
 def test_the_python_api_obeys_the_same_rule(base, run):
-    from spnas.supernet import train_supernet
+    from spnas.stages.train import train_supernet
     cfg = config_of("train", "--config", run / "config.json", "--save_path", run.parent,
                     "--exp_name", run.name, "--resume")
     changed = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=0.2, epochs=2))

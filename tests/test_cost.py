@@ -5,11 +5,11 @@ import random
 import pytest
 import torch
 
-from spnas import cost
 from spnas.arch import Arch
 from spnas.cli import main
-from spnas.cost import LatencyTable, build_cost_table, count_macs, count_params, macs_latency_table
-from spnas.search import CostModel
+from spnas.engine import cost
+from spnas.engine.cost import LatencyTable, build_cost_table, count_macs, count_params, macs_latency_table
+from spnas.engine.evolution import CostModel
 from spnas.spaces import build_child
 from spnas.spaces.spos import spos_space
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 from spnas.cli import main
-from spnas.curves import Curve, compare, draw_curves, load_curve, window_means
+from spnas.engine.curves import Curve, compare, draw_curves, load_curve, window_means
 from spnas.errors import SpnasError
 
 
@@ -284,7 +284,7 @@ def test_bad_flags_are_one_line_parse_errors(tmp_path, flag, value, fragment):
 
 
 def test_plot_draws_window_means_over_thin_raw_curves():
-    from spnas.plots import figure
+    from spnas.engine.plots import figure
     c = Curve("run", list(range(1, 101)), [2.0 + 0.01 * (s % 7) for s in range(1, 101)])
     ax = figure(4, 3).subplots()
     draw_curves(ax, [c], window=25)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import write_image_folders, write_official
 
-from spnas.data import (
+from spnas.data.datasets import (
     SOURCES,
     Dataset,
     download,

@@ -10,7 +10,7 @@ from test_train import train_argv
 
 SCRIPT = textwrap.dedent("""
     import os, sys, torch
-    import spnas.train as T
+    import spnas.engine.trainer as T
     from spnas.cli import main
     fit = T.Trainer.fit
     def fit_and_dump(self):

@@ -16,6 +16,7 @@ and the run folder's lock is free once the command returns.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
@@ -32,9 +33,9 @@ import torch
 from conftest import ROOT, write_official
 from test_train import train_argv
 
-import spnas.supernet
+import spnas.stages.train
 from spnas.cli import main
-from spnas.train import DeviceLoader
+from spnas.engine.trainer import DeviceLoader
 
 # the run each case starts from: 3 steps (1 epoch), validated, last.pt = best.pt at step 3;
 # a case's argv has --epochs 2, so a resume that gets through trains steps 4..6
@@ -102,10 +103,22 @@ def stale_temp_files(case: Case) -> list[str]:
 
 def nan_val(case: Case) -> list[str]:
     """The last steps diverge: validation gives a NaN loss, and a fine accuracy."""
-    case.monkeypatch.setattr(spnas.supernet, "make_path_validator",
+    case.monkeypatch.setattr(spnas.stages.train, "make_path_validator",
                              lambda *a, **k: lambda model, step: {"val_acc": 0.9,
                                                                   "val_loss": math.nan})
     return case.argv(**{"--resume": None})
+
+
+def disk_full(case: Case) -> list[str]:
+    """Every flush to disk of a checkpoint fails as on a full disk (ENOSPC)."""
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device", str(case.run / "last.pt"))
+    case.monkeypatch.setattr(os, "fsync", fsync)
+    return case.argv(**{"--resume": None, "--epochs": 3})
+
+
+def NO_TEMP_LEFT(before, after):
+    return KEPT(before, after) and not [k for k in after if k.endswith(".tmp")]
 
 
 def huge_batch(case: Case) -> list[str]:
@@ -159,6 +172,9 @@ CASES = {
     # 2, 3: nothing NaN or infinite is written, or validated as the best
     "inf-bn-stats": (huge_batch, 2, "state became NaN or infinite by step 6 ... kept (step 3)", KEPT),
     "nan-val-loss": (nan_val, 2, "(step 6) gave NaN or infinite numbers (val_loss nan) ... (step 3)", KEPT),
+    # a full disk while writing a checkpoint: one line, the earlier checkpoints kept, no temp file
+    "disk-full": (disk_full, 2, "the disk is full while writing ... last.pt (No space left on device); "
+                  "free space", NO_TEMP_LEFT),
     # 4: a live run's folder is refused; the copy's .lock (a finished run's) never blocks
     "locked": (held_lock, 2, "runs/run is in use by another run", SAME),
     # 5: the run folder is one plain folder name under --save_path

@@ -5,13 +5,13 @@ import pytest
 import torch
 from conftest import cli_argv
 
-from spnas import export as export_mod
 from spnas.arch import Arch
-from spnas.checkpoint import load_checkpoint, save_checkpoint
 from spnas.cli import main
 from spnas.config import DataConfig, TrainConfig
+from spnas.engine.checkpoint import load_checkpoint, save_checkpoint
 from spnas.spaces import SposSupernet, build_child
 from spnas.spaces.spos import spos_space
+from spnas.stages import export as export_mod
 
 ARCH = "k3 k5 k7 x"
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from conftest import cli_argv
 
-from spnas.checkpoint import load_checkpoint
 from spnas.cli import main
+from spnas.engine.checkpoint import load_checkpoint
 from spnas.errors import SpnasError
-from spnas.import_reference import import_reference
 from spnas.spaces import model_from_checkpoint
+from spnas.stages.import_reference import import_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

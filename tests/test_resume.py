@@ -10,10 +10,10 @@ import torch
 from conftest import ROOT
 from test_train import losses, train_argv
 
-import spnas.supernet
-from spnas.checkpoint import save_checkpoint
+import spnas.stages.train
 from spnas.cli import main
-from spnas.runlog import read_metrics
+from spnas.engine.checkpoint import save_checkpoint
+from spnas.engine.runlog import read_metrics
 
 FLAGS = {"--epochs": 4, "--num_steps": 5, "--ckpt_interval": 3, "--val_interval": 2}
 
@@ -84,13 +84,13 @@ def test_resume_without_a_checkpoint(fake_cifar, tmp_path, capsys):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(fake_cifar, tmp_path, capsys,
                                                                monkeypatch):
-    real = spnas.supernet.cross_entropy_loss
+    real = spnas.stages.train.cross_entropy_loss
 
     def poisoned(smoothing):
         loss = real(smoothing)
         return lambda logits, labels, step: (loss(logits, labels, step)[0] * (
             float("nan") if step >= 7 else 1.0), {})
-    monkeypatch.setattr(spnas.supernet, "cross_entropy_loss", poisoned)
+    monkeypatch.setattr(spnas.stages.train, "cross_entropy_loss", poisoned)
     argv = train_argv(fake_cifar, tmp_path, "nan", **FLAGS)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -6,17 +6,17 @@ import torch.nn.functional as F
 from conftest import cli_argv, write_official
 
 from spnas.arch import Arch
-from spnas.augment import MEAN_STD, AugmentConfig, BatchTransform
-from spnas.checkpoint import load_checkpoint
 from spnas.cli import main
-from spnas.cost import build_cost_table, count_params
-from spnas.data import load_dataset
-from spnas.evaluation import evaluate, plain_forward
-from spnas.profiling import profile_arch
-from spnas.runlog import read_metrics
+from spnas.data.augment import MEAN_STD, AugmentConfig, BatchTransform
+from spnas.data.datasets import load_dataset
+from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.cost import build_cost_table, count_params
+from spnas.engine.evaluation import evaluate, plain_forward
+from spnas.engine.runlog import read_metrics
+from spnas.engine.trainer import DeviceLoader
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.spaces.spos import spos_space
-from spnas.train import DeviceLoader
+from spnas.stages.profile import profile_arch
 
 ARCH = "k3 k5 k7 x"
 OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
@@ -173,3 +173,13 @@ def conv_linear_macs(net: torch.nn.Module) -> int:
     with torch.no_grad():
         net.eval()(torch.zeros(1, 3, 32, 32))
     return sum(total)
+
+
+def test_checkpoints_record_the_class_names(tmp_path):
+    from conftest import CLASSES, write_official
+    from test_train import train_argv
+
+    from spnas.cli import main
+    write_official(tmp_path / "data")
+    assert main(train_argv(tmp_path / "data", tmp_path, "sn", **{"--epochs": 1})) == 0
+    assert torch.load(tmp_path / "sn" / "last.pt", weights_only=True)["classes"] == CLASSES

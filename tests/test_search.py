@@ -5,9 +5,9 @@ import pytest
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import SearchConfig
-from spnas.cost import LatencyTable, build_cost_table, macs_latency_table
+from spnas.engine.cost import LatencyTable, build_cost_table, macs_latency_table
+from spnas.engine.evolution import Budget, CostModel, evolution_search, pareto_front, random_search, rank
 from spnas.errors import SpnasError
-from spnas.search import Budget, CostModel, evolution_search, pareto_front, random_search, rank
 from spnas.spaces import build_child
 from spnas.spaces.spos import spos_space
 

@@ -8,12 +8,12 @@ import torch
 from conftest import write_official
 from test_train import train_argv
 
-import spnas.search_run as search_run
+import spnas.stages.search as search_run
 from spnas.arch import Arch
-from spnas.augment import AugmentConfig, BatchTransform
 from spnas.cli import count_arg, main
-from spnas.evaluation import recalibration_batches
-from spnas.scoring import SupernetScorer, recal_set, val_set
+from spnas.data.augment import AugmentConfig, BatchTransform
+from spnas.engine.evaluation import recalibration_batches
+from spnas.engine.scoring import SupernetScorer, recal_set, val_set
 from spnas.spaces.spos import SposSupernet, spos_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")

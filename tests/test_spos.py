@@ -106,7 +106,7 @@ BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"  # the original's
 def test_the_original_best_path_has_its_published_size(layout, params, macs):
     """Sizes of the original SPOS CIFAR code's network (split units at layers 0 and 16 of the
     CIFAR layout, no classifier bias), counted as multiply-accumulates at 32 or 224 pixels."""
-    from spnas.profiling import profile_arch
+    from spnas.stages.profile import profile_arch
     r = profile_arch(Arch.parse(BEST, spos_space(layout=layout)), 10, warmup=0, repeats=1, batch=1)
     assert (r["params"], r["macs"]) == (params, macs)
 

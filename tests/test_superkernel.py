@@ -8,16 +8,17 @@ import pytest
 import torch
 
 from spnas.arch import Arch
-from spnas.checkpoint import load_checkpoint
 from spnas.cli import build_parser, main
 from spnas.cli.superkernel import RECIPES, superkernel_config
 from spnas.config import SuperkernelStage, superkernel_recipe
-from spnas.cost import LatencyTable, count_macs, macs_latency_table
+from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.cost import LatencyTable, count_macs, macs_latency_table
+from spnas.engine.runlog import RunLog, read_metrics
+from spnas.engine.trainer import effective_optim, lr_at
 from spnas.fields import to_flat
-from spnas.runlog import RunLog, read_metrics
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from spnas.superkernel import (
+from spnas.stages.superkernel import (
     LatencyModel,
     RMSpropTF,
     TfEma,
@@ -26,7 +27,6 @@ from spnas.superkernel import (
     optimizer_factory,
     search_param_groups,
 )
-from spnas.train import effective_optim, lr_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,14 +6,14 @@ import torch
 from conftest import cli_argv
 from torch import nn
 
-from spnas.augment import AugmentConfig, BatchTransform
-from spnas.checkpoint import load_checkpoint
 from spnas.cli import main
 from spnas.config import OptimConfig
-from spnas.evaluation import evaluate, plain_forward, recalibrate_bn
-from spnas.runlog import read_metrics
+from spnas.data.augment import AugmentConfig, BatchTransform
+from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
+from spnas.engine.runlog import read_metrics
+from spnas.engine.trainer import DeviceLoader, lr_at, param_groups
 from spnas.spaces import SposSupernet, model_from_checkpoint
-from spnas.train import DeviceLoader, lr_at, param_groups
 
 
 def test_cosine_and_linear_schedules_with_warmup():

@@ -13,11 +13,11 @@ checks of the hand-written ones.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
-from ..errors import SpnasError
-from .curves import add_curves_parser, run_curves
-from .networks import (
+from spnas.cli.curves import add_curves_parser, run_curves
+from spnas.cli.networks import (
     add_evaluate_parser,
     add_export_parser,
     add_finetune_parser,
@@ -29,9 +29,9 @@ from .networks import (
     run_profile,
     run_retrain,
 )
-from .pipeline import add_pipeline_parser, run_pipeline
-from .reference import add_import_reference_parser, run_import_reference
-from .spos import (
+from spnas.cli.pipeline import add_pipeline_parser, run_pipeline
+from spnas.cli.reference import add_import_reference_parser, run_import_reference
+from spnas.cli.spos import (
     add_latency_table_parser,
     add_search_parser,
     add_train_parser,
@@ -40,7 +40,8 @@ from .spos import (
     run_search,
     run_train,
 )
-from .superkernel import add_superkernel_parser, run_superkernel
+from spnas.cli.superkernel import add_superkernel_parser, run_superkernel
+from spnas.errors import SpnasError
 
 COMMANDS = {
     "pipeline": (add_pipeline_parser, run_pipeline,
@@ -86,7 +87,7 @@ def run_guarded(fn, args) -> int:
 
     ``fn`` may return an exit status (e.g. 1 when a comparison fails).
     """
-    from ..runtime import tune_allocator
+    from spnas.engine.runtime import tune_allocator
     tune_allocator()
     try:
         code = fn(args)
@@ -96,7 +97,18 @@ def run_guarded(fn, args) -> int:
     except KeyboardInterrupt:
         print("spnas: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        print(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing {e.filename or 'a file'} "
+              f"({e.strerror}); free space or write elsewhere (--save_path, --out); what was "
+              "written before, checkpoints among them, is kept", file=sys.stderr)
+        return 2
     return code if isinstance(code, int) else 0
+
+
+_STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
 
 
 def main(argv: list[str] | None = None) -> int:

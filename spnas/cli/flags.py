@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..errors import SpnasError
+from spnas.errors import SpnasError
 
 B = argparse.BooleanOptionalAction
 

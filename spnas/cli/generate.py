@@ -29,9 +29,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import RENAMED, RunConfig, plain_folder_name, saved_settings
-from ..errors import SpnasError
-from ..fields import base_type, coerce, flat_fields, from_flat, leaf_fields
+from spnas.config import RENAMED, RunConfig, plain_folder_name, saved_settings
+from spnas.errors import SpnasError
+from spnas.fields import base_type, coerce, flat_fields, from_flat, leaf_fields
 
 GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
 IGNORED_KEYS = {"model_type", "config"}  # written into config.json, not settings

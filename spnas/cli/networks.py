@@ -5,11 +5,11 @@ import argparse
 import dataclasses
 import sys
 
-from ..config import DataConfig, FinetuneStage, RetrainConfig, RetrainStage
-from ..data import DATASETS
-from ..errors import SpnasError
-from .flags import B, check_positive
-from .generate import add_config_args, config_from_args, default_paren
+from spnas.cli.flags import B, check_positive
+from spnas.cli.generate import add_config_args, config_from_args, default_paren
+from spnas.config import DataConfig, FinetuneStage, RetrainConfig, RetrainStage
+from spnas.data.datasets import DATASETS
+from spnas.errors import SpnasError
 
 
 def add_arch_args(g) -> None:
@@ -33,7 +33,7 @@ def add_retrain_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_retrain(args: argparse.Namespace) -> dict:
-    from ..retrain import retrain
+    from spnas.stages.retrain import retrain
     return retrain(config_from_args(RetrainStage(), args))
 
 
@@ -43,7 +43,7 @@ def add_finetune_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_finetune(args: argparse.Namespace) -> dict:
-    from ..finetune import finetune
+    from spnas.stages.finetune import finetune
     return finetune(config_from_args(FinetuneStage(), args))
 
 
@@ -64,7 +64,7 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_evaluate(args: argparse.Namespace) -> dict | int:
     """Exit status 1 (after the files are written) when the outputs were not finite."""
-    from ..eval_checkpoint import evaluate_checkpoint, format_evaluation, nonfinite_warning
+    from spnas.stages.evaluate import evaluate_checkpoint, format_evaluation, nonfinite_warning
     check_positive(args, "batch_size")
     r = evaluate_checkpoint(args.checkpoint, args.split, args.data_path, args.dataset, args.out,
                             args.batch_size, args.device, args.amp)
@@ -94,9 +94,9 @@ def add_profile_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_profile(args: argparse.Namespace) -> dict:
-    from ..profiling import format_profile, profile_arch
-    from ..retrain import load_arch
-    from ..train import resolve_device
+    from spnas.engine.trainer import resolve_device
+    from spnas.stages.profile import format_profile, profile_arch
+    from spnas.stages.retrain import load_arch
     check_positive(args, "classes", "resolution", "batch_size", "repeats")
     if args.warmup < 0:
         raise SpnasError(f"--warmup must be 0 or more, got {args.warmup}")
@@ -125,7 +125,7 @@ def add_export_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_export(args: argparse.Namespace) -> dict:
-    from ..export import export_checkpoint, format_export
+    from spnas.stages.export import export_checkpoint, format_export
     check_positive(args, "tolerance")
     if args.check_images < 0:
         raise SpnasError(f"--check_images must be 0 or more, got {args.check_images}")

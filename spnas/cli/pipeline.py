@@ -15,7 +15,7 @@ def setting_arg(text: str) -> tuple[str, str]:
 
 def add_pipeline_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="RECIPE",
-                   help="the recipe: YAML or JSON (e.g. recipes/smoke.yaml); see spnas/pipeline.py")
+                   help="the recipe: YAML or JSON (e.g. recipes/smoke.yaml); see docs/recipes.md")
     p.add_argument("--out", required=True, help="folder of the run; each stage in OUT/<stage>/")
     p.add_argument("--resume", action="store_true",
                    help="continue a stopped pipeline in --out (finished stages are kept)")
@@ -31,8 +31,8 @@ def add_pipeline_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_pipeline(args: argparse.Namespace) -> dict:
-    from ..pipeline import apply_settings, pipeline
-    from .generate import read_recipe
+    from spnas.cli.generate import read_recipe
+    from spnas.stages.pipeline import apply_settings, pipeline
     recipe = apply_settings(read_recipe(args.config), args.settings)
     shared = {k: getattr(args, k) for k in ("data_path", "dataset", "device", "seed")}
     r = pipeline(recipe, args.out, args.resume, shared)

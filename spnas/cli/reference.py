@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .flags import B, check_positive
+from spnas.cli.flags import B, check_positive
 
 
 def add_import_reference_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def add_import_reference_parser(p: argparse.ArgumentParser) -> argparse.Argument
 
 
 def run_import_reference(args: argparse.Namespace) -> dict:
-    from ..import_reference import format_import, import_reference
+    from spnas.stages.import_reference import format_import, import_reference
     check_positive(args, "classes")
     r = import_reference(args.src, args.out, args.resize, args.classes, args.num_choices,
                          args.force)

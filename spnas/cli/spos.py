@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import LatencyConfig, SearchRunConfig, SupernetStage
-from ..errors import SpnasError
-from ..fields import count_arg
-from .generate import add_config_args, config_from_args
+from spnas.cli.generate import add_config_args, config_from_args
+from spnas.config import LatencyConfig, SearchRunConfig, SupernetStage
+from spnas.errors import SpnasError
+from spnas.fields import count_arg
 
 __all__ = ["add_latency_table_parser", "add_search_parser", "add_train_parser", "count_arg",
            "run_latency_table", "run_search", "run_train"]
@@ -19,7 +19,7 @@ def add_train_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> dict:
-    from ..supernet import train_supernet
+    from spnas.stages.train import train_supernet
     return train_supernet(config_from_args(SupernetStage(), args))
 
 
@@ -39,7 +39,7 @@ def add_search_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run_search(args: argparse.Namespace):
-    from ..search_run import search_supernet
+    from spnas.stages.search import search_supernet
     return search_supernet(config_from_args(SearchRunConfig(), args))
 
 
@@ -69,7 +69,7 @@ def add_latency_table_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_latency_table(args: argparse.Namespace):
-    from ..cost import measure_latency_table
+    from spnas.engine.cost import measure_latency_table
     keys = [k for k, _ in args.options]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:

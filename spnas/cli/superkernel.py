@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import RECIPES, SuperkernelStage, TrainConfig
-from .generate import add_config_args, config_from_args, default_text
+from spnas.cli.generate import add_config_args, config_from_args, default_text
+from spnas.config import RECIPES, SuperkernelStage, TrainConfig
 
 __all__ = ["RECIPES", "add_superkernel_parser", "run_superkernel", "superkernel_config"]
 
@@ -62,5 +62,5 @@ def superkernel_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_superkernel(args: argparse.Namespace) -> dict:
-    from ..superkernel import search
+    from spnas.stages.superkernel import search
     return search(superkernel_config(args))

@@ -11,10 +11,10 @@ from collections import Counter
 
 from torch import nn
 
-from ..arch import Arch, SpaceSpec
-from ..errors import SpnasError
-from .mbconv import MbconvNet, SuperkernelNet, mbconv_space
-from .spos import SposNet, SposSupernet, spos_space
+from spnas.arch import Arch, SpaceSpec
+from spnas.errors import SpnasError
+from spnas.spaces.mbconv import MbconvNet, SuperkernelNet, mbconv_space
+from spnas.spaces.spos import SposNet, SposSupernet, spos_space
 
 SPACE_SPECS = {"spos": spos_space, "mbconv": mbconv_space}  # name -> f(layout=..., **options)
 # name -> the options that would have made a spec (to rebuild its real space from a file)
@@ -124,7 +124,7 @@ def build_supernet(space: SpaceSpec, num_classes: int, **model_args) -> nn.Modul
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes."""
-    from ..checkpoint import checkpoint_arch, checkpoint_space, load_model_state
+    from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_model_state
     args = dict(ckpt.get("model_args") or {})
     if ckpt["kind"] == "child":
         model = build_child(checkpoint_arch(ckpt), ckpt["num_classes"], **args)

@@ -6,7 +6,7 @@ import re
 import torch
 from torch import nn
 
-from ..arch import Arch
+from spnas.arch import Arch
 
 
 def _format_of(t: torch.Tensor) -> torch.memory_format:

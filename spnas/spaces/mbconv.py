@@ -79,9 +79,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch import Arch, SpaceSpec
-from ..errors import SpnasError
-from .common import ChildNet, GlobalAvgPool, conv_bn, init_weights
+from spnas.arch import Arch, SpaceSpec
+from spnas.errors import SpnasError
+from spnas.spaces.common import ChildNet, GlobalAvgPool, conv_bn, init_weights
 
 TOKENS = ("k3e3", "k3e6", "k5e3", "k5e6", "skip")
 SKIP = TOKENS.index("skip")

@@ -41,9 +41,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..arch import Arch, SpaceSpec
-from ..errors import SpnasError
-from .common import ChildNet, GlobalAvgPool, concat_channels, conv_bn, shuffle_split
+from spnas.arch import Arch, SpaceSpec
+from spnas.errors import SpnasError
+from spnas.spaces.common import ChildNet, GlobalAvgPool, concat_channels, conv_bn, shuffle_split
 
 TOKENS = ("k3", "k5", "k7", "x")
 KERNELS = (3, 5, 7, 3)

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .arch import Arch, SpaceSpec
-from .config import LatencyConfig
-from .errors import SpnasError
-from .runtime import torch_threads
+from spnas.arch import Arch, SpaceSpec
+from spnas.config import LatencyConfig
+from spnas.engine.runtime import torch_threads
+from spnas.errors import SpnasError
 
 
 def default_resolution(space: SpaceSpec) -> int:
@@ -205,7 +205,7 @@ class LatencyTable:
                 **({"validation": self.validation} if self.validation else {})}
 
     def save(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_text
+        from spnas.engine.checkpoint import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
@@ -225,7 +225,7 @@ class LatencyTable:
     def from_dict(cls, d: dict, where: str = "latency table") -> "LatencyTable":
         """``to_json``'s form, checked: the real space, every (layer, choice) of it, and
         finite positive numbers (a skip may cost 0), so no prediction is negative or NaN."""
-        from .arch import check_real_space
+        from spnas.arch import check_real_space
         fix = "make the table again with 'spnas latency-table'"
         if not isinstance(d, dict):
             raise SpnasError(f"{where} is not a JSON object; {fix}")
@@ -384,9 +384,9 @@ def validate_latency_table(table: LatencyTable, build_child: Callable[[Arch], nn
 
 def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print) -> LatencyTable:
     """Build, check against whole networks (``cfg.validate`` random archs) and save a table."""
-    from .checkpoint import checkpoint_space, load_checkpoint
-    from .spaces import build_child, make_space
-    from .train import resolve_device
+    from spnas.engine.checkpoint import checkpoint_space, load_checkpoint
+    from spnas.engine.trainer import resolve_device
+    from spnas.spaces import build_child, make_space
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} exists; pass --overwrite to replace it, or choose another --out")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .arch import Arch
-from .cost import (
+from spnas.arch import Arch
+from spnas.engine.cost import (
     _input,
     _to_device,
     count_macs,
@@ -19,8 +19,8 @@ from .cost import (
     device_description,
     time_ms,
 )
-from .evaluation import autocast
-from .spaces import build_child
+from spnas.engine.evaluation import autocast
+from spnas.spaces import build_child
 
 
 def profile_arch(arch: Arch, num_classes: int = 10, resolution: int | None = None,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from matplotlib.ticker import MaxNLocator
 
-from .plots import figure
-from .runlog import read_metrics
-from .search import Candidate, pareto_front, rank, rank_key
+from spnas.engine.evolution import Candidate, pareto_front, rank, rank_key
+from spnas.engine.plots import figure
+from spnas.engine.runlog import read_metrics
 
 FLOPS_UNIT = "multiply-accumulates"
 AXES = {"flops": ("MFLOPs (multiply-accumulates)", 1e-6),

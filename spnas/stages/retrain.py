@@ -22,17 +22,15 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .arch import Arch, arch_from_text_or_file
-from .checkpoint import atomic_write_text, load_checkpoint
-from .config import DataConfig, RetrainConfig, TrainConfig
-from .cost import count_macs, count_params, default_resolution
-from .data import Splits
-from .errors import SpnasError
-from .evaluation import evaluate, plain_forward
-from .plots import plot_curves
-from .runlog import RunLog, read_metrics
-from .spaces import build_child, make_space, model_from_checkpoint
-from .train import (
+from spnas.arch import Arch, arch_from_text_or_file
+from spnas.config import DataConfig, RetrainConfig, TrainConfig
+from spnas.data.datasets import Splits
+from spnas.engine.checkpoint import atomic_write_text, load_checkpoint
+from spnas.engine.cost import count_macs, count_params, default_resolution
+from spnas.engine.evaluation import evaluate, plain_forward
+from spnas.engine.plots import plot_curves
+from spnas.engine.runlog import RunLog, read_metrics
+from spnas.engine.trainer import (
     Dist,
     Task,
     Trainer,
@@ -44,6 +42,8 @@ from .train import (
     start_run,
     train_loader,
 )
+from spnas.errors import SpnasError
+from spnas.spaces import build_child, make_space, model_from_checkpoint
 
 
 # ---- the architecture ------------------------------------------------------------------

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text
-from .config import RetrainStage, SearchRunConfig, SupernetStage
-from .errors import SpnasError
-from .fields import from_flat, leaf_fields
+from spnas.config import RetrainStage, SearchRunConfig, SupernetStage
+from spnas.engine.checkpoint import atomic_write_text
+from spnas.errors import SpnasError
+from spnas.fields import from_flat, leaf_fields
 
 MACHINE_KEYS = {"data_path", "device", "download"}  # may differ when a pipeline resumes elsewhere
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
@@ -54,7 +54,7 @@ _COMMAND = {"supernet": "train", "search": "search", "retrain": "retrain"}
 
 
 def coerce_all(default, values: dict) -> dict:
-    from .fields import coerce
+    from spnas.fields import coerce
     hints = {f.name: (f, hint) for _, f, hint, _ in leaf_fields(default)}
     return {k: coerce(k, v, *hints[k]) for k, v in values.items()}
 
@@ -98,7 +98,7 @@ class Pipeline:
         self._check_recipe(started)
         for stage in STAGES:
             self._stage(stage)
-        from .pipeline_report import write_report
+        from spnas.stages.pipeline_report import write_report
         paths = write_report(self.out, self.results, self.times, self.recipe)
         return {"stages": self.results, "seconds": self.times, "report": [str(p) for p in paths]}
 
@@ -141,12 +141,12 @@ class Pipeline:
         return dataclasses.replace(cfg, run=run)
 
     def _run_supernet(self) -> dict:
-        from .supernet import train_supernet
+        from spnas.stages.train import train_supernet
         r = train_supernet(self._train_cfg(SupernetStage(), "supernet"))
         return _jsonable(r)
 
     def _run_search(self) -> dict:
-        from .search_run import search_supernet
+        from spnas.stages.search import search_supernet
         cfg = _settings_for(SearchRunConfig(), self.shared, self.own["search"], "search")
         out = self.out / "search"
         cfg = dataclasses.replace(cfg, checkpoint=str(self.out / "supernet"), out=str(out),
@@ -156,13 +156,13 @@ class Pipeline:
                 "arch_file": str(out / "best_arch.json")}
 
     def _run_retrain(self) -> dict:
-        from .retrain import retrain
+        from spnas.stages.retrain import retrain
         cfg = self._train_cfg(RetrainStage(), "retrain")
         model = dataclasses.replace(cfg.model, arch=str(self.out / "search" / "best_arch.json"))
         return _jsonable(retrain(dataclasses.replace(cfg, model=model)))
 
     def _run_evaluate(self) -> dict:
-        from .eval_checkpoint import evaluate_checkpoint
+        from spnas.stages.evaluate import evaluate_checkpoint
         s = _small(EVALUATE_DEFAULTS, self.shared, self.own["evaluate"], "evaluate")
         r = evaluate_checkpoint(self.out / "retrain", s["split"], self.shared.get("data_path"),
                                 None, self.out / "evaluate", s["batch_size"], s["device"],
@@ -170,7 +170,7 @@ class Pipeline:
         return {k: r[k] for k in ("top1", "top5", "loss", "n", "split", "checkpoint")}
 
     def _run_export(self) -> dict:
-        from .export import export_checkpoint
+        from spnas.stages.export import export_checkpoint
         s = _small(EXPORT_DEFAULTS, self.shared, self.own["export"], "export")
         ext = "onnx" if s["format"] == "onnx" else "torchscript.pt"
         r = export_checkpoint(self.out / "retrain", s["format"], self.out / "export" / f"model.{ext}",
@@ -216,7 +216,7 @@ def pipeline(recipe: dict | str | Path, out: str | Path, resume: bool = False,
              overrides: dict | None = None) -> dict:
     """Run (or resume) the whole pipeline of ``recipe`` (a dict or a YAML/JSON file) in ``out``."""
     if not isinstance(recipe, dict):
-        from .cli.generate import read_recipe
+        from spnas.cli.generate import read_recipe
         recipe = read_recipe(recipe)
     recipe = {**recipe, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     return Pipeline(recipe, out, resume).run()

@@ -13,9 +13,9 @@ import html
 import json
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from spnas.engine.checkpoint import atomic_write_text
 
-REFERENCE_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / \
+REFERENCE_CSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / \
     "spos_c10_supernet_b96_steps.csv"
 
 
@@ -31,7 +31,7 @@ def _reference_matches(run_dir: Path) -> bool:
 
 def supernet_plot(out: Path) -> Path | None:
     """The supernet's loss curve (and the reference's, where the recipe matches)."""
-    from .curves import load_curve, plot_curves
+    from spnas.engine.curves import load_curve, plot_curves
     run = out / "supernet"
     if not (run / "metrics.jsonl").is_file():
         return None
@@ -53,8 +53,8 @@ def _pictures(out: Path) -> list[tuple[str, Path]]:
 
 def _profile(arch_file: Path) -> dict | None:
     """Parameters, MACs and CPU latency at batch 1 of the chosen arch (a quick measurement)."""
-    from .arch import Arch
-    from .profiling import profile_arch
+    from spnas.arch import Arch
+    from spnas.stages.profile import profile_arch
     try:
         arch = Arch.load(arch_file)
     except Exception:  # the report never fails on a missing or odd file

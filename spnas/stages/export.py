@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import checkpoint_space
-from .cost import default_resolution
-from .data import load_dataset
-from .errors import SpnasError
-from .eval_checkpoint import checkpoint_data, load_child
-from .train import build_transform
+from spnas.data.datasets import load_dataset
+from spnas.engine.checkpoint import checkpoint_space
+from spnas.engine.cost import default_resolution
+from spnas.engine.trainer import build_transform
+from spnas.errors import SpnasError
+from spnas.stages.evaluate import checkpoint_data, load_child
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 ONNX_HINT = "pip install 'spnas[onnx]' (onnx, onnxscript, onnxruntime)"

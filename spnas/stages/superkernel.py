@@ -34,16 +34,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Arch, SpaceSpec
-from .config import OptimConfig, SuperkernelConfig, TrainConfig
-from .cost import LatencyTable, macs_latency_table, measure_arch_ms
-from .errors import SpnasError
-from .evaluation import evaluate, plain_forward
-from .runlog import RunLog
-from .runtime import torch_threads
-from .spaces import build_child
-from .spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
-from .train import Task, Trainer, build_transform, param_groups, place, run_dir_for, start_run, train_loader
+from spnas.arch import Arch, SpaceSpec
+from spnas.config import OptimConfig, SuperkernelConfig, TrainConfig
+from spnas.engine.cost import LatencyTable, macs_latency_table, measure_arch_ms
+from spnas.engine.evaluation import evaluate, plain_forward
+from spnas.engine.runlog import RunLog
+from spnas.engine.runtime import torch_threads
+from spnas.engine.trainer import (
+    Task,
+    Trainer,
+    build_transform,
+    param_groups,
+    place,
+    run_dir_for,
+    start_run,
+    train_loader,
+)
+from spnas.errors import SpnasError
+from spnas.spaces import build_child
+from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
 
 FORMULAS = ("paper", "exact")
 
@@ -362,7 +371,7 @@ def _measure(arch: Arch, table: LatencyTable, num_classes: int) -> float | None:
 def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result: dict, run_dir,
            log: RunLog, warm: int) -> dict:
     """Decode, write arch.json and the plots, and say what was found."""
-    from .superkernel_plots import plot_search
+    from spnas.stages.superkernel_plots import plot_search
     sk: SuperkernelConfig = cfg.model
     arch = model.decode()
     metrics = {"latency": table.predict(arch), "latency_unit": table.unit,

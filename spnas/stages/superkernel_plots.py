@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .plots import figure
-from .runlog import read_metrics
+from spnas.engine.plots import figure
+from spnas.engine.runlog import read_metrics
 
 TOKEN_COLOURS = {"k3e3": "#a6cee3", "k3e6": "#1f78b4", "k5e3": "#b2df8a", "k5e6": "#33a02c",
                  "skip": "#f0f0f0"}

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .arch import Arch
-from .augment import BatchTransform
-from .config import derive_seed
-from .evaluation import eval_batches, evaluate_batches, recalibrate_bn, recalibration_batches
+from spnas.arch import Arch
+from spnas.config import derive_seed
+from spnas.data.augment import BatchTransform
+from spnas.engine.evaluation import eval_batches, evaluate_batches, recalibrate_bn, recalibration_batches
 
 PathForward = Callable[[nn.Module, torch.Tensor, Arch], torch.Tensor]
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_text, load_checkpoint
-from .config import DataConfig
-from .data import Splits
-from .errors import SpnasError
-from .evaluation import evaluate, per_class_accuracy
-from .plots import plot_confusion
-from .spaces import model_from_checkpoint
-from .train import build_transform, load_splits, resolve_device
+from spnas.config import DataConfig
+from spnas.data.datasets import Splits
+from spnas.engine.checkpoint import atomic_write_text, load_checkpoint
+from spnas.engine.evaluation import evaluate, per_class_accuracy
+from spnas.engine.plots import plot_confusion
+from spnas.engine.trainer import build_transform, load_splits, resolve_device
+from spnas.errors import SpnasError
+from spnas.spaces import model_from_checkpoint
 
 SPLITS = ("test", "val", "train")
 
@@ -60,7 +60,24 @@ def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int) -> Splits:
         raise SpnasError(f"{ckpt['path']} classifies {num_classes} classes, but {data.dataset} "
                          f"under {data.data_path} has {len(splits.classes)}; pass the "
                          "--dataset/--data_path it was trained on")
+    check_class_names(ckpt, splits.classes, data)
     return splits
+
+
+def check_class_names(ckpt: dict, classes, data: DataConfig) -> None:
+    """The data's classes must be the checkpoint's, in its order (else per-class numbers lie)."""
+    trained, found = list(ckpt.get("classes") or []), list(classes)
+    if not trained or trained == found:
+        return  # checkpoints written before class names were recorded say nothing
+    if sorted(trained) == sorted(found):
+        raise SpnasError(f"{ckpt['path']} was trained with the classes in another order "
+                         f"({', '.join(trained[:4])}, ...) than {data.dataset} under "
+                         f"{data.data_path} has them ({', '.join(found[:4])}, ...); rename the "
+                         "class folders to train's order")
+    other = sorted(set(found) - set(trained))[:3]
+    raise SpnasError(f"{ckpt['path']} was trained on other classes than {data.dataset} under "
+                     f"{data.data_path} holds (e.g. {', '.join(other)} is new); evaluate on the "
+                     "data it was trained on, or fine-tune it (spnas finetune)")
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SpnasError
+from spnas.errors import SpnasError
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arch import Arch
-from .checkpoint import FORMAT, save_checkpoint
-from .config import DataConfig, RetrainConfig, SupernetConfig
-from .errors import SpnasError
-from .spaces import make_space
-from .spaces.spos import KERNELS, TOKENS, WIDTHS, XCEPTION, SposNet, SposSupernet
+from spnas.arch import Arch
+from spnas.config import DataConfig, RetrainConfig, SupernetConfig
+from spnas.engine.checkpoint import FORMAT, save_checkpoint
+from spnas.errors import SpnasError
+from spnas.spaces import make_space
+from spnas.spaces.spos import KERNELS, TOKENS, WIDTHS, XCEPTION, SposNet, SposSupernet
 
 REFERENCE_CODE = "ShunLu91/Single-Path-One-Shot-NAS"
 CONV_AT = {"k": (0, 3, 5), "x": (0, 2, 5, 7, 10, 12), "proj": (0, 2)}  # its BN is at +1

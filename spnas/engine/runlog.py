@@ -22,8 +22,8 @@ except ImportError:  # not POSIX: runs go unlocked
 
 from tqdm import tqdm
 
-from .checkpoint import atomic_write_text, remove_stale_temp_files
-from .errors import SpnasError
+from spnas.engine.checkpoint import atomic_write_text, remove_stale_temp_files
+from spnas.errors import SpnasError
 
 
 def _clean(v):

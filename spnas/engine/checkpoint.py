@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arch import Arch, SpaceSpec
-from .errors import SpnasError
+from spnas.arch import Arch, SpaceSpec
+from spnas.errors import SpnasError
 
 FORMAT = "spnas-1"
 KINDS = ("supernet", "child", "superkernel")

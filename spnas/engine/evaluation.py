@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import BatchTransform
+from spnas.data.augment import BatchTransform
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 

@@ -6,12 +6,11 @@ from dataclasses import replace
 
 import torch
 
-from .arch import Arch, SpaceSpec
-from .config import DataConfig, SupernetConfig, TrainConfig, derive_seed
-from .data import Splits
-from .evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
-from .spaces.spos import SposSupernet, spos_space
-from .train import (
+from spnas.arch import Arch, SpaceSpec
+from spnas.config import DataConfig, SupernetConfig, TrainConfig, derive_seed
+from spnas.data.datasets import Splits
+from spnas.engine.evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
+from spnas.engine.trainer import (
     Task,
     Trainer,
     build_transform,
@@ -22,6 +21,7 @@ from .train import (
     start_run,
     train_loader,
 )
+from spnas.spaces.spos import SposSupernet, spos_space
 
 
 def supernet_space(model: SupernetConfig, data: DataConfig) -> SpaceSpec:

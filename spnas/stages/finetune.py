@@ -21,15 +21,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .arch import Arch, arch_from_text_or_file
-from .checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint
-from .config import FinetuneConfig, TrainConfig, derive_seed
-from .errors import SpnasError
-from .evaluation import plain_forward, recalibrate_bn, recalibration_batches
-from .retrain import check_layout, is_arch_file, train_child
-from .spaces import build_child, model_from_checkpoint
-from .supernet import recal_transform
-from .train import param_groups, place, start_run, steps_per_epoch, world_size
+from spnas.arch import Arch, arch_from_text_or_file
+from spnas.config import FinetuneConfig, TrainConfig, derive_seed
+from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint
+from spnas.engine.evaluation import plain_forward, recalibrate_bn, recalibration_batches
+from spnas.engine.trainer import param_groups, place, start_run, steps_per_epoch, world_size
+from spnas.errors import SpnasError
+from spnas.spaces import build_child, model_from_checkpoint
+from spnas.stages.retrain import check_layout, is_arch_file, train_child
+from spnas.stages.train import recal_transform
 
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
@@ -58,6 +58,7 @@ class Source:
     model_args: dict            # its constructor kwargs (dropout), written into checkpoints
     description: str
     from_supernet: bool         # its BN statistics are the supernet's shared ones
+    classes: tuple[str, ...] = ()  # the class names it was trained on (empty: not recorded)
 
 
 def load_source(fc: FinetuneConfig) -> Source:
@@ -68,10 +69,11 @@ def load_source(fc: FinetuneConfig) -> Source:
         args["dropout"] = fc.dropout
     if ckpt["kind"] == "child":
         return Source(model_from_checkpoint({**ckpt, "model_args": args}), args, ckpt["path"],
-                      False)
+                      False, tuple(ckpt.get("classes") or ()))
     net = build_child(arch, ckpt["num_classes"], **args)
     net.load_state_dict(model_from_checkpoint(ckpt).extract(arch).state_dict())
-    return Source(net, args, f"path {arch} of the supernet {ckpt['path']}", True)
+    return Source(net, args, f"path {arch} of the supernet {ckpt['path']}", True,
+                  tuple(ckpt.get("classes") or ()))
 
 
 class BackboneFreeze:
@@ -128,9 +130,15 @@ def finetune(cfg: TrainConfig) -> dict:
     model = place(src.net, device, cfg.run.channels_last)
     notes = [f"fine-tuning {src.description} on {cfg.data.dataset} "
              f"({len(splits.train[0])} training images)"]
-    if model.classifier.out_features != len(splits.classes):
+    same_names = not src.classes or list(src.classes) == list(splits.classes)
+    if not same_names and sorted(src.classes) == sorted(splits.classes):
+        raise SpnasError(f"{src.description} was trained with its classes in another order than "
+                         f"{cfg.data.dataset} under {cfg.data.data_path} has them; the classifier's "
+                         "rows would name the wrong classes: rename the class folders to its order")
+    if model.classifier.out_features != len(splits.classes) or not same_names:
         notes.append(f"replaced the classifier: {model.classifier.out_features} -> "
-                     f"{len(splits.classes)} classes (new weights)")
+                     f"{len(splits.classes)} classes (new weights"
+                     + ("" if same_names else "; the classes differ from the network's") + ")")
         torch.manual_seed(derive_seed(cfg.run.seed, "classifier"))
         model.replace_classifier(len(splits.classes))
     if src.from_supernet:

@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SpnasError
-from .runlog import read_metrics
+from spnas.engine.runlog import read_metrics
+from spnas.errors import SpnasError
 
 _LOG_LINE = re.compile(r"\bstep[ :=]+(\d+)\b.*?\bloss[ :=]+([-+0-9.eE]+|nan|inf)", re.IGNORECASE)
 SHORT_OVERLAP = 0.25  # a comparison covering less of the baseline than this gets a WARNING line
@@ -338,7 +338,7 @@ def draw_curves(ax, curves: list[Curve], window: int | None = None) -> None:
 def plot_curves(curves: list[Curve], out_dir: str | Path, window: int | None = None,
                 max_step: int | None = None) -> list[Path]:
     """loss.jpg and loss.png in ``out_dir``: see ``draw_curves``; only steps <= max_step."""
-    from .plots import figure
+    from spnas.engine.plots import figure
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SpnasError(f"--out {out} is a file; give a folder for loss.jpg and loss.png")

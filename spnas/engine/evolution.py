@@ -27,10 +27,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .arch import Arch, SpaceSpec
-from .config import SearchConfig
-from .cost import CostTable, LatencyTable
-from .errors import SpnasError
+from spnas.arch import Arch, SpaceSpec
+from spnas.config import SearchConfig
+from spnas.engine.cost import CostTable, LatencyTable
+from spnas.errors import SpnasError
 
 FITNESS = "val_acc"
 MAX_REJECTS = 20000  # consecutive rejected random draws after which the space counts as exhausted

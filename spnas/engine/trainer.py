@@ -25,17 +25,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import Arch, SpaceSpec
-from .augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
-from .checkpoint import (
-    atomic_write_text,
-    check_same_space,
-    load_checkpoint,
-    load_model_state,
-    rng_state,
-    save_checkpoint,
-)
-from .config import (
+from spnas.arch import Arch, SpaceSpec
+from spnas.config import (
     RESUMABLE,
     DataConfig,
     OptimConfig,
@@ -46,10 +37,19 @@ from .config import (
     refuse_changes,
     resume_changes,
 )
-from .data import Splits, load_dataset, make_splits
-from .errors import SpnasError
-from .evaluation import autocast
-from .runlog import RunLog, check_run_dir, lock_run_dir
+from spnas.data.augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
+from spnas.data.datasets import Splits, load_dataset, make_splits
+from spnas.engine.checkpoint import (
+    atomic_write_text,
+    check_same_space,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+)
+from spnas.engine.evaluation import autocast
+from spnas.engine.runlog import RunLog, check_run_dir, lock_run_dir
+from spnas.errors import SpnasError
 
 
 # ---- schedule ------------------------------------------------------------------------
@@ -191,8 +191,10 @@ class DeviceLoader:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                  transform: BatchTransform, device: torch.device, seed: int,
-                 num_steps: int | None = None, dist_info: Dist = Dist()):
+                 num_steps: int | None = None, dist_info: Dist = Dist(),
+                 classes: tuple[str, ...] = ()):
         self.x, self.y = x.to(device), y.to(device)
+        self.classes = tuple(classes)  # the data's class names, recorded in checkpoints
         self.batch_size, self.transform, self.device, self.seed = batch_size, transform, device, seed
         self.dist = dist_info
         self.steps_per_epoch = steps_per_epoch(len(x), batch_size, dist_info.world, num_steps)
@@ -305,7 +307,7 @@ def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
     """The run's training images on ``device``, augmented as ``cfg.data`` says."""
     return DeviceLoader(*splits.train, cfg.optim.batch_size,
                         build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
-                        cfg.optim.num_steps, dist_info)
+                        cfg.optim.num_steps, dist_info, tuple(splits.classes))
 
 
 # ---- the task and the loop ---------------------------------------------------------------
@@ -366,7 +368,8 @@ class Trainer:
         t = self.task
         shipped = t.model if t.deploy is None else t.deploy
         return {"kind": t.kind, "space": t.space.to_dict(), "arch": str(t.arch) if t.arch else None,
-                "num_classes": t.num_classes, "model_args": t.model_args,
+                "num_classes": t.num_classes, "classes": list(self.loader.classes),
+                "model_args": t.model_args,
                 "model": shipped.state_dict(),
                 "train_model": None if t.deploy is None else t.model.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step,

@@ -29,19 +29,19 @@ from pathlib import Path
 
 import torch
 
-from .arch import SpaceSpec
-from .checkpoint import atomic_write_text, checkpoint_space, load_checkpoint
-from .config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
-from .cost import LatencyTable, build_cost_table
-from .data import Splits
-from .errors import SpnasError
-from .runlog import RunLog
-from .scoring import SupernetScorer, input_dtype, recal_set, val_set
-from .search import BUDGET_KEYS, Budget, Candidate, CostModel, evolution_search, random_search
-from .search_report import FLOPS_UNIT, plot_search, write_arch_files
-from .spaces import build_child, model_from_checkpoint
-from .supernet import recal_transform
-from .train import build_transform, load_splits, place, resolve_device, setup_torch
+from spnas.arch import SpaceSpec
+from spnas.config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
+from spnas.data.datasets import Splits
+from spnas.engine.checkpoint import atomic_write_text, checkpoint_space, load_checkpoint
+from spnas.engine.cost import LatencyTable, build_cost_table
+from spnas.engine.evolution import BUDGET_KEYS, Budget, Candidate, CostModel, evolution_search, random_search
+from spnas.engine.runlog import RunLog
+from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
+from spnas.engine.trainer import build_transform, load_splits, place, resolve_device, setup_torch
+from spnas.errors import SpnasError
+from spnas.spaces import build_child, model_from_checkpoint
+from spnas.stages.search_report import FLOPS_UNIT, plot_search, write_arch_files
+from spnas.stages.train import recal_transform
 
 RECORD = "candidates.jsonl"
 

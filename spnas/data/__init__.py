@@ -1,0 +1,1 @@
+"""Datasets on disk and batch augmentation on the device."""

@@ -1,0 +1,4 @@
+"""One module per command: train (the SPOS supernet), search,
+superkernel, retrain, finetune, evaluate, profile, export,
+import-reference, pipeline.
+"""

@@ -1,0 +1,34 @@
+"""The package is its API: each stage is one call, and one version source."""
+import importlib.metadata
+import re
+from pathlib import Path
+
+import pytest
+
+import spnas
+from spnas.stages import finetune, pipeline, retrain, search, superkernel, train
+
+
+@pytest.mark.parametrize("name, function", [
+    ("train_supernet", train.train_supernet), ("search", search.search_supernet),
+    ("superkernel", superkernel.search), ("retrain", retrain.retrain),
+    ("finetune", finetune.finetune), ("pipeline", pipeline.pipeline)])
+def test_every_stage_is_a_call_on_the_package(name, function):
+    assert getattr(spnas, name) is function and name in spnas.__all__
+
+
+def test_stage_dataclasses_hold_each_commands_defaults():
+    assert (spnas.SupernetStage().optim.lr, spnas.RetrainStage().optim.lr) == (0.025, 0.1)
+    assert spnas.SuperkernelStage().optim.label_smoothing == 0.1
+
+
+def test_one_version():
+    root = Path(__file__).resolve().parents[1]
+    project = (root / "pyproject.toml").read_text().split("[project]")[1].split("\n[")[0]
+    assert not re.search(r"^version\s*=", project, re.M) and 'dynamic = ["version"]' in project
+    assert importlib.metadata.version("spnas") == spnas.__version__
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError):
+        spnas.trian_supernet
