@@ -379,7 +379,7 @@ class SupernetStage(TrainConfig):
 
 @dataclass
 class RetrainStage(TrainConfig):
-    """``spnas retrain`` / ``spnas.stages.retrain``: a found network from scratch."""
+    """``spnas retrain`` / ``spnas.retrain``: a found network from scratch."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4))
@@ -389,7 +389,7 @@ class RetrainStage(TrainConfig):
 
 @dataclass
 class FinetuneStage(TrainConfig):
-    """``spnas finetune`` / ``spnas.stages.finetune``: a trained network (or a supernet path) on new data."""
+    """``spnas finetune`` / ``spnas.finetune``: a trained network (or a supernet path) on new data."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4))
@@ -405,7 +405,7 @@ class FinetuneStage(TrainConfig):
 
 @dataclass
 class SuperkernelStage(TrainConfig):
-    """``spnas superkernel`` / ``spnas.stages.superkernel``: the Single-Path NAS search (spnas recipe)."""
+    """``spnas superkernel`` / ``spnas.superkernel``: the Single-Path NAS search (spnas recipe)."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=8, batch_size=64, lr=0.05, weight_decay=4e-5, label_smoothing=0.1))
