@@ -184,6 +184,17 @@ def to_flat(obj) -> dict:
     return {path[-1]: value for path, _, _, value in leaf_fields(obj)}
 
 
+def settings_of(default) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """{name: (field, type hint)} of every leaf setting of the dataclass ``default``."""
+    return {f.name: (f, hint) for _, f, hint, _ in leaf_fields(default)}
+
+
+def coerce_settings(default, values: dict) -> dict:
+    """``values`` (names of ``default``'s settings) each as its setting's type (``coerce``)."""
+    known = settings_of(default)
+    return {k: coerce(k, v, *known[k]) for k, v in values.items()}
+
+
 def coerce(name: str, value, f: dataclasses.Field, hint):
     """``value`` (from a YAML/JSON file) as the setting's type; e.g. YAML's '3e-4' string -> 3e-4."""
     if value is None:

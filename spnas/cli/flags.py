@@ -27,17 +27,3 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
         v = getattr(args, n, None)
         if v is not None and v <= 0:
             raise SpnasError(f"--{n} must be positive, got {v}")
-
-
-def check_range(args: argparse.Namespace, name: str, low: float, high: float | None = None,
-                high_open: bool = True) -> None:
-    """``low <= value`` (``< high`` or ``<= high``), finite; None (not given) passes."""
-    check_finite(args, name)
-    v = getattr(args, name, None)
-    if v is None:
-        return
-    above = high is not None and (v >= high if high_open else v > high)
-    if v < low or above:
-        want = (f"in [{low:g}, {high:g}{')' if high_open else ']'}" if high is not None
-                else f"{low:g} or more")
-        raise SpnasError(f"--{name} must be {want}, got {v}")

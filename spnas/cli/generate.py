@@ -31,7 +31,7 @@ from typing import Any
 
 from spnas.config import RENAMED, RunConfig, plain_folder_name, saved_settings
 from spnas.errors import SpnasError
-from spnas.fields import base_type, coerce, flat_fields, from_flat, leaf_fields
+from spnas.fields import base_type, coerce_settings, flat_fields, from_flat, leaf_fields, settings_of
 
 GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
 IGNORED_KEYS = {"model_type", "config"}  # written into config.json, not settings
@@ -127,18 +127,6 @@ def _add_flag(g, f: dataclasses.Field, hint, value, note: str | None) -> None:
     action.help = text.replace("%", "%%")  # after: BooleanOptionalAction appends its own default
 
 
-def explicit_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The destinations of the flags that ``argv`` gives (prefix matching is off everywhere).
-
-    The generated flags record this themselves (``given``); this reads an argv."""
-    found = set()
-    for action in parser._actions:  # argparse keeps no public list of them
-        for opt in action.option_strings:
-            if any(tok == opt or tok.startswith(opt + "=") for tok in argv):
-                found.add(action.dest)
-    return found
-
-
 # ---- settings files -------------------------------------------------------------------------
 def read_recipe(path: str | Path) -> dict:
     """The mapping a YAML or JSON settings file holds, as written (sections kept).
@@ -176,10 +164,6 @@ def read_config_file(path: str | Path) -> dict:
     return {k.replace("-", "_"): v for k, v in flat.items()}
 
 
-def _settings(default) -> dict[str, tuple]:
-    return {f.name: (f, hint) for _, f, hint, _ in leaf_fields(default)}
-
-
 def file_settings(path: str | Path, default, command: str | None = None) -> dict:
     """The settings of ``--config path`` for the stage ``default``, typed; unknown names refused."""
     data = read_recipe(path)
@@ -187,14 +171,13 @@ def file_settings(path: str | Path, default, command: str | None = None) -> dict
     if data.get("model_type") not in (None, expected) and hasattr(default, "model"):
         raise SpnasError(f"--config {path} holds the settings of a {data['model_type']} run; this "
                          f"command's are {expected}")
-    known = _settings(default)
     values = {k: v for k, v in read_config_file(path).items() if k not in IGNORED_KEYS}
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(set(values) - set(settings_of(default)))
     if unknown:
         where = f"'spnas {command}'" if command else "this command"
         raise SpnasError(f"--config {path}: no setting named {', '.join(unknown)} for {where}; "
                          "see --help for the settings")
-    return {k: coerce(k, v, *known[k]) for k, v in values.items()}
+    return coerce_settings(default, values)
 
 
 def saved_run_settings(default, values: dict) -> dict:
@@ -211,8 +194,8 @@ def saved_run_settings(default, values: dict) -> dict:
         saved = saved_settings(json.loads(path.read_text()))
     except (OSError, ValueError):
         return {}
-    known = _settings(default)
-    return {k: coerce(k, v, *known[k]) for k, v in saved.items() if k in known}
+    known = settings_of(default)
+    return coerce_settings(default, {k: v for k, v in saved.items() if k in known})
 
 
 # ---- the config of a command ---------------------------------------------------------------
@@ -222,7 +205,7 @@ def stage_config(default, args: argparse.Namespace, given_dests: set[str] | None
     """The stage config: defaults < preset < the run's saved config < --config file < explicit
     flags (``given_dests``, by default those the command line gave) and ``extra`` (values of
     hand-written flags)."""
-    known = _settings(default)
+    known = settings_of(default)
     chosen = given(args) if given_dests is None else given_dests
     values: dict[str, Any] = {}
     for source in (preset, saved, file_values):
@@ -236,7 +219,7 @@ def config_from_args(default, args: argparse.Namespace, presets: dict[str, dict]
                      extra: dict | None = None):
     """The command's config from its parsed flags, ``--config`` file, recipe preset and, with
     ``--resume``, the run's config.json (see the module docstring for the order)."""
-    known = _settings(default)
+    known = settings_of(default)
     explicit = {k: getattr(args, k) for k in given(args) if k in known}
     explicit.update(extra or {})
     path = getattr(args, "config", None)
@@ -248,5 +231,5 @@ def config_from_args(default, args: argparse.Namespace, presets: dict[str, dict]
         name = wanted.get("recipe") or saved.get("recipe") or default.model.recipe
         if name not in presets:
             raise SpnasError(f"--recipe must be one of {', '.join(presets)}, got {name!r}")
-        preset = {k: coerce(k, v, *known[k]) for k, v in {**presets[name], "recipe": name}.items()}
+        preset = coerce_settings(default, {**presets[name], "recipe": name})
     return stage_config(default, args, set(), saved, file_values, preset, explicit)

@@ -30,7 +30,7 @@ from typing import Any
 from spnas.config import RetrainStage, SearchRunConfig, SupernetStage
 from spnas.engine.checkpoint import atomic_write_text
 from spnas.errors import SpnasError
-from spnas.fields import from_flat, leaf_fields
+from spnas.fields import coerce_settings, from_flat, settings_of
 
 MACHINE_KEYS = {"data_path", "device", "download"}  # may differ when a pipeline resumes elsewhere
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
@@ -40,23 +40,17 @@ EXPORT_DEFAULTS = {"format": "torchscript", "check_images": 64, "tolerance": 1e-
 
 def _settings_for(default, shared: dict, own: dict, stage: str):
     """``default`` with the shared settings it knows and all of the stage's own (checked)."""
-    known = {f.name for _, f, _, _ in leaf_fields(default)}
-    unknown = sorted(set(own) - known)
+    known = settings_of(default)
+    unknown = sorted(set(own) - set(known))
     if unknown:
         raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}; "
                          f"see 'spnas {_COMMAND[stage]} --help' for its settings")
     values = {k: v for k, v in shared.items() if k in known}
     values.update(own)
-    return from_flat(default, coerce_all(default, values))
+    return from_flat(default, coerce_settings(default, values))
 
 
 _COMMAND = {"supernet": "train", "search": "search", "retrain": "retrain"}
-
-
-def coerce_all(default, values: dict) -> dict:
-    from spnas.fields import coerce
-    hints = {f.name: (f, hint) for _, f, hint, _ in leaf_fields(default)}
-    return {k: coerce(k, v, *hints[k]) for k, v in values.items()}
 
 
 def _small(defaults: dict, shared: dict, own: dict, stage: str) -> dict:
