@@ -8,10 +8,12 @@ The package is its API: each stage is one call taking its stage dataclass::
     spnas.retrain(spnas.RetrainStage())                  # spnas retrain
     spnas.pipeline("recipes/smoke.yaml", "runs/smoke", overrides={"data_path": "data"})
 
-Layout (the flow of data): ``data/`` (datasets, augmentation) -> ``spaces/``
-(the SPOS and MBConv spaces) -> ``engine/`` (the trainer, evaluation,
-checkpoints, logs, costs, the search algorithms) -> ``stages/`` (one module
-per command) -> ``cli/``.
+Layout (the flow of data): ``config``, ``fields``, ``arch``, ``runtime``,
+``files`` (settings, architectures, processes and devices, safe writes) ->
+``data/`` (datasets, augmentation, device loading) -> ``spaces/`` (the SPOS and
+MBConv spaces) -> ``engine/`` (the trainer, evaluation, checkpoints, logs,
+counting and latency, the search algorithms) -> ``stages/`` (one module per
+command) -> ``cli/``.
 """
 from .arch import Arch, ArchError, SpaceSpec
 from .config import FinetuneStage, RetrainStage, SearchRunConfig, SuperkernelStage, SupernetStage
@@ -22,7 +24,7 @@ __version__ = "0.2.0"
 _STAGES = {  # name -> (module, attribute), imported on first use (torch-heavy)
     "train_supernet": ("spnas.stages.train", "train_supernet"),
     "search": ("spnas.stages.search", "search_supernet"),
-    "superkernel": ("spnas.stages.superkernel", "search"),
+    "superkernel": ("spnas.stages.superkernel", "search_superkernel"),
     "retrain": ("spnas.stages.retrain", "retrain"),
     "finetune": ("spnas.stages.finetune", "finetune"),
     "evaluate": ("spnas.stages.evaluate", "evaluate_checkpoint"),

@@ -204,7 +204,7 @@ class Arch:
 
     def save(self, path: str | Path, found_by: dict | None = None,
              metrics: dict | None = None) -> None:
-        from spnas.engine.checkpoint import atomic_write_text
+        from spnas.files import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_json(found_by, metrics), indent=2) + "\n")
 
     @classmethod

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spnas.errors import SpnasError
-from spnas.fields import Checked, flag_of, flat_fields, from_flat, opt, to_flat
+from spnas.fields import Checked, from_flat, opt
 from spnas.fields import count_arg as count_arg  # re-exported: budgets read like papers write them
 
 DATASETS = ("cifar10", "cifar100", "folder")  # = data.DATASETS (a test checks)
@@ -126,9 +126,9 @@ class RetrainConfig(Checked):
     arch: str = opt("", "the network: an arch file (.json), tokens ('k5 k3 x ...') or "
                     "choice indices ('1,0,3,...')", default_text="required")
     space: str = opt("spos", "space of an arch string (an arch file names its own)",
-                     choices=("spos",))
-    layers: int = opt(20, "searchable layers of that space", check="positive")
-    num_choices: int = opt(4, "blocks per layer of that space", check="positive")
+                     choices=("spos", "mbconv"))
+    layers: int = opt(20, "searchable layers of the spos space", check="positive")
+    num_choices: int = opt(4, "blocks per layer of the spos space", check="positive")
     dropout: float = opt(0.0, "dropout before the classifier", unit="probability",
                          check="fraction")
     ema: bool = opt(False, "validate and ship an exponential moving average of the weights")
@@ -344,9 +344,9 @@ class LatencyConfig(Checked):
     layout: str = opt("cifar", "strides of the space", choices=("cifar", "imagenet"))
     options: dict = opt(help="space options, e.g. {'layers': 8}", factory=dict, cli=False)
     checkpoint: str | None = opt(None, "take the space and classes from this checkpoint instead")
-    num_classes: int = opt(10, "classes of the classifier", check="positive")
+    classes: int = opt(10, "classes of the classifier", check="positive")
     device: str = opt("cpu", "cpu, cuda or cuda:N")
-    batch: int = opt(1, "images per timed forward", check="positive")
+    batch_size: int = opt(1, "images per timed forward", check="positive")
     resolution: int | None = opt(None, "input side; none = the layout's (32 cifar, 224 imagenet)",
                                  unit="pixels", check="positive")
     threads: int | None = opt(None, "CPU threads; none = torch's default", check="positive")
@@ -456,53 +456,3 @@ def superkernel_recipe(name: str = "spnas", **settings) -> SuperkernelStage:
     return from_flat(SuperkernelStage(), {**RECIPES[name], "recipe": name, **settings})
 
 
-# ---- resuming a run -------------------------------------------------------------------------
-# Settings a resumed run may change (logged); every other one must equal the run's config.json.
-RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
-             "deterministic", "data_path", "download", "resume")
-WHERE = ("save_path", "exp_name")  # where the run folder is: the folder being resumed, not compared
-# what one command does, not a setting of the run: recorded as false/none (so a run folder's
-# config.json starts a whole new run), taken from the command line alone, not compared
-PER_COMMAND = ("resume", "stop_after")
-# names in config.json files written by earlier versions -> today's
-RENAMED = {"formula": "latency_formula", "lr_decay_factor": "decay_factor",
-           "lr_decay_epochs": "decay_epochs"}
-
-
-def saved_settings(saved: dict) -> dict:
-    """{leaf name: value} of a run's config.json (old names renamed; no ``PER_COMMAND``)."""
-    return {k: v for k, v in flat_fields(saved, RENAMED).items()
-            if k != "model_type" and k not in PER_COMMAND}
-
-
-def flag_text(name: str, value) -> str:
-    """A setting as a command line gives it: ``--lr 0.1``, ``--cutout``, ``--no-amp``."""
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no-{name}"
-    return f"{flag_of(name)} {'none' if value is None else value}"
-
-
-def resume_changes(cfg, saved: dict) -> tuple[list[str], list[str]]:
-    """(refused, allowed): how ``cfg``'s settings differ from a run's saved ``config.json``.
-
-    Settings the saved config lacks (added since), ``WHERE`` and ``PER_COMMAND`` are not
-    compared.
-    """
-    before = saved_settings(saved)
-    refused, allowed = [], []
-    for name, value in to_flat(cfg).items():
-        if name not in before or name in WHERE + PER_COMMAND or before[name] == value:
-            continue
-        old = before[name]
-        was = flag_text(name, old) if isinstance(old, bool) else ("none" if old is None else old)
-        text = f"{flag_text(name, value)} differs from the run's {was} (config.json)"
-        (allowed if name in RESUMABLE else refused).append(text)
-    return refused, allowed
-
-
-def refuse_changes(refused: list[str], run_dir) -> None:
-    if refused:
-        raise SpnasError(f"{'; '.join(refused)}: a resumed run keeps the settings it was started "
-                         f"with ({run_dir}/config.json; flags not given are taken from it); drop "
-                         f"the flag{'s' if len(refused) > 1 else ''}, or start a new run with "
-                         f"another --exp_name. Only {', '.join(RESUMABLE)} may change on resume")

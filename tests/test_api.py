@@ -11,7 +11,7 @@ from spnas.stages import finetune, pipeline, retrain, search, superkernel, train
 
 @pytest.mark.parametrize("name, function", [
     ("train_supernet", train.train_supernet), ("search", search.search_supernet),
-    ("superkernel", superkernel.search), ("retrain", retrain.retrain),
+    ("superkernel", superkernel.search_superkernel), ("retrain", retrain.retrain),
     ("finetune", finetune.finetune), ("pipeline", pipeline.pipeline)])
 def test_every_stage_is_a_call_on_the_package(name, function):
     assert getattr(spnas, name) is function and name in spnas.__all__

@@ -117,7 +117,7 @@ def test_transform_is_seeded_and_shapes_are_right(cfg):
     size = cfg.resize or 32
     assert a.shape == (16, 3, size, size) and a.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    ev = t.eval(x)
+    ev = t.plain(x)
     assert ev.shape == (16, 3, size, size)
     if not cfg.resize:  # evaluation only normalises
         mean = torch.tensor([0.49139968, 0.48215827, 0.44653124]).view(1, 3, 1, 1)

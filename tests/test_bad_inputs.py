@@ -32,8 +32,10 @@ from spnas.cli import main, run_guarded
 from spnas.config import DataConfig, TrainConfig
 from spnas.data.datasets import load_dataset
 from spnas.engine.checkpoint import save_checkpoint
-from spnas.engine.cost import LatencyTable
-from spnas.spaces import build_child, mbconv_space, spos_space
+from spnas.engine.latency import LatencyTable
+from spnas.spaces import build_child
+from spnas.spaces.mbconv import mbconv_space
+from spnas.spaces.spos import spos_space
 
 
 # ---- building bad inputs --------------------------------------------------------------
@@ -365,10 +367,10 @@ CASES = [
          "--option and --checkpoint do not mix", watch="run"),
     # export
     Case("export-into-an-existing-folder", lambda t, m: export_argv(
-        child_checkpoint(t), "--out", str(folder_with_a_file(t / "out")), "--force"),
+        child_checkpoint(t), "--out", str(folder_with_a_file(t / "out")), "--overwrite"),
          0, "wrote {tmp}/out/best.torchscript.pt", watch="run", after=_exported_inside),
     Case("export-over-its-checkpoint", lambda t, m: export_argv(
-        child_checkpoint(t), "--out", str(t / "run" / "best.pt"), "--force"),
+        child_checkpoint(t), "--out", str(t / "run" / "best.pt"), "--overwrite"),
          ERROR, "--out {tmp}/run/best.pt is the checkpoint itself", watch="run"),
     # checkpoints edited by hand or written elsewhere
     Case("checkpoint-without-num-classes",

@@ -3,7 +3,7 @@
 Every command's parsed defaults are its stage dataclass's; a bad value is the same
 one-line error from Python as from the flag; ``--config FILE`` (YAML, JSON, a run
 folder's config.json) sets settings under the flags given; ``--resume`` takes the
-run's config.json back and refuses a changed setting outside ``config.RESUMABLE``.
+run's config.json back and refuses a changed setting outside ``resume.RESUMABLE``.
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ import torch
 
 from spnas.arch import Arch
 from spnas.cli import main
-from spnas.engine import cost
-from spnas.engine.cost import LatencyTable, build_cost_table, count_macs, count_params, macs_latency_table
+from spnas.engine import latency
+from spnas.engine.counting import build_cost_table, count_macs, count_params
 from spnas.engine.evolution import CostModel
+from spnas.engine.latency import LatencyTable, macs_latency_table
 from spnas.spaces import build_child
 from spnas.spaces.spos import spos_space
 
@@ -95,9 +96,9 @@ def test_calibration_fits_the_whole_network_factor_and_reports_both_errors(monke
     table = LatencyTable(space, "cpu", "test", 1, 32, 1, 0.5,
                          [{c: rng.uniform(0.2, 2.0) for c in range(4)} for _ in range(3)])
     raw = lambda arch: table.constant + sum(table.layers[i][c] for i, c in enumerate(arch))  # noqa: E731
-    monkeypatch.setattr(cost, "measure_arch_ms", lambda arch, *a, **k: 1.3 * raw(arch))
-    assert cost.calibrate_latency_table(table, None, torch.device("cpu"), 5) == pytest.approx(1.3)
-    report = cost.validate_latency_table(table, None, torch.device("cpu"), 6, seed=7)
+    monkeypatch.setattr(latency, "measure_arch_ms", lambda arch, *a, **k: 1.3 * raw(arch))
+    assert latency.calibrate_latency_table(table, None, torch.device("cpu"), 5) == pytest.approx(1.3)
+    report = latency.validate_latency_table(table, None, torch.device("cpu"), 6, seed=7)
     assert report["mean_abs_rel_error"] == pytest.approx(0, abs=1e-12)
     assert report["uncalibrated_mean_abs_rel_error"] == pytest.approx(1 - 1 / 1.3)
     arch = Arch.sample(space, rng)

@@ -8,16 +8,8 @@ import pytest
 import torch
 from conftest import write_image_folders, write_official
 
-from spnas.data.datasets import (
-    SOURCES,
-    Dataset,
-    download,
-    load_dataset,
-    make_splits,
-    md5sum,
-    safe_extract,
-    stratified_split,
-)
+from spnas.data.archives import download, md5sum, safe_extract
+from spnas.data.datasets import ARCHIVES, Dataset, load_dataset, make_splits, stratified_split
 from spnas.errors import SpnasError
 
 
@@ -148,8 +140,8 @@ def test_download_of_missing_data_then_load(tmp_path, monkeypatch):
     served = tmp_path / "served.tar.gz"
     with tarfile.open(served, "w:gz") as t:
         t.add(src, arcname="cifar-10-batches-py")
-    patched = SOURCES["cifar10"].__class__(**{**SOURCES["cifar10"].__dict__, "md5": md5sum(served)})
-    monkeypatch.setitem(SOURCES, "cifar10", patched)
+    patched = ARCHIVES["cifar10"].__class__(**{**ARCHIVES["cifar10"].__dict__, "md5": md5sum(served)})
+    monkeypatch.setitem(ARCHIVES, "cifar10", patched)
     ds = load_dataset("cifar10", tmp_path / "data", url=served.as_uri())
     _check(ds, 250, 100)
 

@@ -364,12 +364,12 @@ def test_refuses_to_overwrite_unless_forced(network_state, tmp_path, capsys):
     argv = ["import-reference", str(src), "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "already exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert "already exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1
     assert out.read_text() == "keep me"
-    assert main(argv + ["--force"]) == 0
+    assert main(argv + ["--overwrite"]) == 0
     assert load_checkpoint(out)["kind"] == "child"
     with pytest.raises(SpnasError, match="is the file being imported"):
-        import_reference(src, src, force=True)
+        import_reference(src, src, overwrite=True)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from spnas.arch import Arch, ArchError
-from spnas.engine.cost import count_params, uniform_archs
+from spnas.engine.counting import count_params, uniform_archs
 from spnas.errors import SpnasError
 from spnas.spaces import build_child, build_supernet, make_space
 from spnas.spaces.mbconv import (

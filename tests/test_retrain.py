@@ -9,12 +9,13 @@ from spnas.arch import Arch
 from spnas.cli import main
 from spnas.data.augment import MEAN_STD, AugmentConfig, BatchTransform
 from spnas.data.datasets import load_dataset
+from spnas.data.loading import DeviceLoader
 from spnas.engine.checkpoint import load_checkpoint
-from spnas.engine.cost import build_cost_table, count_params
+from spnas.engine.counting import build_cost_table, count_params
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.runlog import read_metrics
-from spnas.engine.trainer import DeviceLoader
 from spnas.spaces import build_child, model_from_checkpoint
+from spnas.spaces.mbconv import mbconv_space
 from spnas.spaces.spos import spos_space
 from spnas.stages.profile import profile_arch
 
@@ -157,6 +158,22 @@ def test_profile_reports_the_old_recipes_best_arch(capsys):
     assert f"({count_params(build_child(arch, 10)):,})" in lines[2]
     assert lines[3].startswith("MACs") and "(multiply-accumulates, the 'FLOPs' of NAS" in lines[3]
     assert f"({conv_linear_macs(build_child(arch, 10)):,})" in lines[3]
+
+
+def test_profile_takes_an_mbconv_arch_string_and_refuses_spos_sizes_for_it(capsys):
+    tokens = " ".join(["k3e3"] * 4 + ["k5e6", "skip", "k3e6", "k5e3"] * 4)
+    argv = ["profile", "--space", "mbconv", "--arch", tokens, "--device", "cpu",
+            "--batch_size", "2", "--warmup", "0", "--repeats", "1"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    arch = Arch.parse(tokens, mbconv_space())
+    assert lines[1].startswith("space        mbconv/cifar, 20 layers")
+    assert f"({count_params(build_child(arch, 10)):,})" in lines[2]
+    assert f"({conv_linear_macs(build_child(arch, 10)):,})" in lines[3]
+    assert main(argv + ["--layers", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--layers and --num_choices size the spos space; --space mbconv" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def conv_linear_macs(net: torch.nn.Module) -> int:

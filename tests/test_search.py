@@ -5,8 +5,9 @@ import pytest
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import SearchConfig
-from spnas.engine.cost import LatencyTable, build_cost_table, macs_latency_table
+from spnas.engine.counting import build_cost_table
 from spnas.engine.evolution import Budget, CostModel, evolution_search, pareto_front, random_search, rank
+from spnas.engine.latency import LatencyTable, macs_latency_table
 from spnas.errors import SpnasError
 from spnas.spaces import build_child
 from spnas.spaces.spos import spos_space

@@ -9,12 +9,13 @@ import torch
 
 from spnas.arch import Arch
 from spnas.cli import build_parser, main
-from spnas.cli.superkernel import RECIPES, superkernel_config
-from spnas.config import SuperkernelStage, superkernel_recipe
+from spnas.cli.superkernel import superkernel_config
+from spnas.config import RECIPES, SuperkernelStage, superkernel_recipe
 from spnas.engine.checkpoint import load_checkpoint
-from spnas.engine.cost import LatencyTable, count_macs, macs_latency_table
-from spnas.engine.runlog import RunLog, read_metrics
-from spnas.engine.trainer import effective_optim, lr_at
+from spnas.engine.counting import count_macs
+from spnas.engine.latency import LatencyTable, macs_latency_table
+from spnas.engine.runlog import read_metrics
+from spnas.engine.schedule import effective_optim, lr_at
 from spnas.fields import to_flat
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
@@ -261,7 +262,7 @@ def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
     # the Task: dropout rescaled in warm-up only, lambda x 1e3 x ln R after it, an EMA evaluated
     table = synthetic_table()
     ema = TfEma(net, sk.ema_decay)
-    task = build_task(net, table, cfg, 80, 10, lambda m, s: {}, RunLog(tmp_path), ema)
+    task = build_task(net, table, cfg, 80, 10, lambda m, s: {}, ema)
     calls = []
     task.forward(lambda x, **kw: calls.append(kw), None, 49)
     task.forward(lambda x, **kw: calls.append(kw), None, 50)

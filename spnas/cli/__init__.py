@@ -35,13 +35,13 @@ from spnas.cli.spos import (
     add_latency_table_parser,
     add_search_parser,
     add_train_parser,
-    count_arg,
     run_latency_table,
     run_search,
     run_train,
 )
 from spnas.cli.superkernel import add_superkernel_parser, run_superkernel
 from spnas.errors import SpnasError
+from spnas.fields import count_arg
 
 COMMANDS = {
     "pipeline": (add_pipeline_parser, run_pipeline,
@@ -87,7 +87,7 @@ def run_guarded(fn, args) -> int:
 
     ``fn`` may return an exit status (e.g. 1 when a comparison fails).
     """
-    from spnas.engine.runtime import tune_allocator
+    from spnas.runtime import tune_allocator
     tune_allocator()
     try:
         code = fn(args)

@@ -60,10 +60,10 @@ def add_curves_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run_curves(args: argparse.Namespace) -> int:
     """Plot the runs (and the baseline); compare each run with the baseline: 0 pass, 1 fail."""
-    from spnas.engine.curves import compare, load_curve, plot_curves
+    from spnas.engine.curves import compare, load_curve, plot_comparison
     curves = [load_curve(r) for r in args.runs]
     base = load_curve(args.baseline) if args.baseline else None
-    for path in plot_curves(curves + ([base] if base else []), args.out, args.window, args.max_step):
+    for path in plot_comparison(curves + ([base] if base else []), args.out, args.window, args.max_step):
         print(f"wrote {path}")
     failed = False
     for c in curves if base else []:

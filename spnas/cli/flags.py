@@ -10,8 +10,6 @@ import math
 
 from spnas.errors import SpnasError
 
-B = argparse.BooleanOptionalAction
-
 
 def check_finite(args: argparse.Namespace, *names: str) -> None:
     """Refuse NaN and infinity (``float()`` reads 'nan' and 'inf' without complaint)."""

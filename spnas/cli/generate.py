@@ -19,7 +19,7 @@ error. The flags record which of them the command line gave (``given``).
 folder's ``config.json``; an unknown name is a one-line error. With
 ``--resume`` the run folder's own ``config.json`` comes back, so a resumed run
 needs no flag repeated; a given setting that differs from it is refused
-(``train.check_resume``) unless it is in ``config.RESUMABLE``.
+(``train.check_resume``) unless it is in ``resume.RESUMABLE``.
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spnas.config import RENAMED, RunConfig, plain_folder_name, saved_settings
+from spnas.config import RunConfig, plain_folder_name
 from spnas.errors import SpnasError
 from spnas.fields import base_type, coerce_settings, flat_fields, from_flat, leaf_fields, settings_of
+from spnas.resume import RENAMED, saved_settings
 
 GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
 IGNORED_KEYS = {"model_type", "config"}  # written into config.json, not settings

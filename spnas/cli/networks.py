@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import sys
 
-from spnas.cli.flags import B, check_positive
+from spnas.cli.flags import check_positive
 from spnas.cli.generate import add_config_args, config_from_args, default_paren
 from spnas.config import DataConfig, FinetuneStage, RetrainConfig, RetrainStage
 from spnas.data.datasets import DATASETS
@@ -58,7 +58,7 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(default: eval_<checkpoint>_<split> beside the checkpoint)")
     p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", action=B, default=True, help="bf16 autocast on CUDA")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
     return p
 
 
@@ -86,15 +86,17 @@ def add_profile_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="input side in pixels (default: 32, or 224 with --resize)")
     h.add_argument("--batch_size", type=int, default=128, help="the throughput batch")
     h.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    h.add_argument("--channels_last", action=B, default=True, help="NHWC memory format")
-    h.add_argument("--amp", action=B, default=False, help="bf16 autocast on CUDA")
+    h.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC memory format")
+    h.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CUDA")
     h.add_argument("--warmup", type=int, default=10, help="untimed calls first")
     h.add_argument("--repeats", type=int, default=30, help="timed calls (the median is shown)")
     return p
 
 
 def run_profile(args: argparse.Namespace) -> dict:
-    from spnas.engine.trainer import resolve_device
+    from spnas.runtime import resolve_device
     from spnas.stages.profile import format_profile, profile_arch
     from spnas.stages.retrain import load_arch
     check_positive(args, "classes", "resolution", "batch_size", "repeats")
@@ -120,7 +122,7 @@ def add_export_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="test images compared with PyTorch (0: random inputs only)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest absolute difference of the logits allowed")
-    p.add_argument("--force", action="store_true", help="replace an existing file (never a folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file (never a folder)")
     return p
 
 
@@ -130,6 +132,6 @@ def run_export(args: argparse.Namespace) -> dict:
     if args.check_images < 0:
         raise SpnasError(f"--check_images must be 0 or more, got {args.check_images}")
     r = export_checkpoint(args.checkpoint, args.format, args.out, args.data_path,
-                          args.check_images, args.tolerance, args.force)
+                          args.check_images, args.tolerance, args.overwrite)
     print(format_export(r))
     return r

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from spnas.cli.flags import B, check_positive
+from spnas.cli.flags import check_positive
 
 
 def add_import_reference_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -11,7 +11,7 @@ def add_import_reference_parser(p: argparse.ArgumentParser) -> argparse.Argument
                    help="torch.save(model.state_dict()) of the original's train_supernet.py "
                         "(a supernet) or retrain_best_choice.py (one network)")
     p.add_argument("--out", required=True, metavar="DST.pt", help="the spnas checkpoint to write")
-    p.add_argument("--resize", action=B, default=None,
+    p.add_argument("--resize", action=argparse.BooleanOptionalAction, default=None,
                    help="check that the file is in the --resize (imagenet) layout; --no-resize: "
                         "the CIFAR layout (default: take the file's)")
     p.add_argument("--classes", type=int, default=None,
@@ -19,7 +19,7 @@ def add_import_reference_parser(p: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--num_choices", type=int, default=4,
                    help="a supernet keeps its first K blocks only: the original's --num_choices "
                         "(it saves all 4 whatever it trained; default: 4)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p
 
 
@@ -27,6 +27,6 @@ def run_import_reference(args: argparse.Namespace) -> dict:
     from spnas.stages.import_reference import format_import, import_reference
     check_positive(args, "classes")
     r = import_reference(args.src, args.out, args.resize, args.classes, args.num_choices,
-                         args.force)
+                         args.overwrite)
     print(format_import(r))
     return r

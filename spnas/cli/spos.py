@@ -69,7 +69,7 @@ def add_latency_table_parser(p: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_latency_table(args: argparse.Namespace):
-    from spnas.engine.cost import measure_latency_table
+    from spnas.stages.latency_table import measure_latency_table
     keys = [k for k, _ in args.options]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:

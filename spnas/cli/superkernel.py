@@ -62,5 +62,5 @@ def superkernel_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_superkernel(args: argparse.Namespace) -> dict:
-    from spnas.stages.superkernel import search
-    return search(superkernel_config(args))
+    from spnas.stages.superkernel import search_superkernel
+    return search_superkernel(superkernel_config(args))

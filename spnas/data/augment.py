@@ -20,7 +20,7 @@ Training pipeline (``BatchTransform.train``), for a uint8 batch [B, 3, H, W]:
    side ``cutout`` per sample, centred anywhere in the image, clipped at the
    border (as in DeVries & Taylor's code).
 
-Evaluation (``BatchTransform.eval``): normalise; with ``resize``, Resize(256)
+Evaluation (``BatchTransform.plain``: no augmentation): normalise; with ``resize``, Resize(256)
 + CenterCrop(224) scaled to ``resize``.
 
 Every random draw comes from the ``torch.Generator`` passed in (on the CPU, so
@@ -245,7 +245,9 @@ class BatchTransform:
             x = cutout(x, cfg.cutout, gen)
         return x.contiguous(memory_format=self.memory_format)
 
-    def eval(self, x: torch.Tensor) -> torch.Tensor:
+    def plain(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluation view of a uint8 batch: no augmentation, normalised (and centre-cropped
+        at ``resize``)."""
         x = x.float().div_(255)
         if self.cfg.resize:
             size = self.cfg.resize

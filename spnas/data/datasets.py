@@ -18,15 +18,8 @@ checked). Offline, the error says which file to put where.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spnas.data.archives import download, safe_extract
 from spnas.errors import SpnasError
 
 
 @dataclass(frozen=True)
-class Source:
+class Archive:
     """Where one dataset comes from and how its official batches are named."""
 
     tarball: str
@@ -52,18 +46,18 @@ class Source:
     names_key: str
 
 
-SOURCES = {
-    "cifar10": Source("cifar-10-python.tar.gz", "cifar-10-batches-py",
+ARCHIVES = {
+    "cifar10": Archive("cifar-10-python.tar.gz", "cifar-10-batches-py",
                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                       "c58f30108f718f92721af3b95e74349a",
                       tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
                       "batches.meta", "labels", "label_names"),
-    "cifar100": Source("cifar-100-python.tar.gz", "cifar-100-python",
+    "cifar100": Archive("cifar-100-python.tar.gz", "cifar-100-python",
                        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                        "eb9058c3a382ffc7106e4002c42a8d85",
                        ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
 }
-DATASETS = (*SOURCES, "folder")
+DATASETS = (*ARCHIVES, "folder")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff"}
 
 
@@ -166,7 +160,7 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str):
 
 
 def _read_official(name: str, folder: Path) -> Dataset:
-    src = SOURCES[name]
+    src = ARCHIVES[name]
     meta = _load_pickle(folder / src.meta_file)
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(src.names_key, [])]
     train_x, train_y = _read_batches(folder, src.train_files, src.label_key)
@@ -246,137 +240,6 @@ def _read_image_folders(name: str, root: Path, size: int) -> Dataset:
     return Dataset(name, classes, train_x, train_y, test_x, test_y)
 
 
-# ---- tarballs: safe extraction and download ------------------------------------------
-def _checked_members(tarball: Path, tar: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
-    """Every member, refusing links, special files and paths that leave ``root``."""
-    members = tar.getmembers()
-    for m in members:
-        target = (root / m.name).resolve()
-        if not (m.isfile() or m.isdir()):
-            raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} is a "
-                             "link or special file; the official tarball has none")
-        if target != root and root not in target.parents:
-            raise SpnasError(f"refusing to unpack {tarball}: member {m.name!r} "
-                             f"would land outside {root.parent}")
-    return members
-
-
-def _unpack(tarball: Path, root: Path) -> None:
-    with tarfile.open(tarball) as tar:
-        for m in _checked_members(tarball, tar, root):
-            target = root / m.name
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-        # read to the end, so gzip checks its CRC: a garbled stream may decompress to
-        # wrong bytes, or look like an archive that ends early, without any other error
-        while tar.fileobj.read(1 << 20):
-            pass
-
-
-def _move_into_place(tmp: Path, dest: Path, tarball: Path) -> None:
-    for entry in sorted(tmp.iterdir()):
-        target = dest / entry.name
-        if os.path.lexists(target):
-            raise SpnasError(f"{target} already exists (an unpack that did not finish?); "
-                             f"delete it and run again, and {tarball.name} will be unpacked "
-                             "afresh")
-        os.replace(entry, target)
-
-
-def _one_line(e: Exception) -> str:
-    """tarfile lists each method it tried on its own line: keep the message on one."""
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def _megabytes(n: int) -> int:
-    return max(1, -(-n // 1_000_000))
-
-
-def safe_extract(tarball: Path, dest: Path, expect: tuple[str, ...] = ()) -> None:
-    """Unpack regular files and folders only, refusing any member that leaves ``dest``.
-
-    The members are unpacked into a hidden temporary folder inside ``dest`` and
-    renamed into place only once all of them are written, so a failure (a full
-    disk, a truncated tarball) leaves ``dest`` as it was, and the tarball too.
-    ``expect``: paths the tarball must hold (a damaged tarball may just end early).
-    """
-    tarball, dest = Path(tarball), Path(dest).resolve()
-    tmp = None
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{tarball.name}.unpacking-", dir=dest))
-        _unpack(tarball, tmp)
-        lacking = [f for f in expect if not (tmp / f).is_file()]
-        if lacking:
-            raise SpnasError(f"{tarball} is incomplete or damaged: it lacks "
-                             f"{', '.join(lacking)}; delete it and download it again")
-        _move_into_place(tmp, dest, tarball)
-    except OSError as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp = None
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise SpnasError(_disk_full(tarball, dest)) from None
-        if e.errno is not None:  # permissions, a read-only disk: not the tarball's fault
-            raise SpnasError(f"cannot unpack {tarball} into {dest}: {e.strerror} "
-                             f"({e.filename or dest}); make {dest} writable or put the "
-                             "tarball in a writable --data_path") from None
-        raise SpnasError(f"{tarball} is corrupt or truncated ({_one_line(e)}); delete it "
-                         "and download it again") from None
-    except (tarfile.TarError, EOFError, ValueError, zlib.error) as e:
-        raise SpnasError(f"{tarball} is corrupt or truncated ({_one_line(e)}); delete it "
-                         "and download it again") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _disk_full(tarball: Path, dest: Path) -> str:
-    try:
-        with tarfile.open(tarball) as tar:
-            needed = sum(m.size for m in tar.getmembers() if m.isfile())
-    except (OSError, tarfile.TarError, EOFError, zlib.error):
-        needed = 0
-    free = shutil.disk_usage(dest).free
-    short = needed - free if needed > free else needed
-    return (f"disk full while unpacking {tarball} into {dest} (it needs "
-            f"{_megabytes(needed)} MB, {free // 1_000_000} MB are free): free "
-            f"{_megabytes(short)} MB and run again; the tarball is intact, keep it")
-
-
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
-    """Fetch ``url`` to ``dest`` through a ``.part`` file, with a progress bar, MD5 checked."""
-    from tqdm import tqdm
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(part, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
-                for chunk in iter(lambda: r.read(1 << 16), b""):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-    except (OSError, ValueError) as e:
-        part.unlink(missing_ok=True)
-        raise ConnectionError(str(e)) from None
-    got = md5sum(part)
-    if got != md5:
-        part.unlink(missing_ok=True)
-        raise SpnasError(f"downloaded {dest.name} has MD5 {got}, expected {md5}: the "
-                         "download was damaged; run again")
-    os.replace(part, dest)
 
 
 # ---- finding a dataset -------------------------------------------------------------
@@ -389,7 +252,7 @@ def _candidates(root: Path) -> list[Path]:
 
 def _check_complete(name: str, folder: Path) -> None:
     """An official folder lacking batches, with the tarball beside it: say how to redo it."""
-    src = SOURCES[name]
+    src = ARCHIVES[name]
     missing = [f for f in (src.meta_file, *src.train_files, *src.test_files)
                if not (folder / f).is_file()]
     tarball = folder.parent / src.tarball
@@ -400,7 +263,7 @@ def _check_complete(name: str, folder: Path) -> None:
 
 
 def _find(name: str, root: Path) -> tuple[str, Path] | None:
-    src = SOURCES.get(name)
+    src = ARCHIVES.get(name)
     for d in _candidates(root):
         if src and (d / src.train_files[0]).is_file() and d.name == src.folder:
             return "official", d
@@ -422,8 +285,8 @@ def load_dataset(name: str, data_path: str | Path, *, download_ok: bool = True,
         raise SpnasError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(data_path).expanduser()
     found = _find(name, root)
-    if found is None and name in SOURCES and download_ok:
-        src = SOURCES[name]
+    if found is None and name in ARCHIVES and download_ok:
+        src = ARCHIVES[name]
         tarball = (root if root.suffix != ".gz" else root.parent) / src.tarball
         try:
             download(url or src.url, tarball, src.md5)
@@ -433,12 +296,12 @@ def load_dataset(name: str, data_path: str | Path, *, download_ok: bool = True,
                              f"folder in {root}") from None
         found = ("tarball", tarball)
     if found is None:
-        what = (f"{SOURCES[name].tarball}, {SOURCES[name].folder}/ or " if name in SOURCES else "")
+        what = (f"{ARCHIVES[name].tarball}, {ARCHIVES[name].folder}/ or " if name in ARCHIVES else "")
         raise SpnasError(f"no {name} data under {root}: expected {what}train/<class>/ and "
                          "test/<class>/ image folders")
     kind, path = found
     if kind == "tarball":
-        src = SOURCES[name]
+        src = ARCHIVES[name]
         safe_extract(path, path.parent, tuple(f"{src.folder}/{f}" for f in
                                               (src.meta_file, *src.train_files, *src.test_files)))
         kind, path = "official", path.parent / src.folder

@@ -22,10 +22,7 @@ flipped bytes inside a tensor without complaint.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -34,56 +31,19 @@ from torch import nn
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.errors import SpnasError
+from spnas.files import atomic_write
 
 FORMAT = "spnas-1"
 KINDS = ("supernet", "child", "superkernel")
 
 
-def _atomic_write(path: str | Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes: 8 random characters
-_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[str]:
-    """Delete the temporary files of ``_atomic_write`` calls that were killed midway.
-
-    Only call this while no live process writes into ``folder`` (a run holds the run
-    folder's lock). Returns the names removed.
-    """
-    removed = []
-    for p in sorted(Path(folder).glob(".*.tmp")):
-        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     missing = {"kind", "space", "num_classes", "model"} - payload.keys()
     if missing:
         raise ValueError(f"checkpoint payload lacks {sorted(missing)}")
-    _atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
@@ -174,15 +134,3 @@ def load_model_state(model: nn.Module, state: dict, path: str) -> None:
                          f"({str(e).splitlines()[0][:200]})") from None
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

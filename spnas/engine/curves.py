@@ -335,7 +335,7 @@ def draw_curves(ax, curves: list[Curve], window: int | None = None) -> None:
     ax.legend(fontsize=8)
 
 
-def plot_curves(curves: list[Curve], out_dir: str | Path, window: int | None = None,
+def plot_comparison(curves: list[Curve], out_dir: str | Path, window: int | None = None,
                 max_step: int | None = None) -> list[Path]:
     """loss.jpg and loss.png in ``out_dir``: see ``draw_curves``; only steps <= max_step."""
     from spnas.engine.plots import figure

@@ -32,7 +32,7 @@ def eval_batches(x: torch.Tensor, transform: BatchTransform, batch_size: int,
                  device: torch.device) -> Iterator[torch.Tensor]:
     """Normalised (not augmented) batches of ``x`` in order, moved to ``device``."""
     for i in range(0, len(x), batch_size):
-        yield transform.eval(x[i:i + batch_size].to(device, non_blocking=True))
+        yield transform.plain(x[i:i + batch_size].to(device, non_blocking=True))
 
 
 def recalibration_batches(x: torch.Tensor, n: int, batch_size: int, transform: BatchTransform,

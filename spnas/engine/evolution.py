@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import SearchConfig
-from spnas.engine.cost import CostTable, LatencyTable
+from spnas.engine.counting import CostTable
+from spnas.engine.latency import LatencyTable
 from spnas.errors import SpnasError
 
 FITNESS = "val_acc"

@@ -15,7 +15,7 @@ def figure(width: float, height: float, dpi: int = 100):
     return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
 
 
-def plot_curves(records: list[dict], steps_per_epoch: int, path: str | Path,
+def plot_training_curves(records: list[dict], steps_per_epoch: int, path: str | Path,
                 title: str = "") -> Path:
     """Train and validation accuracy over epochs, and the test accuracy once at the end."""
     fig = figure(6.4, 3.6)

@@ -22,8 +22,10 @@ except ImportError:  # not POSIX: runs go unlocked
 
 from tqdm import tqdm
 
-from spnas.engine.checkpoint import atomic_write_text, remove_stale_temp_files
+from spnas.config import RunConfig, TrainConfig, plain_folder_name
 from spnas.errors import SpnasError
+from spnas.files import atomic_write_text, remove_stale_temp_files
+from spnas.resume import refuse_changes, resume_changes
 
 
 def _clean(v):
@@ -184,3 +186,52 @@ def read_metrics(path: str | Path) -> list[dict]:
                     raise SpnasError(f"{path} line {n} is not JSON; is this a metrics.jsonl "
                                      "file?") from None
     return records
+
+
+def open_run_dir(run_dir: Path, cfg: TrainConfig):
+    """Check and lock ``run_dir`` for ``cfg``'s run; a resume must keep the run's settings."""
+    lock = lock_run_dir(run_dir, cfg.run.resume)
+    try:
+        check_resume(cfg, run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
+    """Refuse a resume whose settings differ from the run's ``config.json`` outside
+    ``resume.RESUMABLE`` (naming each); return the allowed changes, to be logged."""
+    path = run_dir / "config.json"
+    if not cfg.run.resume or not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SpnasError(f"{path} is unreadable ({e}); it records the run's settings, "
+                         "so the run can't be resumed safely") from None
+    refused, allowed = resume_changes(cfg, saved)
+    refuse_changes(refused, run_dir)
+    return allowed
+
+
+def recorded_config(cfg: TrainConfig) -> dict:
+    """The config a run folder records: ``resume`` and ``stop_after`` are what one command
+    did, not settings of the run (``resume.PER_COMMAND``), so they are stored as false and
+    none: a run folder's config.json starts a whole new run, and a resume runs to the end
+    unless it is given --stop_after again."""
+    d = cfg.to_dict()
+    d["run"].update(resume=False, stop_after=None)
+    return d
+
+
+def check_exp_name(name: str) -> None:
+    """A run folder's name is one plain folder name: it can't leave, or be, --save_path."""
+    problem = plain_folder_name(name)
+    if problem:
+        raise SpnasError(f"--exp_name {problem}")
+
+
+def run_dir_for(run: RunConfig) -> Path:
+    check_exp_name(run.exp_name)
+    return Path(run.save_path).expanduser() / run.exp_name

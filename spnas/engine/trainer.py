@@ -10,7 +10,6 @@ uninterrupted run would have.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,198 +25,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from spnas.arch import Arch, SpaceSpec
-from spnas.config import (
-    RESUMABLE,
-    DataConfig,
-    OptimConfig,
-    RunConfig,
-    TrainConfig,
-    derive_seed,
-    plain_folder_name,
-    refuse_changes,
-    resume_changes,
-)
-from spnas.data.augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
-from spnas.data.datasets import Splits, load_dataset, make_splits
-from spnas.engine.checkpoint import (
-    atomic_write_text,
-    check_same_space,
-    load_checkpoint,
-    load_model_state,
-    rng_state,
-    save_checkpoint,
-)
+from spnas.config import OptimConfig, TrainConfig, derive_seed
+from spnas.data.datasets import Splits
+from spnas.data.loading import DeviceLoader, load_splits
+from spnas.engine.checkpoint import check_same_space, load_checkpoint, load_model_state, save_checkpoint
 from spnas.engine.evaluation import autocast
-from spnas.engine.runlog import RunLog, check_run_dir, lock_run_dir
+from spnas.engine.runlog import (
+    RunLog,
+    check_resume,
+    check_run_dir,
+    open_run_dir,
+    recorded_config,
+    run_dir_for,
+)
+from spnas.engine.schedule import effective_optim, lr_at
 from spnas.errors import SpnasError
-
-
-# ---- schedule ------------------------------------------------------------------------
-def lr_at(step: int, total: int, cfg: OptimConfig, steps_per_epoch: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) of ``total``: a pure function of
-    the step, so a resumed run continues its schedule exactly.
-
-    A linear warm-up from 0 over ``warmup_epochs``, then ``schedule`` (cosine or linear
-    from lr to min_lr, or constant), times the staircase ``decay_factor ** floor(step /
-    (decay_epochs x steps_per_epoch))`` when ``decay_factor`` is set.
-    """
-    warm = round(cfg.warmup_epochs * steps_per_epoch)
-    frac = (step - warm) / max(total - warm, 1)
-    if step < warm:
-        lr = cfg.lr * (step + 1) / warm
-    elif cfg.schedule == "cosine":
-        lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
-    elif cfg.schedule == "linear":
-        lr = cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - frac)
-    elif cfg.schedule == "constant":
-        lr = cfg.lr
-    else:
-        raise SpnasError(f"unknown --schedule {cfg.schedule!r}; use cosine, linear or constant")
-    if cfg.decay_factor is not None:
-        lr *= cfg.decay_factor ** math.floor(step / (cfg.decay_epochs * steps_per_epoch))
-    return lr
-
-
-def effective_optim(o: OptimConfig, world: int = 1) -> tuple[OptimConfig, str]:
-    """``o`` with lr and min_lr scaled linearly from ``lr_batch`` images to the global batch
-    (``batch_size x world``), and the log line saying so ("" when ``lr_batch`` is None).
-
-    The run's config keeps the settings as given; the Trainer schedules with these.
-    """
-    if o.lr_batch is None:
-        return o, ""
-    batch = o.batch_size * world
-    f = batch / o.lr_batch
-    scaled = dataclasses.replace(o, lr=o.lr * f, min_lr=o.min_lr * f, lr_batch=None)
-    return scaled, (f"lr: {o.lr:g} per {o.lr_batch} images, scaled linearly to the batch of "
-                    f"{batch}: {scaled.lr:g}")
-
-
-def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
-    """Weight decay on conv and linear weights only: never on BN parameters or biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if id(p) in exclude or not p.requires_grad:
-            continue
-        (decay if p.dim() > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-# ---- devices and processes ------------------------------------------------------------
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def world_size() -> int:
-    """Processes of this run, as torchrun says (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
-    """Read torchrun's environment; one process per GPU (NCCL) or CPU process (gloo)."""
-    world = world_size()
-    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name, d.local_rank)
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return d, device
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``, ``cpu``, or a CUDA device present here; anything else is a one-line error."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise SpnasError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise SpnasError(f"--device {name}: spnas runs on the CPU or CUDA GPUs, not "
-                         f"{device.type}; use --device auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise SpnasError(f"--device {name}: no CUDA device is available; use --device cpu")
-    count = torch.cuda.device_count()
-    if device.index is not None and device.index >= count:
-        raise SpnasError(f"--device {name}: this machine has {count} CUDA device(s), "
-                         f"cuda:0..cuda:{count - 1}; use one of them or --device auto")
-    return device
-
-
-# ---- data on the device ----------------------------------------------------------------
-def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
-    aug = AugmentConfig(cutout=data.cutout_length if data.cutout else 0,
-                        auto_aug=data.auto_aug, resize=224 if data.resize else 0)
-    mean_std = MEAN_STD.get(data.dataset, IMAGENET_MEAN_STD)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return BatchTransform(aug, mean_std, memory_format=fmt)
-
-
-def load_splits(data: DataConfig, seed: int) -> Splits:
-    ds = load_dataset(data.dataset, data.data_path, download_ok=data.download,
-                      image_size=data.image_size)
-    if data.classes is not None and data.classes != ds.num_classes:
-        raise SpnasError(f"--classes {data.classes} but {data.dataset} under {data.data_path} "
-                         f"has {ds.num_classes} classes; fix --classes or --dataset")
-    return make_splits(ds, data.val_size, seed)
-
-
-def steps_per_epoch(n: int, batch_size: int, world: int = 1, num_steps: int | None = None) -> int:
-    """Optimizer steps per epoch of ``n`` images: full global batches, capped by ``num_steps``."""
-    full = n // (batch_size * world)
-    if full == 0:
-        raise SpnasError(f"--batch_size {batch_size} x {world} process(es) is "
-                         f"larger than the {n} training images")
-    return min(full, num_steps) if num_steps else full
-
-
-class DeviceLoader:
-    """Training batches held on the device as uint8; batch (epoch, i) is a pure function.
-
-    Epoch ``e`` visits the permutation seeded by (seed, "order", e); with several
-    processes, rank r takes its slice of each global batch of ``batch_size * world``.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 transform: BatchTransform, device: torch.device, seed: int,
-                 num_steps: int | None = None, dist_info: Dist = Dist(),
-                 classes: tuple[str, ...] = ()):
-        self.x, self.y = x.to(device), y.to(device)
-        self.classes = tuple(classes)  # the data's class names, recorded in checkpoints
-        self.batch_size, self.transform, self.device, self.seed = batch_size, transform, device, seed
-        self.dist = dist_info
-        self.steps_per_epoch = steps_per_epoch(len(x), batch_size, dist_info.world, num_steps)
-        self._perm_epoch, self._perm = -1, None
-
-    def indices(self, epoch: int, i: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
-            self._perm = torch.randperm(len(self.x), generator=gen).to(self.device)
-            self._perm_epoch = epoch
-        start = (i * self.dist.world + self.dist.rank) * self.batch_size
-        return self._perm[start:start + self.batch_size]
-
-    def batch(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.indices(epoch, i)
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, i, self.dist.rank))
-        return self.transform.train(self.x[idx], gen), self.y[idx]
-
-
-def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    """``model`` on ``device``, in the channels_last memory format when asked."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+from spnas.files import atomic_write_text
+from spnas.resume import RESUMABLE
+from spnas.runtime import Dist, init_distributed, rank0_first, setup_torch
 
 
 def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
@@ -246,68 +71,8 @@ def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
     return dist_info, device, splits
 
 
-def open_run_dir(run_dir: Path, cfg: TrainConfig):
-    """Check and lock ``run_dir`` for ``cfg``'s run; a resume must keep the run's settings."""
-    lock = lock_run_dir(run_dir, cfg.run.resume)
-    try:
-        check_resume(cfg, run_dir)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
 
 
-def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
-    """Refuse a resume whose settings differ from the run's ``config.json`` outside
-    ``config.RESUMABLE`` (naming each); return the allowed changes, to be logged."""
-    path = run_dir / "config.json"
-    if not cfg.run.resume or not path.is_file():
-        return []
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SpnasError(f"{path} is unreadable ({e}); it records the run's settings, "
-                         "so the run can't be resumed safely") from None
-    refused, allowed = resume_changes(cfg, saved)
-    refuse_changes(refused, run_dir)
-    return allowed
-
-
-def recorded_config(cfg: TrainConfig) -> dict:
-    """The config a run folder records: ``resume`` and ``stop_after`` are what one command
-    did, not settings of the run (``config.PER_COMMAND``), so they are stored as false and
-    none: a run folder's config.json starts a whole new run, and a resume runs to the end
-    unless it is given --stop_after again."""
-    d = cfg.to_dict()
-    d["run"].update(resume=False, stop_after=None)
-    return d
-
-
-def rank0_first(fn: Callable[[], object], dist_info: Dist, device: torch.device):
-    """``fn()`` on rank 0; when it raises, every rank stops (one broadcast), so none
-    waits for a rank 0 that is gone. Returns rank 0's result (None elsewhere)."""
-    result, error = None, None
-    if dist_info.main:
-        try:
-            result = fn()
-        except Exception as e:  # raised again below, after the broadcast
-            error = e
-    if dist_info.world > 1:
-        failed = torch.tensor([error is not None], dtype=torch.int32, device=device)
-        dist.broadcast(failed, 0)
-        if failed.item() and error is None:
-            raise SpnasError("rank 0 stopped the run; see its message")
-    if error is not None:
-        raise error
-    return result
-
-
-def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
-                 dist_info: Dist = Dist()) -> DeviceLoader:
-    """The run's training images on ``device``, augmented as ``cfg.data`` says."""
-    return DeviceLoader(*splits.train, cfg.optim.batch_size,
-                        build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
-                        cfg.optim.num_steps, dist_info, tuple(splits.classes))
 
 
 # ---- the task and the loop ---------------------------------------------------------------
@@ -333,7 +98,7 @@ class Task:
     model_args: dict = field(default_factory=dict)  # constructor kwargs, e.g. {"dropout": 0.2}
     select: str = "val_acc"                      # higher is better; picks best.pt
     find_unused_parameters: bool = False         # DDP: True when a step uses part of the model
-    on_step_end: Callable[[int], None] | None = None
+    on_step_end: Callable[[int, RunLog], None] | None = None  # (step, the run's log)
     deploy: nn.Module | None = None              # a separate network shipped as "model" (an EMA)
     extra_state: Callable[[], dict] = field(default=lambda: {})
     load_extra_state: Callable[[dict], None] = field(default=lambda state: None)
@@ -375,7 +140,6 @@ class Trainer:
                 "optimizer": self.opt.state_dict(), "step": self.step,
                 "epoch": self.step // self.loader.steps_per_epoch,
                 "config": recorded_config(self.cfg),
-                "rng": {"seed": self.cfg.run.seed, **rng_state()},
                 "metrics": {"best": self.best, "select": t.select, **self.last_val},
                 "extra": t.extra_state()}
 
@@ -460,7 +224,7 @@ class Trainer:
                 loss.backward()
                 self.opt.step()
                 if self.task.on_step_end:
-                    self.task.on_step_end(step)
+                    self.task.on_step_end(step, self.log)
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
                                        torch.full_like(bad_step, step), bad_step)
                 window.add(loss, logits, labels, extra)
@@ -610,24 +374,3 @@ class _Window:
         return rec
 
 
-def check_exp_name(name: str) -> None:
-    """A run folder's name is one plain folder name: it can't leave, or be, --save_path."""
-    problem = plain_folder_name(name)
-    if problem:
-        raise SpnasError(f"--exp_name {problem}")
-
-
-def run_dir_for(run: RunConfig) -> Path:
-    check_exp_name(run.exp_name)
-    return Path(run.save_path).expanduser() / run.exp_name
-
-
-def setup_torch(run: RunConfig, device: torch.device) -> None:
-    """Threads, determinism and matmul precision for a run."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not run.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if run.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)

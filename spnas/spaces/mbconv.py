@@ -24,7 +24,7 @@ Arch strings have ``|`` between stages, e.g. the paper's published network
 ``MbconvNet`` follows ``spaces.common.ChildNet``: ``stem`` is the stem conv
 plus the fixed block, ``layers`` the 20 searchable layers (``skip`` is
 ``nn.Identity``), ``head`` the fixed MBConv, the 1x1 conv, pooling, dropout
-and the classifier; so the cost tables of ``cost.py`` count and time it as
+and the classifier; so the cost tables of ``engine.counting`` and ``engine.latency`` count and time it as
 they do every space.
 
 The superkernel

@@ -22,11 +22,13 @@ from torch import nn
 
 from spnas.config import DataConfig
 from spnas.data.datasets import Splits
-from spnas.engine.checkpoint import atomic_write_text, load_checkpoint
+from spnas.data.loading import build_transform, load_splits
+from spnas.engine.checkpoint import load_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
 from spnas.engine.plots import plot_confusion
-from spnas.engine.trainer import build_transform, load_splits, resolve_device
 from spnas.errors import SpnasError
+from spnas.files import atomic_write_text
+from spnas.runtime import resolve_device
 from spnas.spaces import model_from_checkpoint
 
 SPLITS = ("test", "val", "train")

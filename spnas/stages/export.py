@@ -13,7 +13,7 @@ The exported file is written beside the target under a temporary name, loaded
 back, and its outputs compared with the PyTorch network's on random inputs
 and on real test images (normalised as in training). Only when the largest
 absolute difference is within ``tolerance`` is it renamed into place; an
-existing file is never replaced without ``force``. ``out`` may name an
+existing file is never replaced without ``overwrite``. ``out`` may name an
 existing folder (or end with ``/``): the file is then written inside it, under
 the checkpoint's name (``<name>.onnx``), as ``cp`` does; a folder is never
 replaced.
@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from spnas.data.datasets import load_dataset
+from spnas.data.loading import build_transform
 from spnas.engine.checkpoint import checkpoint_space
-from spnas.engine.cost import default_resolution
-from spnas.engine.trainer import build_transform
+from spnas.engine.counting import default_resolution
 from spnas.errors import SpnasError
 from spnas.stages.evaluate import checkpoint_data, load_child
 
@@ -100,14 +100,14 @@ def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) 
         data = checkpoint_data(ckpt, data_path)
         ds = load_dataset(data.dataset, data.data_path, download_ok=False,
                           image_size=data.image_size)
-        inputs["real images"] = build_transform(data, False).eval(ds.test_x[:images])
+        inputs["real images"] = build_transform(data, False).plain(ds.test_x[:images])
     return inputs
 
 
 @torch.no_grad()
 def export_checkpoint(path: str | Path, fmt: str, out: str | Path | None = None,
                       data_path: str | None = None, images: int = 64, tolerance: float = 1e-3,
-                      force: bool = False) -> dict:
+                      overwrite: bool = False) -> dict:
     """Export a child checkpoint's network; returns the file and the largest differences."""
     if fmt not in EXPORTERS:
         raise SpnasError(f"--format must be one of {', '.join(EXPORTERS)}, got {fmt!r}")
@@ -118,8 +118,8 @@ def export_checkpoint(path: str | Path, fmt: str, out: str | Path | None = None,
                          "write into that holds no folder of that name")
     if target.exists() and target.resolve() == Path(ckpt["path"]).resolve():
         raise SpnasError(f"--out {target} is the checkpoint itself; choose another --out")
-    if target.exists() and not force:
-        raise SpnasError(f"{target} already exists; pass --force to replace it or choose --out")
+    if target.exists() and not overwrite:
+        raise SpnasError(f"{target} already exists; pass --overwrite to replace it or choose --out")
     inputs = check_inputs(ckpt, images, data_path)
     export, load = EXPORTERS[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)

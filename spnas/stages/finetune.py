@@ -23,13 +23,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import FinetuneConfig, TrainConfig, derive_seed
+from spnas.data.loading import recal_transform, steps_per_epoch
 from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint
 from spnas.engine.evaluation import plain_forward, recalibrate_bn, recalibration_batches
-from spnas.engine.trainer import param_groups, place, start_run, steps_per_epoch, world_size
+from spnas.engine.schedule import param_groups
+from spnas.engine.trainer import start_run
 from spnas.errors import SpnasError
+from spnas.runtime import place, world_size
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.stages.retrain import check_layout, is_arch_file, train_child
-from spnas.stages.train import recal_transform
 
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
@@ -51,7 +53,7 @@ def _path_arch(ckpt: dict, text: str | None) -> Arch:
 
 
 @dataclass
-class Source:
+class Pretrained:
     """The network a fine-tune starts from."""
 
     net: nn.Module
@@ -61,18 +63,18 @@ class Source:
     classes: tuple[str, ...] = ()  # the class names it was trained on (empty: not recorded)
 
 
-def load_source(fc: FinetuneConfig) -> Source:
+def load_pretrained(fc: FinetuneConfig) -> Pretrained:
     ckpt = load_checkpoint(fc.checkpoint, kinds=("child", "supernet"))
     arch = _path_arch(ckpt, fc.arch)
     args = dict(ckpt.get("model_args") or {}) if ckpt["kind"] == "child" else {}
     if fc.dropout is not None:
         args["dropout"] = fc.dropout
     if ckpt["kind"] == "child":
-        return Source(model_from_checkpoint({**ckpt, "model_args": args}), args, ckpt["path"],
+        return Pretrained(model_from_checkpoint({**ckpt, "model_args": args}), args, ckpt["path"],
                       False, tuple(ckpt.get("classes") or ()))
     net = build_child(arch, ckpt["num_classes"], **args)
     net.load_state_dict(model_from_checkpoint(ckpt).extract(arch).state_dict())
-    return Source(net, args, f"path {arch} of the supernet {ckpt['path']}", True,
+    return Pretrained(net, args, f"path {arch} of the supernet {ckpt['path']}", True,
                   tuple(ckpt.get("classes") or ()))
 
 
@@ -124,7 +126,7 @@ def finetune(cfg: TrainConfig) -> dict:
                          f"got {fc.freeze_epochs}")
     if fc.freeze_epochs and world_size() > 1:  # before any data is loaded
         raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
-    src = load_source(fc)
+    src = load_pretrained(fc)
     check_layout(src.net.arch, cfg.data, "the network")
     dist_info, device, splits = start_run(cfg)
     model = place(src.net, device, cfg.run.channels_last)

@@ -241,7 +241,7 @@ def payload(ref: Reference, net: nn.Module, src: Path) -> dict:
 
 def import_reference(src: str | Path, out: str | Path, resize: bool | None = None,
                      classes: int | None = None, num_choices: int = len(TOKENS),
-                     force: bool = False) -> dict:
+                     overwrite: bool = False) -> dict:
     """Read ``src`` (a state_dict of the original code), write the spnas checkpoint ``out``.
 
     ``resize`` / ``classes``: None = take the file's; otherwise the file must agree.
@@ -251,8 +251,8 @@ def import_reference(src: str | Path, out: str | Path, resize: bool | None = Non
     src, out = Path(src), Path(out)
     if not 1 <= num_choices <= len(TOKENS):
         raise SpnasError(f"--num_choices must be 1..{len(TOKENS)}, got {num_choices}")
-    if out.exists() and not force:
-        raise SpnasError(f"{out} already exists; pass --force to replace it or choose --out")
+    if out.exists() and not overwrite:
+        raise SpnasError(f"{out} already exists; pass --overwrite to replace it or choose --out")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise SpnasError(f"--out {out} is the file being imported; choose another --out")
     state = read_state(src)

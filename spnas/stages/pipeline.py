@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from spnas.config import RetrainStage, SearchRunConfig, SupernetStage
-from spnas.engine.checkpoint import atomic_write_text
 from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of
+from spnas.files import atomic_write_text
 
 MACHINE_KEYS = {"data_path", "device", "download"}  # may differ when a pipeline resumes elsewhere
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
@@ -169,7 +169,7 @@ class Pipeline:
         ext = "onnx" if s["format"] == "onnx" else "torchscript.pt"
         r = export_checkpoint(self.out / "retrain", s["format"], self.out / "export" / f"model.{ext}",
                               self.shared.get("data_path"), s["check_images"], s["tolerance"],
-                              force=True)
+                              overwrite=True)
         return _jsonable(r)
 
 

@@ -13,7 +13,7 @@ import html
 import json
 from pathlib import Path
 
-from spnas.engine.checkpoint import atomic_write_text
+from spnas.files import atomic_write_text
 
 REFERENCE_CSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / \
     "spos_c10_supernet_b96_steps.csv"
@@ -31,14 +31,14 @@ def _reference_matches(run_dir: Path) -> bool:
 
 def supernet_plot(out: Path) -> Path | None:
     """The supernet's loss curve (and the reference's, where the recipe matches)."""
-    from spnas.engine.curves import load_curve, plot_curves
+    from spnas.engine.curves import load_curve, plot_comparison
     run = out / "supernet"
     if not (run / "metrics.jsonl").is_file():
         return None
     curves = [load_curve(run, "spnas supernet")]
     if _reference_matches(run):
         curves.append(load_curve(REFERENCE_CSV, "original code (H200)"))
-    paths = plot_curves(curves, out / "report_files")
+    paths = plot_comparison(curves, out / "report_files")
     return next(p for p in paths if p.suffix == ".png")
 
 

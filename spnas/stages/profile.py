@@ -1,6 +1,6 @@
 """``spnas profile``: parameters, MACs and measured latency of an architecture's network.
 
-MACs are multiply-accumulates, what NAS papers call "FLOPs" (``cost.count_macs``;
+MACs are multiply-accumulates, what NAS papers call "FLOPs" (``counting.count_macs``;
 BN, ReLU and pooling not counted). Latency is the median wall time of an
 inference forward pass (eval mode, no autograd) on the chosen device, at
 batch 1 and at a throughput batch, after warm-up calls.
@@ -10,16 +10,10 @@ from __future__ import annotations
 import torch
 
 from spnas.arch import Arch
-from spnas.engine.cost import (
-    _input,
-    _to_device,
-    count_macs,
-    count_params,
-    default_resolution,
-    device_description,
-    time_ms,
-)
+from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import autocast
+from spnas.engine.latency import random_input, time_ms
+from spnas.runtime import device_description, place
 from spnas.spaces import build_child
 
 
@@ -35,10 +29,10 @@ def profile_arch(arch: Arch, num_classes: int = 10, resolution: int | None = Non
            "num_classes": num_classes, "params": count_params(net),
            "macs": count_macs(net, probe), "device": device_description(device),
            "channels_last": channels_last, "amp": amp and device.type == "cuda"}
-    net = _to_device(net, device, channels_last)
+    net = place(net, device, channels_last).eval()
     times = {}
     for b in sorted({1, batch}):
-        x = _input(b, res, device, channels_last)
+        x = random_input(b, res, device, channels_last)
         with autocast(device, amp):
             times[b] = time_ms(lambda: net(x), device, warmup, repeats)
     return {**out, "batch1_ms": times[1], "throughput_batch": batch, "batch_ms": times[batch],

@@ -25,24 +25,17 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import DataConfig, RetrainConfig, TrainConfig
 from spnas.data.datasets import Splits
-from spnas.engine.checkpoint import atomic_write_text, load_checkpoint
-from spnas.engine.cost import count_macs, count_params, default_resolution
+from spnas.data.loading import build_transform, train_loader
+from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import evaluate, plain_forward
-from spnas.engine.plots import plot_curves
-from spnas.engine.runlog import RunLog, read_metrics
-from spnas.engine.trainer import (
-    Dist,
-    Task,
-    Trainer,
-    build_transform,
-    cross_entropy_loss,
-    param_groups,
-    place,
-    run_dir_for,
-    start_run,
-    train_loader,
-)
+from spnas.engine.plots import plot_training_curves
+from spnas.engine.runlog import RunLog, read_metrics, run_dir_for
+from spnas.engine.schedule import param_groups
+from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
 from spnas.errors import SpnasError
+from spnas.files import atomic_write_text
+from spnas.runtime import Dist, place
 from spnas.spaces import build_child, make_space, model_from_checkpoint
 
 
@@ -60,9 +53,20 @@ def load_arch(cfg: RetrainConfig, data: DataConfig) -> Arch:
         arch = arch_from_text_or_file(cfg.arch, None)
         check_layout(arch, data, f"arch file {cfg.arch}")
         return arch
-    space = make_space(cfg.space, data_layout(data), layers=cfg.layers,
-                       num_choices=cfg.num_choices)
-    return arch_from_text_or_file(cfg.arch, space)
+    return arch_from_text_or_file(cfg.arch, make_space(cfg.space, data_layout(data),
+                                                       **space_options(cfg)))
+
+
+def space_options(cfg: RetrainConfig) -> dict:
+    """The options of ``cfg.space`` that --layers and --num_choices give: the spos space's
+    size; the mbconv space has none (20 layers of k3e3 k3e6 k5e3 k5e6 skip)."""
+    if cfg.space == "spos":
+        return {"layers": cfg.layers, "num_choices": cfg.num_choices}
+    default = RetrainConfig()
+    if (cfg.layers, cfg.num_choices) != (default.layers, default.num_choices):
+        raise SpnasError(f"--layers and --num_choices size the spos space; --space {cfg.space} "
+                         "has a fixed size, drop them")
+    return {}
 
 
 def data_layout(data: DataConfig) -> str:
@@ -83,7 +87,7 @@ def ema_hooks(model: nn.Module, decay: float) -> dict:
         raise SpnasError(f"--ema_decay must be between 0 and 1, got {decay}")
     avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     return {"deploy": avg.module,
-            "on_step_end": lambda step: avg.update_parameters(model),
+            "on_step_end": lambda step, log: avg.update_parameters(model),
             "extra_state": lambda: {"ema_updates": int(avg.n_averaged)},
             "load_extra_state": lambda state: avg.n_averaged.fill_(int(state["ema_updates"]))}
 
@@ -132,7 +136,7 @@ def train_child(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torc
         return fit
     shipped = task.deploy if task.deploy is not None else task.model
     results = final_test(shipped, trainer.step, splits, cfg, device, trainer.log)
-    plot_curves(read_metrics(run_dir), loader.steps_per_epoch, run_dir / "curve.png",
+    plot_training_curves(read_metrics(run_dir), loader.steps_per_epoch, run_dir / "curve.png",
                 title=str(task.arch))
     return results
 

@@ -32,16 +32,18 @@ import torch
 from spnas.arch import SpaceSpec
 from spnas.config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
 from spnas.data.datasets import Splits
-from spnas.engine.checkpoint import atomic_write_text, checkpoint_space, load_checkpoint
-from spnas.engine.cost import LatencyTable, build_cost_table
+from spnas.data.loading import build_transform, load_splits, recal_transform
+from spnas.engine.checkpoint import checkpoint_space, load_checkpoint
+from spnas.engine.counting import build_cost_table
 from spnas.engine.evolution import BUDGET_KEYS, Budget, Candidate, CostModel, evolution_search, random_search
+from spnas.engine.latency import LatencyTable
 from spnas.engine.runlog import RunLog
 from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
-from spnas.engine.trainer import build_transform, load_splits, place, resolve_device, setup_torch
 from spnas.errors import SpnasError
+from spnas.files import atomic_write_text
+from spnas.runtime import place, resolve_device, setup_torch
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.stages.search_report import FLOPS_UNIT, plot_search, write_arch_files
-from spnas.stages.train import recal_transform
 
 RECORD = "candidates.jsonl"
 

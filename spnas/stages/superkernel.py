@@ -36,21 +36,14 @@ from torch import nn
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import OptimConfig, SuperkernelConfig, TrainConfig
-from spnas.engine.cost import LatencyTable, macs_latency_table, measure_arch_ms
+from spnas.data.loading import build_transform, train_loader
 from spnas.engine.evaluation import evaluate, plain_forward
-from spnas.engine.runlog import RunLog
-from spnas.engine.runtime import torch_threads
-from spnas.engine.trainer import (
-    Task,
-    Trainer,
-    build_transform,
-    param_groups,
-    place,
-    run_dir_for,
-    start_run,
-    train_loader,
-)
+from spnas.engine.latency import LatencyTable, macs_latency_table, measure_arch_ms
+from spnas.engine.runlog import RunLog, run_dir_for
+from spnas.engine.schedule import param_groups
+from spnas.engine.trainer import Task, Trainer, start_run
 from spnas.errors import SpnasError
+from spnas.runtime import place, torch_threads
 from spnas.spaces import build_child
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
 
@@ -254,28 +247,29 @@ class _Decisions:
 
     Its first call also logs ``notes`` (which latency table is used):
     only then is the run folder known to be this run's (the Trainer refuses a used one).
+    It writes into the Trainer's log, which it is handed each step.
     """
 
-    def __init__(self, model: SuperkernelNet, table: LatencyTable, log: RunLog, every: int,
-                 total: int, notes: list[str]):
-        self.model, self.table, self.log, self.every, self.total = model, table, log, every, total
+    def __init__(self, model: SuperkernelNet, table: LatencyTable, every: int, total: int,
+                 notes: list[str]):
+        self.model, self.table, self.every, self.total = model, table, every, total
         self.notes = notes
 
-    def __call__(self, step: int) -> None:
+    def __call__(self, step: int, log: RunLog) -> None:
         for note in self.notes:
-            self.log.info(note)
+            log.info(note)
         self.notes = []
         done = step + 1
         if done == 1 or done % self.every == 0 or done == self.total:
             arch = self.model.decode()
-            self.log.metric({"type": "decisions", "step": done, "arch": str(arch),
+            log.metric({"type": "decisions", "step": done, "arch": str(arch),
                              "choices": list(arch.choices), "latency": self.table.predict(arch),
                              "thresholds": [[round(v, 5) for v in row] for row in torch.stack(
                                  self.model.thresholds()).detach().cpu().tolist()]})
 
 
 def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, total: int,
-               steps_per_epoch: int, validate, decisions_log: RunLog,
+               steps_per_epoch: int, validate,
                ema: TfEma | None = None, notes: tuple[str, ...] = ()) -> Task:
     """The superkernel search as a ``Task`` for the ``Trainer``."""
     sk: SuperkernelConfig = cfg.model
@@ -296,13 +290,13 @@ def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, tot
         extra["latency"] = r = latency(model.gates())
         return ce + latency_penalty(r, lam, sk.target_latency), extra
 
-    decisions = _Decisions(model, table, decisions_log, cfg.run.print_freq, total,
+    decisions = _Decisions(model, table, cfg.run.print_freq, total,
                            [_describe(table, sk.latency_table), *notes])
 
-    def on_step_end(step):
+    def on_step_end(step, log):
         if ema is not None:
             ema(step)
-        decisions(step)
+        decisions(step, log)
 
     groups = search_param_groups(model, cfg.optim.weight_decay, sk.threshold_lr_scale,
                                  sk.threshold_weight_decay, sk.weight_decay_on)
@@ -335,7 +329,7 @@ def search_layout(cfg: TrainConfig) -> str:
     return cfg.model.layout or ("imagenet" if cfg.data.resize else "cifar")
 
 
-def search(cfg: TrainConfig) -> dict:
+def search_superkernel(cfg: TrainConfig) -> dict:
     """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
     dist_info, device, splits = start_run(cfg)
     sk: SuperkernelConfig = cfg.model
@@ -349,14 +343,13 @@ def search(cfg: TrainConfig) -> dict:
     spe = loader.steps_per_epoch
     total = cfg.optim.epochs * spe
     run_dir = run_dir_for(cfg.run)
-    notes = RunLog(run_dir, enabled=dist_info.main)
     validate = make_validator(splits, cfg, device, table, None if ema is None else ema.deploy)
-    task = build_task(model, table, cfg, total, spe, validate, notes, ema,
-                      )
-    result = Trainer(task, loader, cfg, run_dir, dist_info).fit()
+    trainer = Trainer(build_task(model, table, cfg, total, spe, validate, ema), loader, cfg,
+                      run_dir, dist_info)
+    result = trainer.fit()
     if not dist_info.main:
         return result
-    return finish(model, table, cfg, result, run_dir, notes, round(sk.warmup_frac * total))
+    return finish(model, table, cfg, result, run_dir, trainer.log, round(sk.warmup_frac * total))
 
 
 def _measure(arch: Arch, table: LatencyTable, num_classes: int) -> float | None:
@@ -371,7 +364,7 @@ def _measure(arch: Arch, table: LatencyTable, num_classes: int) -> float | None:
 def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result: dict, run_dir,
            log: RunLog, warm: int) -> dict:
     """Decode, write arch.json and the plots, and say what was found."""
-    from spnas.stages.superkernel_plots import plot_search
+    from spnas.stages.superkernel_plots import plot_superkernel_run
     sk: SuperkernelConfig = cfg.model
     arch = model.decode()
     metrics = {"latency": table.predict(arch), "latency_unit": table.unit,
@@ -386,7 +379,7 @@ def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result:
                 "latency_table": sk.latency_table or "macs", "table_device": table.device_name,
                 "formula": sk.latency_formula, "mask_at": sk.mask_at, "seed": cfg.run.seed}
     arch.save(run_dir / "arch.json", found_by=found_by, metrics=metrics)
-    plots = plot_search(run_dir, table.unit, warm, sk.target_latency)
+    plots = plot_superkernel_run(run_dir, table.unit, warm, sk.target_latency)
     log.info(f"found {arch}")
     log.info(f"predicted latency {metrics['latency']:.3f} {table.unit}"
              + (f", measured {measured:.3f} ms" if measured is not None else "")

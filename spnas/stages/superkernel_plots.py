@@ -64,7 +64,7 @@ def plot_decisions(records: list[dict], path: Path) -> Path:
     return path
 
 
-def plot_search(run_dir: str | Path, unit: str, warmup_step: int,
+def plot_superkernel_run(run_dir: str | Path, unit: str, warmup_step: int,
                 target: float | None = None) -> list[Path]:
     """Write latency.png and decisions.png into ``run_dir``; return their paths."""
     run_dir = Path(run_dir)

@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import torch
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import DataConfig, SupernetConfig, TrainConfig, derive_seed
 from spnas.data.datasets import Splits
+from spnas.data.loading import build_transform, recal_transform, train_loader
 from spnas.engine.evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
-from spnas.engine.trainer import (
-    Task,
-    Trainer,
-    build_transform,
-    cross_entropy_loss,
-    param_groups,
-    place,
-    run_dir_for,
-    start_run,
-    train_loader,
-)
+from spnas.engine.runlog import run_dir_for
+from spnas.engine.schedule import param_groups
+from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
+from spnas.runtime import place
 from spnas.spaces.spos import SposSupernet, spos_space
 
 
@@ -38,9 +31,6 @@ def validation_paths(space: SpaceSpec, seed: int, n: int) -> list[Arch]:
     return [Arch.sample(space, rng) for _ in range(n)]
 
 
-def recal_transform(data: DataConfig, channels_last: bool):
-    """Training crop/flip (or resized crop) only: no cutout, no AutoAugment."""
-    return build_transform(replace(data, cutout=False, auto_aug=False), channels_last)
 
 
 def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, paths: list[Arch],

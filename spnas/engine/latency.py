@@ -1,26 +1,16 @@
-"""Cost of an architecture: multiply-accumulates, parameters, latency.
+"""Latency of an architecture on a device: tables of per-(layer, choice) times.
 
-"FLOPs" in NAS papers (SPOS's 330M, MobileNet's 300M) are multiply-
-accumulates (MACs); torch's ``FlopCounterMode`` counts 2 FLOPs per MAC, so
-``count_macs`` halves it. BatchNorm, ReLU and pooling are not counted (as in
-those papers).
-
-Every space's standalone network is ``head(layers(stem(x)))`` and a layer's
-cost depends only on its own choice (its input shape is fixed by the layout),
-so the cost of an arch is exactly ``constant + sum of per-layer costs``. The
-``CostTable`` caches those per (layer, choice); a test checks the sum against
-counting the whole network.
-
-Latency tables hold the median time of each (layer, choice) measured on a
-device, plus the stem and head; ``validate_latency_table`` measures whole
-networks and reports how far the sum is off.
+A ``LatencyTable`` holds the median time of each (layer, choice) measured on
+one device, plus the stem and head, so a network's latency is predicted as
+their sum (times a calibration ``scale``); ``validate_latency_table`` measures
+whole networks and reports how far the prediction is off. ``macs_latency_table``
+is the same table in millions of MACs, for when timing is not wanted. The
+``spnas latency-table`` command is ``stages.latency_table``.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import random
 import statistics
 import time
@@ -30,100 +20,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from spnas.arch import Arch, SpaceSpec
-from spnas.config import LatencyConfig
-from spnas.engine.runtime import torch_threads
+from spnas.engine.counting import build_cost_table, capture_layer_inputs, default_resolution, uniform_archs
 from spnas.errors import SpnasError
-
-
-def default_resolution(space: SpaceSpec) -> int:
-    """Input size a layout is built for: 32 (CIFAR) or 224 (ImageNet / --resize)."""
-    return 224 if space.layout == "imagenet" else 32
-
-
-def count_macs(module: nn.Module, *inputs) -> int:
-    """Multiply-accumulates of one forward pass (torch's FLOP count / 2)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(*inputs)
-    return counter.get_total_flops() // 2
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _capture_layer_inputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The input of each of ``net.layers`` for input ``x`` (one forward pass)."""
-    seen: list[torch.Tensor] = []
-    hooks = [layer.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
-             for layer in net.layers]
-    with torch.no_grad():
-        net(x)
-    for h in hooks:
-        h.remove()
-    return seen
-
-
-def uniform_archs(space: SpaceSpec) -> list[Arch]:
-    """One arch per choice c: every layer takes c where allowed (else its first choice).
-
-    Together they visit every (layer, choice) pair of the space once.
-    """
-    return [Arch(space, tuple(c if c in allowed else allowed[0] for allowed in space.allowed))
-            for c in range(len(space.tokens))]
-
-
-@dataclass
-class CostTable:
-    """Exact MACs and parameters per (layer, choice), plus the fixed stem and head."""
-
-    space: SpaceSpec
-    resolution: int
-    num_classes: int
-    const_macs: int
-    const_params: int
-    macs: list[dict[int, int]]
-    params: list[dict[int, int]]
-
-    def arch_macs(self, arch: Arch) -> int:
-        return self.const_macs + sum(self.macs[i][c] for i, c in enumerate(arch))
-
-    def arch_params(self, arch: Arch) -> int:
-        return self.const_params + sum(self.params[i][c] for i, c in enumerate(arch))
-
-
-def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
-                     num_classes: int, resolution: int | None = None) -> CostTable:
-    """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network.
-
-    The networks are built and run on the ``meta`` device: torch's FLOP counter
-    needs only shapes, so no arithmetic is done and the count takes the same
-    time on any machine.
-    """
-    res = resolution or default_resolution(space)
-    x = torch.zeros(1, 3, res, res, device="meta")
-    macs: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
-    params: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
-    const_macs = const_params = None
-    for arch in uniform_archs(space):
-        with torch.device("meta"):
-            net = build_child(arch).eval()
-        inputs = _capture_layer_inputs(net, x)
-        for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
-            macs[i][arch[i]] = count_macs(layer, inp)
-            params[i][arch[i]] = count_params(layer)
-        if const_macs is None:
-            const_macs = count_macs(net, x) - sum(macs[i][arch[i]] for i in range(len(arch)))
-            const_params = count_params(net) - sum(params[i][arch[i]] for i in range(len(arch)))
-    return CostTable(space, res, num_classes, const_macs, const_params, macs, params)
-
-
-# ---- latency ---------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from spnas.runtime import device_description, place, sync
 
 
 @torch.inference_mode()
@@ -131,32 +32,16 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 10, re
     """Median wall time of ``fn()`` in milliseconds, after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
-def _cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo ('AMD EPYC ...'), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} CPU"
-
-
-def device_description(device: torch.device) -> str:
-    """'NVIDIA H200' or 'AMD EPYC 7B13 (2 cores, 2 threads)'."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{_cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 @dataclass
@@ -205,7 +90,7 @@ class LatencyTable:
                 **({"validation": self.validation} if self.validation else {})}
 
     def save(self, path: str | Path) -> None:
-        from spnas.engine.checkpoint import atomic_write_text
+        from spnas.files import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
@@ -287,12 +172,7 @@ def _table_row(row, i: int, space: SpaceSpec, where: str, fix: str) -> dict[int,
     return {c: float(v) for c, v in out.items()}
 
 
-def _to_device(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
-    net = net.to(device).eval()
-    return net.to(memory_format=torch.channels_last) if channels_last else net
-
-
-def _input(batch: int, res: int, device: torch.device, channels_last: bool) -> torch.Tensor:
+def random_input(batch: int, res: int, device: torch.device, channels_last: bool) -> torch.Tensor:
     x = torch.randn(batch, 3, res, res, device=device)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -303,13 +183,13 @@ def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Modul
                         progress: bool = False) -> LatencyTable:
     """Time every (layer, choice) alone on its real input shape, and the stem + head."""
     res = resolution or default_resolution(space)
-    x = _input(batch, res, device, channels_last)
+    x = random_input(batch, res, device, channels_last)
     layers: list[dict[int, float]] = [{} for _ in range(space.num_layers)]
     constant = None
     archs = uniform_archs(space)
     for arch in archs:
-        net = _to_device(build_child(arch), device, channels_last)
-        inputs = _capture_layer_inputs(net, x)
+        net = place(build_child(arch), device, channels_last).eval()
+        inputs = capture_layer_inputs(net, x)
         for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
             if arch[i] not in layers[i]:
                 layers[i][arch[i]] = time_ms(lambda: layer(inp), device, warmup, repeats)
@@ -338,8 +218,8 @@ def macs_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module
 def measure_arch_ms(arch: Arch, table: LatencyTable, build_child: Callable[[Arch], nn.Module],
                     device: torch.device, warmup: int = 10, repeats: int = 30) -> float:
     """Median ms of the whole network of ``arch`` at the table's batch, size and format."""
-    x = _input(table.batch, table.resolution, device, table.channels_last)
-    net = _to_device(build_child(arch), device, table.channels_last)
+    x = random_input(table.batch, table.resolution, device, table.channels_last)
+    net = place(build_child(arch), device, table.channels_last).eval()
     return time_ms(lambda: net(x), device, warmup, repeats)
 
 
@@ -382,45 +262,3 @@ def validate_latency_table(table: LatencyTable, build_child: Callable[[Arch], nn
             "uncalibrated_mean_abs_rel_error": statistics.mean(abs(e) for e in raw)}
 
 
-def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print) -> LatencyTable:
-    """Build, check against whole networks (``cfg.validate`` random archs) and save a table."""
-    from spnas.engine.checkpoint import checkpoint_space, load_checkpoint
-    from spnas.engine.trainer import resolve_device
-    from spnas.spaces import build_child, make_space
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise SpnasError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    if cfg.checkpoint:
-        ckpt = load_checkpoint(cfg.checkpoint)
-        space, num_classes = checkpoint_space(ckpt), int(ckpt["num_classes"])
-    else:
-        space, num_classes = make_space(cfg.space, cfg.layout, **cfg.options), cfg.num_classes
-    device = resolve_device(cfg.device)
-    child = lambda a: build_child(a, num_classes)  # noqa: E731
-    with torch_threads(cfg.threads):
-        table = _measure_and_check(space, child, device, cfg, log)
-    table.save(out)
-    log(f"wrote {out}")
-    return table
-
-
-def _measure_and_check(space: SpaceSpec, child, device: torch.device, cfg: LatencyConfig,
-                       log: Callable[[str], None]) -> LatencyTable:
-    log(f"timing {space.describe()} on {device_description(device)}, batch {cfg.batch}")
-    table = build_latency_table(space, child, device, cfg.batch, cfg.resolution, cfg.warmup,
-                                cfg.repeats, cfg.channels_last, progress=True)
-    if cfg.calibrate:
-        scale = calibrate_latency_table(table, child, device, cfg.calibrate, 1, cfg.warmup,
-                                        cfg.repeats)
-        log(f"calibrated on {cfg.calibrate} random whole networks: whole network = "
-            f"{scale:.3f} x the sum of its parts")
-    if cfg.validate:
-        report = validate_latency_table(table, child, device, cfg.validate, 0, cfg.warmup,
-                                        cfg.repeats)
-        table.validation = {**report, "num_archs": cfg.validate}
-        meas = statistics.mean(r["measured_ms"] for r in report["archs"])
-        log(f"table vs whole networks ({cfg.validate} random archs, mean {meas:.3f} ms): "
-            f"mean |error| {report['mean_abs_rel_error']:.1%}, max {report['max_abs_rel_error']:.1%}, "
-            f"mean signed {report['mean_rel_error']:+.1%} (without calibration: mean |error| "
-            f"{report['uncalibrated_mean_abs_rel_error']:.1%})")
-    return table

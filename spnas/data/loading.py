@@ -1,0 +1,84 @@
+"""Training data on the device: the split a run uses, its batch transform, and the loader
+that serves batch (epoch, i) as a pure function of the seed."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from spnas.config import DataConfig, TrainConfig, derive_seed
+from spnas.data.augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
+from spnas.data.datasets import Splits, load_dataset, make_splits
+from spnas.errors import SpnasError
+from spnas.runtime import Dist
+
+
+def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
+    aug = AugmentConfig(cutout=data.cutout_length if data.cutout else 0,
+                        auto_aug=data.auto_aug, resize=224 if data.resize else 0)
+    mean_std = MEAN_STD.get(data.dataset, IMAGENET_MEAN_STD)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return BatchTransform(aug, mean_std, memory_format=fmt)
+
+
+def load_splits(data: DataConfig, seed: int) -> Splits:
+    ds = load_dataset(data.dataset, data.data_path, download_ok=data.download,
+                      image_size=data.image_size)
+    if data.classes is not None and data.classes != ds.num_classes:
+        raise SpnasError(f"--classes {data.classes} but {data.dataset} under {data.data_path} "
+                         f"has {ds.num_classes} classes; fix --classes or --dataset")
+    return make_splits(ds, data.val_size, seed)
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int = 1, num_steps: int | None = None) -> int:
+    """Optimizer steps per epoch of ``n`` images: full global batches, capped by ``num_steps``."""
+    full = n // (batch_size * world)
+    if full == 0:
+        raise SpnasError(f"--batch_size {batch_size} x {world} process(es) is "
+                         f"larger than the {n} training images")
+    return min(full, num_steps) if num_steps else full
+
+
+class DeviceLoader:
+    """Training batches held on the device as uint8; batch (epoch, i) is a pure function.
+
+    Epoch ``e`` visits the permutation seeded by (seed, "order", e); with several
+    processes, rank r takes its slice of each global batch of ``batch_size * world``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 transform: BatchTransform, device: torch.device, seed: int,
+                 num_steps: int | None = None, dist_info: Dist = Dist(),
+                 classes: tuple[str, ...] = ()):
+        self.x, self.y = x.to(device), y.to(device)
+        self.classes = tuple(classes)  # the data's class names, recorded in checkpoints
+        self.batch_size, self.transform, self.device, self.seed = batch_size, transform, device, seed
+        self.dist = dist_info
+        self.steps_per_epoch = steps_per_epoch(len(x), batch_size, dist_info.world, num_steps)
+        self._perm_epoch, self._perm = -1, None
+
+    def indices(self, epoch: int, i: int) -> torch.Tensor:
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+            self._perm = torch.randperm(len(self.x), generator=gen).to(self.device)
+            self._perm_epoch = epoch
+        start = (i * self.dist.world + self.dist.rank) * self.batch_size
+        return self._perm[start:start + self.batch_size]
+
+    def batch(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices(epoch, i)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "augment", epoch, i, self.dist.rank))
+        return self.transform.train(self.x[idx], gen), self.y[idx]
+
+
+def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
+                 dist_info: Dist = Dist()) -> DeviceLoader:
+    """The run's training images on ``device``, augmented as ``cfg.data`` says."""
+    return DeviceLoader(*splits.train, cfg.optim.batch_size,
+                        build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
+                        cfg.optim.num_steps, dist_info, tuple(splits.classes))
+
+
+def recal_transform(data: DataConfig, channels_last: bool):
+    """Training crop/flip (or resized crop) only: no cutout, no AutoAugment."""
+    return build_transform(replace(data, cutout=False, auto_aug=False), channels_last)

@@ -1,0 +1,48 @@
+"""Files written whole or not at all: a temporary file in the same folder, fsynced, then
+renamed over the target; and the clean-up of temporaries a killed process left behind."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes: 8 random characters
+_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[str]:
+    """Delete the temporary files of ``atomic_write`` calls that were killed midway.
+
+    Only call this while no live process writes into ``folder`` (a run holds the run
+    folder's lock). Returns the names removed.
+    """
+    removed = []
+    for p in sorted(Path(folder).glob(".*.tmp")):
+        if _TEMP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,0 +1,56 @@
+"""What a resumed run may change: its settings are compared with the run folder's
+``config.json``; ``RESUMABLE`` ones may differ (and are logged), any other is refused by name."""
+from __future__ import annotations
+
+from spnas.errors import SpnasError
+from spnas.fields import flag_of, flat_fields, to_flat
+
+# Settings a resumed run may change (logged); every other one must equal the run's config.json.
+RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
+             "deterministic", "data_path", "download", "resume")
+WHERE = ("save_path", "exp_name")  # where the run folder is: the folder being resumed, not compared
+# what one command does, not a setting of the run: recorded as false/none (so a run folder's
+# config.json starts a whole new run), taken from the command line alone, not compared
+PER_COMMAND = ("resume", "stop_after")
+# names in config.json files written by earlier versions -> today's
+RENAMED = {"formula": "latency_formula", "lr_decay_factor": "decay_factor",
+           "lr_decay_epochs": "decay_epochs"}
+
+
+def saved_settings(saved: dict) -> dict:
+    """{leaf name: value} of a run's config.json (old names renamed; no ``PER_COMMAND``)."""
+    return {k: v for k, v in flat_fields(saved, RENAMED).items()
+            if k != "model_type" and k not in PER_COMMAND}
+
+
+def flag_text(name: str, value) -> str:
+    """A setting as a command line gives it: ``--lr 0.1``, ``--cutout``, ``--no-amp``."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"{flag_of(name)} {'none' if value is None else value}"
+
+
+def resume_changes(cfg, saved: dict) -> tuple[list[str], list[str]]:
+    """(refused, allowed): how ``cfg``'s settings differ from a run's saved ``config.json``.
+
+    Settings the saved config lacks (added since), ``WHERE`` and ``PER_COMMAND`` are not
+    compared.
+    """
+    before = saved_settings(saved)
+    refused, allowed = [], []
+    for name, value in to_flat(cfg).items():
+        if name not in before or name in WHERE + PER_COMMAND or before[name] == value:
+            continue
+        old = before[name]
+        was = flag_text(name, old) if isinstance(old, bool) else ("none" if old is None else old)
+        text = f"{flag_text(name, value)} differs from the run's {was} (config.json)"
+        (allowed if name in RESUMABLE else refused).append(text)
+    return refused, allowed
+
+
+def refuse_changes(refused: list[str], run_dir) -> None:
+    if refused:
+        raise SpnasError(f"{'; '.join(refused)}: a resumed run keeps the settings it was started "
+                         f"with ({run_dir}/config.json; flags not given are taken from it); drop "
+                         f"the flag{'s' if len(refused) > 1 else ''}, or start a new run with "
+                         f"another --exp_name. Only {', '.join(RESUMABLE)} may change on resume")
