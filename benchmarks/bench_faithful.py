@@ -1,6 +1,6 @@
 """Does the spnas supernet learn as the original SPOS CIFAR code does? Its loss curve against the original's.
 
-    python benchmarks/bench_faithful.py --data /path/to/cifar10 [--steps 2500] [--init kaiming]
+    python benchmarks/bench_faithful.py --data /path/to/cifar10 [--steps 2500] [--init kaiming] [--keep DIR]
 
 Trains the SPOS supernet with ``spnas train`` on the recipe of the reference
 curve in ``../shared/reference/spos_c10_supernet_b96_steps.csv`` (the original
@@ -13,22 +13,22 @@ decay into SGD's dampening slot, so its runs had none), and stops after
 means (the acceptance: at most 5%).
 
 Prints the machine, a table of window means (loss and batch accuracy) for
-both, and the comparison; the run folder (``--out``) keeps metrics.jsonl and
-the plot. ``--init kaiming`` builds the supernet with spnas's former init
-(He-normal fan-out convs, BN bias 0) instead of the original's, to measure
-what the init alone does.
+both, and the comparison; writes no file. The run folder (metrics.jsonl, the
+log, the comparison plot) is a temporary one, removed at the end, unless
+``--keep DIR`` keeps it as ``DIR/supernet_<init>_init``. ``--init kaiming``
+builds the supernet with spnas's former init (He-normal fan-out convs, BN bias
+0) instead of the original's, to measure what the init alone does.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import ROOT, machine
+from common import ROOT, add_keep_flag, machine, scratch
 
 import spnas.spaces.spos as spos
 from spnas.cli import main as spnas_main
@@ -77,30 +77,32 @@ def main() -> None:
                    help="spnas's default bf16 autocast on CUDA (the original ran fp32)")
     p.add_argument("--init", choices=("original", "kaiming"), default="original")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="run folder (default: a temporary one)")
+    add_keep_flag(p, "the run folder (metrics, log, comparison plot)")
     p.add_argument("--reference", default=str(REFERENCE))
     a = p.parse_args()
     device = torch.device(a.device)
     steps = a.steps or (2500 if device.type == "cuda" else 500)
     if a.init == "kaiming":
         spos.init_spos_weights = init_weights
-    out = Path(a.out or tempfile.mkdtemp(prefix="faithful_")) / f"supernet_{a.init}_init"
     print(f"machine: {machine(device)}\ndata: {a.data}\nrecipe: batch 96, lr 0.025, momentum 0.9, "
           f"no weight decay, crop+flip, {steps} steps, {a.init} init, "
           f"amp {a.amp and device.type == 'cuda'}\nreference: {a.reference}", flush=True)
-    seconds = train(a.data, out, steps, a.window, a.device, a.amp, a.seed)
-    mine = {r["step"]: r for r in read_metrics(out) if r["type"] == "train"}
-    ref = window_means(reference_rows(Path(a.reference)), a.window, steps)
-    print(f"\ntrained {steps} steps in {seconds:.0f} s; run folder {out}\n")
-    print(f"{'steps':>11s} {'loss ref':>9s} {'spnas':>7s} {'rel':>7s} {'acc ref':>8s} {'spnas':>7s}")
-    for start, loss, acc in ref:
-        r = mine.get(start + a.window - 1)
-        if r:
-            print(f"{start:5d}-{start + a.window - 1:<5d} {loss:9.3f} {r['loss']:7.3f} "
-                  f"{(r['loss'] - loss) / loss:+7.1%} {acc:8.1%} {r['acc']:7.1%}")
-    print(flush=True)
-    code = spnas_main(["curves", str(out), "--baseline", a.reference, "--window", str(a.window),
-                       "--max_step", str(steps), "--out", str(out)])
+    with scratch(a.keep, "faithful_") as folder:
+        out = folder / f"supernet_{a.init}_init"
+        seconds = train(a.data, out, steps, a.window, a.device, a.amp, a.seed)
+        mine = {r["step"]: r for r in read_metrics(out) if r["type"] == "train"}
+        ref = window_means(reference_rows(Path(a.reference)), a.window, steps)
+        kept = f"run folder {out}" if a.keep else "temporary run folder (--keep DIR keeps it)"
+        print(f"\ntrained {steps} steps in {seconds:.0f} s; {kept}\n")
+        print(f"{'steps':>11s} {'loss ref':>9s} {'spnas':>7s} {'rel':>7s} {'acc ref':>8s} {'spnas':>7s}")
+        for start, loss, acc in ref:
+            r = mine.get(start + a.window - 1)
+            if r:
+                print(f"{start:5d}-{start + a.window - 1:<5d} {loss:9.3f} {r['loss']:7.3f} "
+                      f"{(r['loss'] - loss) / loss:+7.1%} {acc:8.1%} {r['acc']:7.1%}")
+        print(flush=True)
+        code = spnas_main(["curves", str(out), "--baseline", a.reference, "--window", str(a.window),
+                           "--max_step", str(steps), "--out", str(out)])
     print(f"comparison exit status {code} (0: within 5%)")
 
 

@@ -9,9 +9,11 @@ EMA and the logging are all included, as in a real run.
 
     PYTHONPATH=. python benchmarks/bench_retrain.py                      # CPU or the GPU present
     PYTHONPATH=. python benchmarks/bench_retrain.py --batch_sizes 128 256 512 --ema
+    PYTHONPATH=. python benchmarks/bench_retrain.py --results benchmarks/results  # and record the rows
 
-Prints the machine and one line per setting, and appends the rows to
-benchmarks/results/retrain_<device>_torch<version>.csv. The last column is
+Prints the machine and one line per setting; ``--results DIR`` also appends the
+rows to DIR/retrain_<device>_torch<version>.csv (the repository's are in
+benchmarks/results). The run folders are temporary. The last column is
 what the old recipe's 600 epochs of 50,000 images would take at that speed
 (target on one H100: under 1 hour).
 """
@@ -25,16 +27,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
+from common import add_results_flag, machine, write_rows
 
-from spnas.arch import Arch  # noqa: E402
-from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig  # noqa: E402
-from spnas.data.datasets import Splits  # noqa: E402
-from spnas.engine.runlog import read_metrics  # noqa: E402
-from spnas.engine.runtime import tune_allocator  # noqa: E402
-from spnas.engine.trainer import Trainer, load_splits, place, resolve_device, setup_torch, train_loader  # noqa: E402
-from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.stages.retrain import child_task  # noqa: E402
+from spnas.arch import Arch
+from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig
+from spnas.data.datasets import Splits
+from spnas.data.loading import load_splits, train_loader
+from spnas.engine.runlog import read_metrics
+from spnas.engine.trainer import Trainer
+from spnas.runtime import place, resolve_device, setup_torch, tune_allocator
+from spnas.spaces import build_child, make_space
+from spnas.stages.retrain import child_task
 
 OLD_BEST = "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
 EPOCH_IMAGES, RECIPE_EPOCHS = 50_000, 600
@@ -81,6 +84,7 @@ def main() -> None:
     p.add_argument("--cutout", action="store_true")
     p.add_argument("--auto_aug", action="store_true")
     p.add_argument("--data_path", default=None, help="real CIFAR-10 instead of random images")
+    add_results_flag(p)
     args = p.parse_args()
     tune_allocator()
     device = resolve_device(args.device)
@@ -110,7 +114,7 @@ def main() -> None:
                      "channels_last": args.channels_last, "ema": args.ema,
                      "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
                      "threads": torch.get_num_threads(), **{k: round(v, 3) for k, v in r.items()}})
-    append_rows("retrain", device, rows)
+    write_rows(args.results, "retrain", device, rows)
 
 
 if __name__ == "__main__":

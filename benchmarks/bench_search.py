@@ -9,9 +9,10 @@ supernet at 32x32 with random weights and random images (timing only).
     python benchmarks/bench_search.py                       # the defaults
     python benchmarks/bench_search.py --candidates 1 --recal_images 128 \\
         --val_images 256 --baseline_images 256              # a smoke run
+    python benchmarks/bench_search.py --results benchmarks/results   # and record the row
 
-Prints the machine and the figures; appends a row to
-benchmarks/results/search_<device>_torch<version>.csv.
+Prints the machine and the figures; ``--results DIR`` also appends a row to
+DIR/search_<device>_torch<version>.csv (the repository's are in benchmarks/results).
 """
 from __future__ import annotations
 
@@ -20,15 +21,14 @@ import random
 import time
 
 import torch
-from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
+from common import add_results_flag, machine, write_rows
 
-from spnas.arch import Arch  # noqa: E402
-from spnas.data.augment import AugmentConfig, BatchTransform  # noqa: E402
-from spnas.engine.evaluation import evaluate  # noqa: E402
-from spnas.engine.runtime import tune_allocator  # noqa: E402
-from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set  # noqa: E402
-from spnas.engine.trainer import place, resolve_device  # noqa: E402
-from spnas.spaces.spos import SposSupernet, spos_space  # noqa: E402
+from spnas.arch import Arch
+from spnas.data.augment import AugmentConfig, BatchTransform
+from spnas.engine.evaluation import evaluate
+from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
+from spnas.runtime import place, resolve_device, tune_allocator
+from spnas.spaces.spos import SposSupernet, spos_space
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=20)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    add_results_flag(p, "the row")
     return p.parse_args(argv)
 
 
@@ -110,7 +111,7 @@ def main(argv=None) -> dict:
           f"no recalibration: {baseline_s:.3f} s ({row['baseline_images_per_s']:.0f} img/s)")
     print(f"a search candidate costs {per_candidate / baseline_s:.2f}x an old-recipe evaluation"
           + ("; target on one H100: >= 10 candidates/s" if device.type == "cuda" else ""))
-    append_rows("search", device, [row])
+    write_rows(a.results, "search", device, [row])
     return row
 
 

@@ -1,6 +1,7 @@
 """Supernet-training throughput (images/s), batch 64 by default: spnas's pipeline against a plain one.
 
-    python benchmarks/bench_train.py --data /path/to/cifar10 [--steps 30] [--no-224] [--batch 256]
+    python benchmarks/bench_train.py --data /path/to/cifar10 [--steps 30] [--no-224] [--batch 256] \
+        [--results benchmarks/results]
 
 Rows:
   spnas 32x32 crop+flip          the trainer, data on the device, batch augmentation, channels_last
@@ -9,8 +10,9 @@ Rows:
   spnas 224 seed augmentation    the seed command (--resize: RandomResizedCrop 224, ImageNet layout)
 
 Each row trains real steps (random paths, SGD) and reports the median of its
-logging windows after a warm-up window. Prints the machine and writes a CSV
-to benchmarks/results/train_<device>_torch<version>.csv.
+logging windows after a warm-up window. Prints the machine and the figures;
+``--results DIR`` also appends the rows to DIR/train_<device>_torch<version>.csv
+(the repository's are in benchmarks/results).
 """
 from __future__ import annotations
 
@@ -22,21 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import append_rows, cifar_or_random, machine
+from common import add_results_flag, cifar_or_random, machine, write_rows
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RunConfig, SupernetConfig, TrainConfig
+from spnas.data.loading import DeviceLoader, build_transform
 from spnas.engine.runlog import read_metrics
-from spnas.engine.runtime import tune_allocator
-from spnas.engine.trainer import (
-    DeviceLoader,
-    Task,
-    Trainer,
-    build_transform,
-    cross_entropy_loss,
-    param_groups,
-    place,
-)
+from spnas.engine.schedule import param_groups
+from spnas.engine.trainer import Task, Trainer, cross_entropy_loss
+from spnas.runtime import place, tune_allocator
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import supernet_space
 
@@ -104,6 +100,7 @@ def main() -> None:
     p.add_argument("--no-224", dest="big", action="store_false")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=64, help="images per step (spnas rows)")
+    add_results_flag(p)
     a = p.parse_args()
     tune_allocator()
     device = torch.device(a.device)
@@ -129,7 +126,7 @@ def main() -> None:
               flush=True)
         results.append({"row": name, "batch": a.batch, "images_per_s": round(rate, 1),
                         "epoch_s": round(50_000 / rate, 1), "data": source})
-    append_rows("train", device, results)
+    write_rows(a.results, "train", device, results)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,34 @@
-"""Helpers shared by the benchmarks: the machine's description and CSV output.
+"""Helpers shared by the benchmarks: the machine's description, result files, scratch folders.
 
-Every benchmark prints ``machine(device)`` and appends its rows, with the date
-and the machine, to ``benchmarks/results/<name>_<device>_torch<version>.csv``.
+Run a benchmark as ``python benchmarks/NAME.py`` with spnas installed
+(``pip install -e .``) or on ``PYTHONPATH``: Python puts the script's own folder
+on ``sys.path``, which is how ``import common`` finds this file.
+
+Every benchmark prints ``machine(device)`` and its figures to stdout and writes
+nothing by default. ``--results DIR`` (``add_results_flag``) asks for its files:
+the rows, with the date and the machine, appended to
+``DIR/<name>_<device>_torch<version>.csv`` (``write_rows``), and any table or
+plot it makes next to them (``result_path``); the repository's own are in
+``benchmarks/results``. A benchmark that needs run folders makes them in a
+temporary folder, removed at the end, unless ``--keep DIR`` (``add_keep_flag``,
+``scratch``) names one to keep them in.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import re
-import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))
+from spnas.runtime import device_description
 
-from spnas.engine.cost import device_description  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine(device: torch.device) -> str:
@@ -25,16 +36,55 @@ def machine(device: torch.device) -> str:
     return f"{device_description(device)}, torch {torch.__version__}"
 
 
-def results_path(name: str, device: torch.device) -> Path:
+def add_results_flag(p: argparse.ArgumentParser, what: str = "the rows") -> None:
+    p.add_argument("--results", metavar="DIR", default=None,
+                   help=f"write {what} into DIR (appending to DIR/<name>_<device>_torch<version>.csv; "
+                        "the repository's are in benchmarks/results); default: print only")
+
+
+def add_keep_flag(p: argparse.ArgumentParser, what: str = "the run folders") -> None:
+    p.add_argument("--keep", metavar="DIR", default=None,
+                   help=f"keep {what} in DIR (default: a temporary folder, removed at the end)")
+
+
+@contextlib.contextmanager
+def scratch(keep: str | Path | None, prefix: str = "spnas_bench_") -> Iterator[Path]:
+    """``keep`` (created if needed) or a temporary folder removed on leaving."""
+    if keep:
+        path = Path(keep)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working folder where it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def result_path(results: str | Path | None, name: str, device: torch.device,
+                suffix: str = ".csv") -> Path | None:
+    """``results/<name>_<device>_torch<version><suffix>`` (the folder made), or None when not asked."""
+    if not results:
+        return None
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-").lower()
-    return RESULTS / f"{name}_{slug}_torch{torch.__version__.split('+')[0]}.csv"
-
-
-def append_rows(name: str, device: torch.device, rows: list[dict]) -> Path:
-    """Append ``rows`` (with the date and machine) to the benchmark's CSV; returns its path."""
-    out = results_path(name, device)
+    out = Path(results) / f"{name}_{slug}_torch{torch.__version__.split('+')[0]}{suffix}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_rows(results: str | Path | None, name: str, device: torch.device, rows: list[dict]) -> Path | None:
+    """Append ``rows`` (with the date and machine) to the benchmark's CSV in ``results`` if one was
+    asked for (``--results DIR``); returns its path, or None when nothing was written."""
+    out = result_path(results, name, device)
+    if out is None or not rows:
+        return None
     stamp = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(device)}
     fields = [*stamp, *rows[0]]
     if out.exists():
@@ -48,7 +98,7 @@ def append_rows(name: str, device: torch.device, rows: list[dict]) -> Path:
         if new:
             w.writeheader()
         w.writerows({**stamp, **row} for row in rows)
-    print(f"appended {len(rows)} row(s) to {out.relative_to(ROOT)}")
+    print(f"appended {len(rows)} row(s) to {shown(out)}")
     return out
 
 

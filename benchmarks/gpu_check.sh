@@ -20,7 +20,8 @@ SMOKE=${SMOKE:-0}
 PARTS=" ${PARTS:-faithful bench retrain cli} "
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1
+export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1  # spnas importable on a bare machine, without pip install
+RESULTS="--results benchmarks/results"  # the benchmarks write their CSVs only when asked
 RUNS=$(mktemp -d)
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu.log") 2>&1
@@ -68,7 +69,7 @@ SP="python3 -m spnas"
 if part faithful; then
     FSTEPS=2500; [ "$SMOKE" = 1 ] && FSTEPS=20
     step faithful 300 python3 benchmarks/bench_faithful.py --data "$CIFAR" --steps "$FSTEPS" \
-        --out "$RUNS/faithful"
+        --keep "$RUNS/faithful"
 fi
 
 # f. the fast recipe end to end (docs/recipes.md); about 10 minutes: run it alone, PARTS=fast
@@ -79,10 +80,10 @@ fi
 
 # 1. throughput benchmarks (README "Measured results")
 if part bench; then
-step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN
-step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224
-step bench_search 90 python3 benchmarks/bench_search.py $SEARCH
-step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN
+step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN $RESULTS
+step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224 $RESULTS
+step bench_search 90 python3 benchmarks/bench_search.py $SEARCH $RESULTS
+step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN $RESULTS
 fi
 
 # 2. retraining the old recipe's best arch with a short recipe (as many epochs, up to
@@ -117,7 +118,7 @@ step supernet_epoch 120 $SP train --data_path "$CIFAR" --no-download --epochs 1 
 step search 40 $SP search --checkpoint "$RUNS/supernet_epoch" --population 10 --top_k 5 --generations 2
 step evaluate 20 $SP evaluate --checkpoint "$RUNS/retrain/last.pt" --split test
 step export 30 $SP export --checkpoint "$RUNS/retrain/last.pt" --format onnx
-step latency_table 40 $SP latency-table --space mbconv --layout cifar --device cuda --batch 64 \
+step latency_table 40 $SP latency-table --space mbconv --layout cifar --device cuda --batch_size 64 \
     --out "$RUNS/mbconv_cifar_cuda.json" $LATENCY
 step superkernel 40 $SP superkernel --data_path "$CIFAR" --no-download --epochs 1 --num_steps 40 \
     --print_freq 10 --latency_table "$RUNS/mbconv_cifar_cuda.json" --save_path "$RUNS" --exp_name superkernel

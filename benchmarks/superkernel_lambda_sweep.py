@@ -11,8 +11,10 @@ retrained network).
         --data_path /tmp/c10 --epochs 8 --batch_size 128 --lr 0.05 --threshold_lr_scale 100 \\
         --latency_table benchmarks/results/mbconv_cifar_<device>_torch<ver>.json
 
-Prints one line per lambda and writes
-benchmarks/results/superkernel_sweep_<device>_torch<ver>.csv.
+Prints one line per lambda and the machine. ``--results DIR`` (before ``--``)
+also appends the rows to DIR/superkernel_sweep_<device>_torch<ver>.csv (the
+repository's are in benchmarks/results). The runs' folders are temporary unless
+``--keep DIR`` keeps them as DIR/lam<lambda>.
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import append_rows, machine  # noqa: E402  (puts the repository on sys.path)
+from common import add_keep_flag, add_results_flag, machine, scratch, write_rows
 
-from spnas.cli import build_parser, run_superkernel  # noqa: E402
-from spnas.engine.runtime import tune_allocator  # noqa: E402
-from spnas.engine.trainer import resolve_device  # noqa: E402
-from spnas.errors import SpnasError  # noqa: E402
+from spnas.cli import build_parser
+from spnas.cli.superkernel import run_superkernel
+from spnas.errors import SpnasError
+from spnas.runtime import resolve_device, tune_allocator
 
 FIELDS = ("lam", "arch", "latency", "latency_unit", "measured_latency_ms", "supernet_val_acc",
           "steps", "run")
@@ -37,26 +39,28 @@ def main() -> None:
     own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.02, 0.1, 0.5])
-    p.add_argument("--save_path", default="checkpoints/lambda_sweep")
+    add_results_flag(p)
+    add_keep_flag(p, "the runs' folders")
     args = p.parse_args(own)
     tune_allocator()
     rows = []
-    for lam in args.lams:
-        flags = build_parser().parse_args(["superkernel", *passed, "--lam", str(lam),
-                                           "--save_path", args.save_path,
-                                           "--exp_name", f"lam{lam:g}"])
-        device = resolve_device(flags.device)
-        try:
-            result = run_superkernel(flags)
-        except SpnasError as e:
-            sys.exit(f"spnas: error: {e}")
-        row = {k: result.get(k) for k in FIELDS}
-        row.update(lam=lam, run=str(Path(args.save_path) / f"lam{lam:g}"))
-        rows.append(row)
-        print(f"lambda {lam:g}: {row['latency']:.3f} {row['latency_unit']}, supernet val acc "
-              f"{row['supernet_val_acc']:.4f}, {row['arch']}", flush=True)
+    with scratch(args.keep, "lambda_sweep_") as save_path:
+        for lam in args.lams:
+            flags = build_parser().parse_args(["superkernel", *passed, "--lam", str(lam),
+                                               "--save_path", str(save_path),
+                                               "--exp_name", f"lam{lam:g}"])
+            device = resolve_device(flags.device)
+            try:
+                result = run_superkernel(flags)
+            except SpnasError as e:
+                sys.exit(f"spnas: error: {e}")
+            row = {k: result.get(k) for k in FIELDS}
+            row.update(lam=lam, run=str(Path(save_path) / f"lam{lam:g}") if args.keep else "")
+            rows.append(row)
+            print(f"lambda {lam:g}: {row['latency']:.3f} {row['latency_unit']}, supernet val acc "
+                  f"{row['supernet_val_acc']:.4f}, {row['arch']}", flush=True)
     print(f"machine: {machine(device)}")
-    append_rows("superkernel_sweep", device, rows)
+    write_rows(args.results, "superkernel_sweep", device, rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How well a per-layer latency table of the MBConv space predicts whole networks.
 
-Builds the table on this machine with ``cost.build_latency_table`` (each
+Builds the table on this machine with ``latency.build_latency_table`` (each
 layer option timed alone on its real input: warm-up, median of repeats,
 fixed threads; plus the stem and head), then measures ``--archs`` random
 whole networks and compares. Also reports the paper's latency formula: it
@@ -8,10 +8,13 @@ has no k3e3 entry and prices a k3e3 layer at R[k5e3] R[k3e6] / R[k5e6].
 
     PYTHONPATH=. python benchmarks/superkernel_latency.py --layout cifar --device cpu
     PYTHONPATH=. python benchmarks/superkernel_latency.py --layout imagenet --device cuda --batch 1
+    PYTHONPATH=. python benchmarks/superkernel_latency.py --layout cifar --results benchmarks/results
 
-Writes the table to benchmarks/results/mbconv_<layout>_<device>_torch<ver>.json
-(usable as ``spnas superkernel --latency_table``) and one CSV row per arch to
-benchmarks/results/superkernel_latency_<layout>_<device>_torch<ver>.csv.
+Prints the machine and the figures. ``--results DIR`` also writes the table to
+DIR/mbconv_<layout>_<device>_torch<ver>.json (usable as ``spnas superkernel
+--latency_table``) and appends one CSV row per arch to
+DIR/superkernel_latency_<layout>_<device>_torch<ver>.csv (the repository's are
+in benchmarks/results). ``spnas latency-table --out FILE`` also writes a table.
 """
 from __future__ import annotations
 
@@ -19,13 +22,13 @@ import argparse
 import statistics
 
 import torch
-from common import append_rows, machine, results_path  # noqa: E402  (puts the repo on sys.path)
+from common import add_results_flag, machine, result_path, shown, write_rows
 
-from spnas.arch import Arch  # noqa: E402
-from spnas.engine.cost import build_latency_table, validate_latency_table  # noqa: E402
-from spnas.engine.trainer import resolve_device  # noqa: E402
-from spnas.spaces import build_child, make_space  # noqa: E402
-from spnas.stages.superkernel import LatencyModel  # noqa: E402
+from spnas.arch import Arch
+from spnas.engine.latency import build_latency_table, validate_latency_table
+from spnas.runtime import resolve_device
+from spnas.spaces import build_child, make_space
+from spnas.stages.superkernel import LatencyModel
 
 
 def main() -> None:
@@ -37,6 +40,7 @@ def main() -> None:
     p.add_argument("--archs", type=int, default=20)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=30)
+    add_results_flag(p, "the table (.json) and the rows")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -46,9 +50,9 @@ def main() -> None:
     print(f"machine: {machine(device)}; mbconv/{args.layout}, batch {args.batch}")
     table = build_latency_table(space, child, device, batch=args.batch, warmup=args.warmup,
                                 repeats=args.repeats, progress=True)
-    table_path = results_path(f"mbconv_{args.layout}", device).with_suffix(".json")
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    table.save(table_path)
+    table_path = result_path(args.results, f"mbconv_{args.layout}", device, ".json")
+    if table_path:
+        table.save(table_path)
     report = validate_latency_table(table, child, device, args.archs, 0, args.warmup, args.repeats)
     paper = LatencyModel(table, "paper")
     rows = []
@@ -60,7 +64,7 @@ def main() -> None:
                      "paper_rel_error": (formula - measured) / measured})
     k33, k36, k53, k56 = (space.tokens.index(t) for t in ("k3e3", "k3e6", "k5e3", "k5e6"))
     approx = [(row[k53] * row[k36] / row[k56] - row[k33]) / row[k33] for row in table.layers]
-    append_rows(f"superkernel_latency_{args.layout}", device, rows)
+    write_rows(args.results, f"superkernel_latency_{args.layout}", device, rows)
     largest = Arch(space, (k56,) * space.num_layers)
     smallest = Arch(space, tuple(a[-1] if len(a) == 5 else k33 for a in space.allowed))
     print(f"table: constant {table.constant:.3f} ms; largest network {table.predict(largest):.3f}"
@@ -73,7 +77,8 @@ def main() -> None:
     print(f"paper's k3e3 estimate vs the timed k3e3, per layer: mean "
           f"{100 * statistics.mean(approx):+.1f}%, range {100 * min(approx):+.1f}% .. "
           f"{100 * max(approx):+.1f}%")
-    print(f"wrote {table_path}")
+    if table_path:
+        print(f"wrote {shown(table_path)}")
 
 
 if __name__ == "__main__":

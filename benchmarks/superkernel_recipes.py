@@ -20,11 +20,15 @@ The small CPU run of docs/superkernel.md (one thread, minutes):
         --search="--epochs 1 --num_steps 48 --batch_size 32 --val_size 1000 --print_freq 8" \\
         --retrain="--epochs 1 --num_steps 60 --batch_size 64 --lr 0.05 --val_size 1000"
 
-Writes benchmarks/results/superkernel_recipes_<device>_torch<ver>.csv (one row per
-search: recipe, lambda, seed, arch, table latency, measured latency when the
-table's device is here, supernet validation accuracy, retrained test accuracy,
-seconds), ``--plot`` (latency against retrained accuracy, one colour per recipe) and
-``<plot>_thresholds.png`` (each run's mean thresholds over the steps).
+Prints one line per search and the machine. ``--results DIR`` also appends the
+rows to DIR/superkernel_recipes_<device>_torch<ver>.csv (one row per search:
+recipe, lambda, seed, arch, table latency, measured latency when the table's
+device is here, supernet validation accuracy, retrained test accuracy, seconds;
+the repository's are in benchmarks/results) and draws the plots next to it
+(.png: latency against retrained accuracy, one colour per recipe;
+``_thresholds.png``: each run's mean thresholds over the steps); ``--plot FILE``
+draws them at FILE and ``<FILE>_thresholds.png`` instead. The runs' folders (and
+a latency table measured here) are temporary unless ``--keep DIR`` keeps them.
 """
 from __future__ import annotations
 
@@ -34,14 +38,14 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, append_rows, machine, results_path  # noqa: E402  (repo on sys.path)
+from common import add_keep_flag, add_results_flag, machine, result_path, scratch, shown, write_rows
 
-from spnas.cli import build_parser, main, run_superkernel  # noqa: E402
-from spnas.cli.networks import run_retrain  # noqa: E402
-from spnas.engine.runtime import tune_allocator  # noqa: E402
-from spnas.engine.trainer import resolve_device  # noqa: E402
-from spnas.errors import SpnasError  # noqa: E402
-from spnas.stages.superkernel_plots import plot_recipes, plot_thresholds  # noqa: E402
+from spnas.cli import build_parser, main
+from spnas.cli.networks import run_retrain
+from spnas.cli.superkernel import run_superkernel
+from spnas.errors import SpnasError
+from spnas.runtime import resolve_device, tune_allocator
+from spnas.stages.superkernel_plots import plot_recipes, plot_thresholds
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,15 +61,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--search", default="", help="flags for every 'spnas superkernel' run")
     p.add_argument("--retrain", default="--epochs 100 --batch_size 128 --lr 0.1 --cutout",
                    help="flags for every 'spnas retrain' run")
-    p.add_argument("--save_path", default="checkpoints/recipes")
-    p.add_argument("--plot", default=None, help="default: next to the CSV, .png")
+    add_results_flag(p, "the rows and the plots")
+    add_keep_flag(p, "the runs' folders and a latency table measured here")
+    p.add_argument("--plot", default=None,
+                   help="draw the plots here (default: next to the CSV with --results, else none)")
     return p.parse_args()
 
 
-def latency_table(args, device) -> str:
+def latency_table(args, device, save_path: Path) -> str:
     if args.latency_table:
         return args.latency_table
-    out = Path(args.save_path) / f"mbconv_cifar_{device.type}.json"
+    out = save_path / f"mbconv_cifar_{device.type}.json"
     argv = ["latency-table", "--space", "mbconv", "--layout", "cifar", "--device", str(device),
             "--out", str(out), "--overwrite"]
     if args.threads:
@@ -90,7 +96,12 @@ def compare() -> None:
     args = parse_args()
     tune_allocator()
     device = resolve_device(args.device)
-    table = latency_table(args, device)
+    with scratch(args.keep, "recipes_") as save_path:
+        searches(args, device, save_path)
+
+
+def searches(args, device, save_path: Path) -> None:
+    table = latency_table(args, device, save_path)
     common = ["--data_path", args.data_path, "--no-download", "--device", str(device)]
     rows, retrained, runs = [], {}, {}
     for recipe, lams in (("spnas", args.spnas_lams), ("paper", args.paper_lams)):
@@ -99,15 +110,15 @@ def compare() -> None:
                 name = f"{recipe}_lam{lam:g}_seed{seed}"
                 found, search_s = run("superkernel", run_superkernel, [
                     *common, *shlex.split(args.search), "--recipe", recipe, "--lam", str(lam),
-                    "--seed", str(seed), "--latency_table", table, "--save_path", args.save_path,
+                    "--seed", str(seed), "--latency_table", table, "--save_path", str(save_path),
                     "--exp_name", name])
-                runs[f"{recipe} lambda {lam:g} seed {seed}"] = Path(args.save_path) / name
+                runs[f"{recipe} lambda {lam:g} seed {seed}"] = save_path / name
                 key = (found["arch"], seed)
                 if key not in retrained:
-                    arch_file = str(Path(args.save_path) / name / "arch.json")
+                    arch_file = str(save_path / name / "arch.json")
                     retrained[key] = run("retrain", run_retrain, [
                         *common, *shlex.split(args.retrain), "--arch", arch_file, "--seed",
-                        str(seed), "--save_path", args.save_path, "--exp_name", f"{name}_retrain"])
+                        str(seed), "--save_path", str(save_path), "--exp_name", f"{name}_retrain"])
                 result, retrain_s = retrained[key]
                 row = {"recipe": recipe, "lam": lam, "seed": seed, "arch": found["arch"],
                        "latency_ms": found["latency"],
@@ -120,11 +131,15 @@ def compare() -> None:
                       f"{row['test_acc']:.4f} ({search_s:.0f} s + {retrain_s:.0f} s) {row['arch']}",
                       flush=True)
     print(f"machine: {machine(device)}")
-    csv = append_rows("superkernel_recipes", device, rows)
-    plot = Path(args.plot) if args.plot else results_path("superkernel_recipes", device).with_suffix(".png")
-    plot_recipes(rows, plot)
-    thresholds = plot_thresholds(runs, plot.with_name(plot.stem + "_thresholds.png"))
-    print(f"wrote {csv.relative_to(ROOT)}, {plot} and {thresholds}")
+    csv = write_rows(args.results, "superkernel_recipes", device, rows)
+    plot = Path(args.plot) if args.plot else result_path(args.results, "superkernel_recipes", device, ".png")
+    if plot:  # while the runs' folders (their decisions) are still there
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_recipes(rows, plot)
+        thresholds = plot_thresholds(runs, plot.with_name(plot.stem + "_thresholds.png"))
+        print(f"wrote {', '.join(shown(f) for f in (csv, plot, thresholds) if f)}")
+    if args.keep:
+        print(f"runs in {save_path}")
 
 
 if __name__ == "__main__":
