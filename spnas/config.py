@@ -105,10 +105,13 @@ class RunConfig(Checked):
     amp: bool = opt(True, "bf16 autocast on CUDA (never on CPU)")
     channels_last: bool = opt(True, "NHWC memory format (faster on CPU and GPU, see README)")
     deterministic: bool = opt(False, "deterministic algorithms on CUDA (slower)")
+    tensorboard: bool = opt(False, "also write the metrics (loss, accuracy, lr, images/s, "
+                            "validation) as TensorBoard event files in the run folder's "
+                            "tensorboard/; needs pip install 'spnas[tensorboard]'")
     resume: bool = opt(False, "continue from the run folder's last.pt with the run's config.json: "
                        "flags not given are the run's, and only epochs, stop_after, print_freq, "
-                       "val_interval, ckpt_interval, device, deterministic, data_path and "
-                       "download may change")
+                       "val_interval, ckpt_interval, device, deterministic, tensorboard, "
+                       "data_path and download may change")
 
 
 @dataclass
@@ -324,6 +327,9 @@ class SearchRunConfig(Checked):
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = opt(True, "bf16 autocast on CUDA")
     channels_last: bool = opt(True, "NHWC memory format")
+    tensorboard: bool = opt(False, "also write each candidate's accuracy, MACs, params (and "
+                            "latency) as TensorBoard scalars in --out's tensorboard/, by "
+                            "candidate number; needs pip install 'spnas[tensorboard]'")
     resume: bool = opt(False, "continue the search recorded in --out (with the same settings)")
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ from spnas.fields import flag_of, flat_fields, to_flat
 
 # Settings a resumed run may change (logged); every other one must equal the run's config.json.
 RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
-             "deterministic", "data_path", "download", "resume")
+             "deterministic", "tensorboard", "data_path", "download", "resume")
 WHERE = ("save_path", "exp_name")  # where the run folder is: the folder being resumed, not compared
 # what one command does, not a setting of the run: recorded as false/none (so a run folder's
 # config.json starts a whole new run), taken from the command line alone, not compared
@@ -37,7 +37,8 @@ def resume_changes(cfg, saved: dict) -> tuple[list[str], list[str]]:
     compared.
     """
     before = saved_settings(saved)
-    refused, allowed = [], []
+    refused: list[str] = []
+    allowed: list[str] = []
     for name, value in to_flat(cfg).items():
         if name not in before or name in WHERE + PER_COMMAND or before[name] == value:
             continue

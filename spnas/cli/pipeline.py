@@ -24,6 +24,9 @@ def add_pipeline_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--dataset", default=None, help="cifar10, cifar100 or folder")
     g.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="TensorBoard event files in every training stage's and the search's "
+                        "folder (needs pip install 'spnas[tensorboard]')")
     g.add_argument("--set", dest="settings", action="append", type=setting_arg, default=[],
                    metavar="[STAGE.]NAME=VALUE",
                    help="any other setting, e.g. supernet.epochs=2 or val_size=1000 (repeatable)")
@@ -34,7 +37,8 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     from spnas.cli.generate import read_recipe
     from spnas.stages.pipeline import apply_settings, pipeline
     recipe = apply_settings(read_recipe(args.config), args.settings)
-    shared = {k: getattr(args, k) for k in ("data_path", "dataset", "device", "seed")}
+    shared = {k: getattr(args, k) for k in ("data_path", "dataset", "device", "seed",
+                                               "tensorboard")}
     r = pipeline(recipe, args.out, args.resume, shared)
     print(f"pipeline done: report in {r['report'][0]} and {r['report'][1]}")
     return r

@@ -34,18 +34,78 @@ def _clean(v):
     return v
 
 
+TENSORBOARD_HINT = ("--tensorboard needs the tensorboard package: pip install 'spnas[tensorboard]' "
+                    "(or pip install tensorboard), or drop --tensorboard")
+
+
+def require_tensorboard():
+    """torch's ``SummaryWriter``, or the one-line hint when the tensorboard package is absent."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch.utils.tensorboard imports the tensorboard package
+        raise SpnasError(TENSORBOARD_HINT) from None
+    return SummaryWriter
+
+
+class TensorBoard:
+    """Every number of every metrics record, also as a TensorBoard scalar.
+
+    A record ``{"type": "train", "step": 200, "loss": 1.9, "lr": 0.02, ...}`` becomes the
+    scalars ``train/loss``, ``train/lr`` ... at step 200; ``step_key`` names the record's
+    x axis (a search's candidates are numbered by ``index``), ``untyped`` the type of
+    records that name none (a search's: ``candidate``). Each record is flushed at
+    once, so the event files are complete whenever the run stops. ``purge_step``: a resumed
+    run's first step; TensorBoard hides what an earlier process logged from there on.
+    """
+
+    SKIP = ("type", "epoch", "index", "generation", "choices", "from_step")
+
+    def __init__(self, folder: Path, step_key: str = "step", purge_step: int | None = None,
+                 untyped: str = "record"):
+        self.step_key, self.untyped = step_key, untyped
+        self.writer = require_tensorboard()(str(folder), purge_step=purge_step)
+
+    def write(self, record: dict) -> None:
+        step = record.get(self.step_key)
+        if not isinstance(step, int):
+            return
+        kind = record.get("type", self.untyped)
+        for name, value in record.items():
+            if name in self.SKIP or name == self.step_key or isinstance(value, bool) \
+                    or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            self.writer.add_scalar(f"{kind}/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class RunLog:
-    """Append-only metrics and log lines for one run folder (rank 0 writes, others stay quiet)."""
+    """Append-only metrics and log lines for one run folder (rank 0 writes, others stay quiet).
+
+    ``tensorboard``: also write every metrics record into ``run_dir/tensorboard/`` (the
+    package is checked here; the writer starts with the first record, after a resume's
+    ``truncate_after``, so TensorBoard drops what the stopped process logged past it).
+    """
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, console: bool = True,
-                 metrics_name: str = "metrics.jsonl", log_name: str = "train.log"):
+                 metrics_name: str = "metrics.jsonl", log_name: str = "train.log",
+                 tensorboard: bool = False, step_key: str = "step", purge_step: int | None = None,
+                 untyped: str = "record"):
         self.dir = Path(run_dir)
         self.enabled, self.console = enabled, console
         self.metrics_path = self.dir / metrics_name
         self.log_path = self.dir / log_name
         self._bar: tqdm | None = None
+        self.tensorboard: TensorBoard | None = None
+        self._tb_wanted, self._purge_step = False, purge_step
+        self._tb_keys = (step_key, untyped)
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                require_tensorboard()
+                self._tb_wanted = True
 
     def metric(self, record: dict) -> None:
         if not self.enabled:
@@ -53,6 +113,11 @@ class RunLog:
         line = json.dumps({k: _clean(v) for k, v in record.items()})
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
+        if self._tb_wanted:
+            if self.tensorboard is None:
+                self.tensorboard = TensorBoard(self.dir / "tensorboard", self._tb_keys[0],
+                                               self._purge_step, self._tb_keys[1])
+            self.tensorboard.write(record)
 
     def info(self, msg: str) -> None:
         if not self.enabled:
@@ -86,9 +151,13 @@ class RunLog:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
+        self._purge_step = step + 1
         if not (self.enabled and self.metrics_path.is_file()):
             return
         keep = [line for line in self.metrics_path.read_text().splitlines()

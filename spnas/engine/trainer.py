@@ -116,7 +116,7 @@ class Trainer:
     def __init__(self, task: Task, loader: DeviceLoader, cfg: TrainConfig, run_dir: Path,
                  dist_info: Dist = Dist()):
         self.task, self.loader, self.cfg, self.dir, self.dist = task, loader, cfg, run_dir, dist_info
-        self.log = RunLog(run_dir, enabled=dist_info.main)
+        self.log = RunLog(run_dir, enabled=dist_info.main, tensorboard=cfg.run.tensorboard)
         o, self.lr_note = effective_optim(cfg.optim, dist_info.world)  # lr_batch scaled
         self.optim = o
         self.opt = task.make_optimizer(task.param_groups, o) if task.make_optimizer else \

@@ -32,7 +32,8 @@ from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of
 from spnas.files import atomic_write_text
 
-MACHINE_KEYS = {"data_path", "device", "download"}  # may differ when a pipeline resumes elsewhere
+# may differ when a pipeline resumes (elsewhere, or with event files turned on)
+MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
 EVALUATE_DEFAULTS = {"split": "test", "batch_size": 500, "device": "auto", "amp": True}
 EXPORT_DEFAULTS = {"format": "torchscript", "check_images": 64, "tolerance": 1e-3}

@@ -62,7 +62,8 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
                 "data": {k: v for k, v in dataclasses.asdict(data).items()
                          if k not in ("data_path", "download")}}
     records = prepare_out_dir(out, settings, cfg.resume)
-    log = RunLog(out, metrics_name=RECORD, log_name="search.log")
+    log = RunLog(out, metrics_name=RECORD, log_name="search.log", tensorboard=cfg.tensorboard,
+                 step_key="index", purge_step=len(records), untyped="candidate")
     try:
         if not held_out and cfg.scoring.score_on == "val":
             log.info("WARNING: the data flags or split seed differ from the supernet's training, "
