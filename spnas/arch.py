@@ -164,7 +164,8 @@ class Arch:
         if "," in text and "|" not in text:
             return cls._parse_indices(text, space)
         tokens = text.replace("|", " | ").split()
-        starts, choices, pos = space.stage_starts(), [], 0
+        starts, pos = space.stage_starts(), 0
+        choices: list[int] = []
         for pos, tok in enumerate(tokens, start=1):
             if tok == "|":
                 if len(choices) not in starts:
@@ -238,6 +239,10 @@ class Arch:
             d = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ArchError(f"arch file {path} not found") from None
+        except UnicodeDecodeError:
+            raise ArchError(f"{path} is not an arch file (JSON text): a checkpoint? Give the "
+                            "arch file a search or superkernel run wrote (best_arch.json, "
+                            "arch.json), or fine-tune the checkpoint with spnas finetune") from None
         except (OSError, ValueError) as e:
             raise ArchError(f"cannot read arch file {path}: {e}") from None
         return cls.from_json(d, f"arch file {path}")

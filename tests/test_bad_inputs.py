@@ -340,6 +340,9 @@ CASES = [
     Case("arch-file-on-the-command-line", lambda t, m: ["profile", "--device", "cpu", "--arch",
                                                         str(arch_file(t, set_allowed(0, [0, 1, 2, 3])))],
          ERROR, "space field 'allowed' of layer 0 is [0, 1, 2, 3]"),
+    Case("checkpoint-as-arch-file", lambda t, m: ["profile", "--device", "cpu", "--arch",
+                                                   str(child_checkpoint(t))],
+         ERROR, "best.pt is not an arch file (JSON text): a checkpoint? Give the arch file"),
     # latency tables edited by hand
     table_case("table-missing-entry", lambda d: d["layers"][1].pop("k7"),
                "latency.json: layer 1 has no entry for 'k7'"),

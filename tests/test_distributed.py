@@ -37,7 +37,7 @@ def test_two_processes_stay_in_sync(fake_cifar, tmp_path):
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
            str(tmp_path)] + argv
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
                             "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-3000:]
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -48,3 +48,25 @@ def test_two_processes_stay_in_sync(fake_cifar, tmp_path):
     assert len([x for x in lines if '"train"' in x]) == 3  # one writer, not one per rank
     ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3
+
+
+def test_search_split_over_two_processes_finds_what_one_process_finds(fake_cifar, tmp_path):
+    from test_search_run import records, search_argv
+
+    from spnas.cli import main
+    from spnas.runtime import torch_threads
+    assert main(train_argv(fake_cifar, tmp_path, "sn", **{"--epochs": 1, "--num_steps": 2})) == 0
+    with torch_threads(1):  # as each torchrun process below: float sums depend on the count
+        assert main(search_argv(tmp_path / "sn", tmp_path / "one")) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "spnas",
+           *search_argv(tmp_path / "sn", tmp_path / "two", **{"--device": "cpu"})]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                            "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert len(one) == 12 and two == one  # every candidate, score and cost, in the same order
+    best = [(tmp_path / run / "best_arch.json").read_text() for run in ("one", "two")]
+    assert best[0] == best[1]
+    assert ", 2 processes" in (tmp_path / "two" / "search.log").read_text()

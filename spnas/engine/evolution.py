@@ -2,13 +2,16 @@
 
 The searches know nothing of networks or data: they take ``score(arch) -> dict``
 (its ``"val_acc"`` is the fitness, higher is better) and ``cost(arch) -> dict``,
-so any supernet with ``forward(x, arch)`` can be searched (``search_run`` wires
-up the supernet, the data and the output folder).
+so any supernet with ``forward(x, arch)`` can be searched (``stages.search`` wires
+up the supernet, the data and the output folder). A score with a ``many(archs)``
+method and a ``width`` is handed ``width`` candidates at a time (``score_all``): that
+is how a search is split across processes, one candidate each. Every candidate is
+handed to ``on_candidate`` as soon as it is scored (a stopped search keeps them).
 
 Both are pure functions of the seed and of the scores they are handed: every
 draw comes from one ``random.Random(seed)``, and a score only decides which
 candidates become parents. Handed the same scores, a search proposes the same
-candidates in the same order; ``search_run`` resumes a stopped search that way,
+candidates in the same order; ``stages.search`` resumes a stopped search that way,
 replaying the recorded scores.
 
 Evolution (Guo et al. 2019, sec. 3.3): generation 0 is ``population`` uniform
@@ -38,6 +41,12 @@ MAX_REJECTS = 20000  # consecutive rejected random draws after which the space c
 
 Score = Callable[[Arch], dict]
 Cost = Callable[[Arch], dict]
+
+
+def score_all(score: Score, archs: list[Arch]) -> list[dict]:
+    """The scores of ``archs``, in order: ``score.many(archs)`` where the score has it."""
+    many = getattr(score, "many", None)
+    return list(many(archs)) if many is not None else [score(a) for a in archs]
 
 
 # ---- costs and the budget ----------------------------------------------------------------
@@ -156,11 +165,14 @@ class _Pool:
         return out
 
     def evaluate(self, batch: list[Candidate]) -> list[Candidate]:
-        for cand in batch:
-            cand.score = dict(self.score(cand.arch))
-            self.scored.append(cand)
-            if self.on_candidate:
-                self.on_candidate(cand)
+        width = max(1, getattr(self.score, "width", 1))
+        for i in range(0, len(batch), width):
+            part = batch[i:i + width]
+            for cand, score in zip(part, score_all(self.score, [c.arch for c in part])):
+                cand.score = dict(score)
+                self.scored.append(cand)
+                if self.on_candidate:
+                    self.on_candidate(cand)
         return batch
 
 

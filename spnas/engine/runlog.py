@@ -160,9 +160,9 @@ class RunLog:
         self._purge_step = step + 1
         if not (self.enabled and self.metrics_path.is_file()):
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in keep))
+        records, _ = read_records(self.metrics_path, "it is not a metrics file spnas wrote")
+        atomic_write_text(self.metrics_path, "".join(
+            json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step))
 
 
 class RunLock:
@@ -237,24 +237,35 @@ def lock_run_dir(run_dir: Path, resume: bool) -> RunLock:
     return lock
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a metrics file (a run folder or the file itself).
+def read_records(path: Path, fix: str) -> tuple[list[dict], bool]:
+    """The records of a JSON-lines file, and whether its end must be rewritten.
 
-    A line that is not JSON is a one-line ``SpnasError`` naming the file and line.
+    Records are appended a line at a time, so a kill can only tear the last line, and a
+    torn line lacks its newline: such a line that is not JSON is dropped, one that is JSON
+    is kept (the next append must not join it). Any other line that is not JSON is a
+    one-line ``SpnasError`` naming the file and line, ending with ``fix``.
     """
+    text = path.read_text()
+    lines = text.splitlines()
+    records = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if n == len(lines) and not text.endswith("\n"):
+                return records, True
+            raise SpnasError(f"{path} line {n} is not JSON; {fix}") from None
+    return records, bool(text) and not text.endswith("\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """All records of a metrics file (a run folder or the file itself); see ``read_records``."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    raise SpnasError(f"{path} line {n} is not JSON; is this a metrics.jsonl "
-                                     "file?") from None
-    return records
+    return read_records(path, "is this a metrics.jsonl file?")[0]
 
 
 def open_run_dir(run_dir: Path, cfg: TrainConfig):

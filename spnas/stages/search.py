@@ -35,13 +35,21 @@ from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, load_splits, recal_transform
 from spnas.engine.checkpoint import checkpoint_space, load_checkpoint
 from spnas.engine.counting import build_cost_table
-from spnas.engine.evolution import BUDGET_KEYS, Budget, Candidate, CostModel, evolution_search, random_search
+from spnas.engine.evolution import (
+    BUDGET_KEYS,
+    Budget,
+    Candidate,
+    CostModel,
+    evolution_search,
+    random_search,
+    rank,
+)
 from spnas.engine.latency import LatencyTable
-from spnas.engine.runlog import RunLog
+from spnas.engine.runlog import RunLog, read_records
 from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
-from spnas.runtime import place, resolve_device, setup_torch
+from spnas.runtime import Dist, init_distributed, place, rank0_first, setup_torch
 from spnas.spaces import build_child, model_from_checkpoint
 from spnas.stages.search_report import FLOPS_UNIT, plot_search, write_arch_files
 
@@ -49,7 +57,11 @@ RECORD = "candidates.jsonl"
 
 
 def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
-    """Run (or resume) the search ``cfg`` describes; returns the top-k, best first."""
+    """Run (or resume) the search ``cfg`` describes; returns the top-k, best first.
+
+    Under torchrun each process scores its share of every generation (``Replay``); all
+    of them return the same top-k, and rank 0 alone writes the folder.
+    """
     if not cfg.checkpoint:
         raise SpnasError("--checkpoint is required: a supernet checkpoint (.pt) or its run folder")
     ckpt = load_checkpoint(cfg.checkpoint, kinds=("supernet",))
@@ -61,20 +73,29 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
                             if k not in ("eval_batch", "cache_gb")},
                 "data": {k: v for k, v in dataclasses.asdict(data).items()
                          if k not in ("data_path", "download")}}
-    records = prepare_out_dir(out, settings, cfg.resume)
-    log = RunLog(out, metrics_name=RECORD, log_name="search.log", tensorboard=cfg.tensorboard,
-                 step_key="index", purge_step=len(records), untyped="candidate")
+    dist_info, device = init_distributed(cfg.device)
+    # rank 0 checks the folder first (and drops a torn last line); then the others read it
+    records = rank0_first(lambda: prepare_out_dir(out, settings, cfg.resume), dist_info, device)
+    if not dist_info.main:
+        records = prepare_out_dir(out, settings, cfg.resume)
+    log = RunLog(out, enabled=dist_info.main, metrics_name=RECORD, log_name="search.log",
+                 tensorboard=cfg.tensorboard, step_key="index", purge_step=len(records),
+                 untyped="candidate")
     try:
         if not held_out and cfg.scoring.score_on == "val":
             log.info("WARNING: the data flags or split seed differ from the supernet's training, "
                      "so the scoring split is not the one held out of it (it may hold images "
                      "the supernet trained on)")
-        job = _prepare(cfg, ckpt, data, split_seed, out, log)
-        atomic_write_text(out / "search.json", json.dumps(
-            {"settings": settings, "run": {"device": cfg.device, "amp": cfg.amp,
-                                           "data_path": data.data_path,
-                                           **dataclasses.asdict(cfg.scoring)}}, indent=2) + "\n")
-        found = _run(cfg.search, job, Replay(records, job.scorer, log), log)
+        job = _prepare(cfg, ckpt, data, split_seed, out, device, log, dist_info.world)
+        if dist_info.main:
+            atomic_write_text(out / "search.json", json.dumps(
+                {"settings": settings, "run": {"device": cfg.device, "amp": cfg.amp,
+                                               "data_path": data.data_path,
+                                               "processes": dist_info.world,
+                                               **dataclasses.asdict(cfg.scoring)}}, indent=2) + "\n")
+        found = _run(cfg.search, job, Replay(records, job.scorer, log, dist_info), log)
+        if not dist_info.main:
+            return rank(found, cfg.search.top_k)
         return _report(out, cfg.search, job, found, log)
     finally:
         log.close()
@@ -90,12 +111,13 @@ class _Job:
 
 
 def _prepare(cfg: SearchRunConfig, ckpt: dict, data: DataConfig, split_seed: int, out: Path,
-             log: RunLog) -> _Job:
+             device: torch.device, log: RunLog, world: int = 1) -> _Job:
     """Everything the search needs, checked before any candidate is scored."""
-    space, device = checkpoint_space(ckpt), resolve_device(cfg.device)
+    space = checkpoint_space(ckpt)
     setup_torch(RunConfig(device=cfg.device, amp=cfg.amp), device)
     log.info(f"search of {space.describe()} in {ckpt['path']} (step {ckpt.get('step')}), "
-             f"method {cfg.search.method}, seed {cfg.search.seed}, device {device}, out {out}")
+             f"method {cfg.search.method}, seed {cfg.search.seed}, device {device}, out {out}"
+             + (f", {world} processes" if world > 1 else ""))
     splits = load_splits(data, split_seed)
     if len(splits.classes) != ckpt["num_classes"]:
         raise SpnasError(f"the data has {len(splits.classes)} classes, the supernet "
@@ -299,42 +321,62 @@ def read_record(path: Path) -> list[dict]:
     """The complete lines of ``candidates.jsonl``; a line torn by a kill is dropped."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if i != len(lines) - 1:
-                raise SpnasError(f"{path} line {i + 1} is corrupt; choose another --out") from None
-    if len(records) != len(lines):
+    records, torn = read_records(path, "the record is damaged; choose another --out")
+    if torn:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
 class Replay:
-    """The search's ``score``: recorded scores for recorded candidates, the scorer for new ones."""
+    """The search's ``score``: recorded scores for recorded candidates, the scorer for new ones.
+
+    ``many`` scores ``width`` candidates at once: with several processes (torchrun) rank
+    r scores the r-th new one, and every rank gets all the scores (``all_gather_object``),
+    so each runs the same search, and rank 0 writes it.
+    """
 
     NOT_SCORES = {"index", "generation", "origin", "arch", "choices", *BUDGET_KEYS}
 
-    def __init__(self, records: list[dict], scorer, log: RunLog):
-        self.records, self.scorer, self.log = records, scorer, log
+    def __init__(self, records: list[dict], scorer, log: RunLog, dist_info: Dist = Dist()):
+        self.records, self.scorer, self.log, self.dist = records, scorer, log, dist_info
+        self.width = dist_info.world
         self.asked = self.written = 0
         self.t0, self.new = time.perf_counter(), 0
         if records:
             log.info(f"resuming: {len(records)} candidates recorded; replaying them")
 
     def __call__(self, arch) -> dict:
-        i = self.asked
-        self.asked += 1
-        if i < len(self.records):
+        return self.many([arch])[0]
+
+    def many(self, archs: list) -> list[dict]:
+        out: list[dict | None] = [None] * len(archs)
+        new = []
+        for k, arch in enumerate(archs):
+            i = self.asked
+            self.asked += 1
+            if i >= len(self.records):
+                new.append(k)
+                continue
             rec = self.records[i]
             if rec["arch"] != str(arch):
                 raise SpnasError(f"candidate {i} should be {arch}, but {RECORD} records "
                                  f"{rec['arch']}; the folder is from another search")
-            return {k: v for k, v in rec.items() if k not in self.NOT_SCORES}
-        self.new += 1
-        return self.scorer(arch)
+            out[k] = {k2: v for k2, v in rec.items() if k2 not in self.NOT_SCORES}
+        for k, score in zip(new, self._spread([archs[k] for k in new])):
+            out[k] = score
+        self.new += len(new)
+        return [s for s in out if s is not None]
+
+    def _spread(self, archs: list) -> list[dict]:
+        """The scorer's scores of ``archs``, each scored by one process."""
+        world, rank = self.dist.world, self.dist.rank
+        if world == 1:
+            return [self.scorer(a) for a in archs]
+        mine = {j: self.scorer(archs[j]) for j in range(rank, len(archs), world)}
+        parts: list[dict] = [{} for _ in range(world)]
+        torch.distributed.all_gather_object(parts, mine)
+        merged = {j: s for part in parts for j, s in part.items()}
+        return [merged[j] for j in range(len(archs))]
 
     def record(self, cand: Candidate) -> None:
         if self.written >= len(self.records):
