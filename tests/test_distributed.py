@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from conftest import ROOT
 from test_train import train_argv
@@ -28,6 +29,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_stay_in_sync(fake_cifar, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
@@ -50,6 +52,7 @@ def test_two_processes_stay_in_sync(fake_cifar, tmp_path):
     assert ckpt["step"] == 3
 
 
+@pytest.mark.slow
 def test_search_split_over_two_processes_finds_what_one_process_finds(fake_cifar, tmp_path):
     from test_search_run import records, search_argv
 

@@ -22,6 +22,7 @@ def weights(run):
     return torch.load(run / "last.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_killed_with_sigkill_and_resumed_matches_the_uninterrupted_run(fake_cifar, tmp_path):
     assert main(train_argv(fake_cifar, tmp_path, "full", **FLAGS)) == 0
     run = tmp_path / "killed"

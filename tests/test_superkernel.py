@@ -386,6 +386,7 @@ def test_search_with_the_paper_recipe(fake_cifar, tmp_path):
     assert not torch.equal(ckpt["model"][key], ckpt["train_model"][key])
 
 
+@pytest.mark.slow
 def test_the_paper_recipe_resumes_exactly_across_a_staircase_step(fake_cifar, tmp_path):
     """Stopped at step 3 and resumed (same flags): the same lrs (x0.97 from step 6 on),
     losses and weights as the run that was never stopped."""
