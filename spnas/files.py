@@ -5,7 +5,30 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks
+    fcntl = None  # type: ignore[assignment]
+
+
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the existing file ``path`` for the block (it is only
+    opened for reading, nothing is written); waits while another process holds it. The OS
+    drops it when the process dies."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | Path, write) -> None:

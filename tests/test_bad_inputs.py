@@ -93,6 +93,14 @@ def stale_unpack(tmp: Path) -> Path:
     return tmp / "data"
 
 
+def killed_unpack(tmp: Path) -> Path:
+    """data/ holds the tarball and the hidden folder of an unpack killed midway beside it."""
+    tarball(tmp, tmp / "data")
+    stale = write_official(tmp / "data" / ".cifar-10-python.tar.gz.unpacking-k1ll3d")
+    os.remove(stale / "test_batch")
+    return tmp / "data"
+
+
 def disk_full_after(monkeypatch, files: int) -> None:
     """Writing the ``files``-th unpacked file writes 100 bytes, then the disk is full."""
     real, calls = shutil.copyfileobj, []
@@ -316,6 +324,10 @@ CASES = [
          ERROR, "cifar-10-batches-py is incomplete (no test_batch"),
     Case("stale-hidden-unpack-folder-is-ignored", lambda t, m: load(stale_unpack(t)),
          0, "loaded 250 training images", watch=None),
+    Case("unpack-killed-midway-is-cleaned-up", lambda t, m: load(killed_unpack(t)),
+         0, "loaded 250 training images", watch=None,
+         after=lambda t: not list((t / "data").glob(".*unpacking*")) or
+         pytest.fail("the killed unpack's folder is still there")),
     Case("pickle-protocol-5", lambda t, m: load(pickles(t, 5)), 0, "loaded 250 training images"),
     Case("pickle-protocol-5-out-of-band",
          lambda t, m: load(pickles(t, 5, buffer_callback=lambda b: False)),

@@ -8,6 +8,7 @@ functional forward of the original's structure written here with
 """
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -377,3 +378,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["import-reference", str(src), "--out", str(tmp_path / "o.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("spnas: error:")
+
+
+def test_an_imported_supernet_cannot_be_resumed_as_a_training_run(imported_supernet, fake_cifar,
+                                                                   tmp_path, capsys):
+    _, out = imported_supernet
+    (tmp_path / "run").mkdir()
+    shutil.copy(out, tmp_path / "run" / "last.pt")
+    argv = cli_argv("train", {"--exp_name": "run", "--save_path": tmp_path, "--resume": None,
+                              "--data_path": fake_cifar, "--no-download": None, "--val_size": 50,
+                              "--device": "cpu"})
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt holds no optimizer state" in err[0]
+    assert "fine-tune it with spnas finetune" in err[0]
+    assert (tmp_path / "run" / "last.pt").read_bytes() == out.read_bytes()

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 from spnas.errors import SpnasError
+from spnas.files import exclusive
 
 
 def _checked_members(tarball: Path, tar: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
@@ -37,7 +38,10 @@ def _unpack(tarball: Path, root: Path) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(target, "wb") as out:
+            src = tar.extractfile(m)
+            if src is None:  # only for links and special files, which _checked_members refused
+                raise SpnasError(f"cannot read member {m.name!r} of {tarball}")
+            with src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
         # read to the end, so gzip checks its CRC: a garbled stream may decompress to
         # wrong bytes, or look like an archive that ends early, without any other error
@@ -71,11 +75,32 @@ def safe_extract(tarball: Path, dest: Path, expect: tuple[str, ...] = ()) -> Non
     renamed into place only once all of them are written, so a failure (a full
     disk, a truncated tarball) leaves ``dest`` as it was, and the tarball too.
     ``expect``: paths the tarball must hold (a damaged tarball may just end early).
+    One process unpacks at a time (it holds a lock on the tarball): the next finds the
+    files there and returns, and removes the temporary folders of unpacks killed midway.
     """
     tarball, dest = Path(tarball), Path(dest).resolve()
-    tmp = None
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        with exclusive(tarball):
+            if expect and all((dest / f).is_file() for f in expect):
+                return  # another process unpacked it while this one waited
+            for stale in dest.glob(f".{tarball.name}.unpacking-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # no live unpack: the lock is ours
+            _unpack_into(tarball, dest, expect)
+    except OSError as e:
+        if e.errno is not None:  # permissions, a read-only disk: not the tarball's fault
+            raise SpnasError(_unwritable(tarball, dest, e)) from None
+        raise
+
+
+def _unwritable(tarball: Path, dest: Path, e: OSError) -> str:
+    return (f"cannot unpack {tarball} into {dest}: {e.strerror} ({e.filename or dest}); make "
+            f"{dest} writable or put the tarball in a writable --data_path")
+
+
+def _unpack_into(tarball: Path, dest: Path, expect: tuple[str, ...]) -> None:
+    tmp = None
+    try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{tarball.name}.unpacking-", dir=dest))
         _unpack(tarball, tmp)
         lacking = [f for f in expect if not (tmp / f).is_file()]
@@ -90,9 +115,7 @@ def safe_extract(tarball: Path, dest: Path, expect: tuple[str, ...] = ()) -> Non
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise SpnasError(_disk_full(tarball, dest)) from None
         if e.errno is not None:  # permissions, a read-only disk: not the tarball's fault
-            raise SpnasError(f"cannot unpack {tarball} into {dest}: {e.strerror} "
-                             f"({e.filename or dest}); make {dest} writable or put the "
-                             "tarball in a writable --data_path") from None
+            raise SpnasError(_unwritable(tarball, dest, e)) from None
         raise SpnasError(f"{tarball} is corrupt or truncated ({_one_line(e)}); delete it "
                          "and download it again") from None
     except (tarfile.TarError, EOFError, ValueError, zlib.error) as e:

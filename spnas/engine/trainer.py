@@ -156,9 +156,16 @@ class Trainer:
         if (ckpt.get("arch") or None) != (str(self.task.arch) if self.task.arch else None):
             raise SpnasError(f"{ckpt['path']} trains arch {ckpt.get('arch')}, not "
                              f"{self.task.arch}; resume with the same --arch")
+        missing = [k for k in ("optimizer", "step") if ckpt.get(k) is None]
+        if missing:
+            raise SpnasError(f"{ckpt['path']} holds no {' or '.join(missing)} state (a network "
+                             "imported or written outside a training run?), so the run cannot be "
+                             "resumed from it; start a new run, or fine-tune it with spnas finetune "
+                             "--checkpoint")
         self._load_weights(ckpt)
         self.opt.load_state_dict(ckpt["optimizer"])
-        self.step, self.best = int(ckpt["step"]), float(ckpt["metrics"].get("best", -math.inf))
+        self.step = int(ckpt["step"])
+        self.best = float((ckpt.get("metrics") or {}).get("best", -math.inf))
         self.saved_step = self.step
         self.task.load_extra_state(ckpt.get("extra") or {})
         self.log.truncate_after(self.step)
