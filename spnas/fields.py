@@ -87,8 +87,14 @@ def check_value(name: str, value, f: dataclasses.Field) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def type_hints(cls) -> dict:
+def _cached_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)``, computed once per class."""
+    # a plain ``type`` parameter: mypy takes ``type[X]`` for unhashable (python/mypy#11470)
+    return _cached_hints(cls)
 
 
 def base_type(hint):
@@ -117,6 +123,9 @@ class Checked:
     A subclass with cross-field checks defines ``__post_init__``, calls this one
     first, then raises its own one-line ``SpnasError``.
     """
+
+    if typing.TYPE_CHECKING:  # what @dataclass gives every subclass (dataclasses.fields needs it)
+        __dataclass_fields__: typing.ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def __post_init__(self) -> None:
         hints = type_hints(type(self))

@@ -8,11 +8,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # not POSIX: no locks
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -102,7 +103,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def place(model: _M, device: torch.device, channels_last: bool) -> _M:
     """``model`` on ``device``, in the channels_last memory format when asked."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model

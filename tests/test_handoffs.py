@@ -281,7 +281,7 @@ WRONG_KIND = {  # id: (run the command is given, argv of (that run's folder, dat
     "superkernel-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("superkernel", r),
                                           "last.pt " + needs("supernet", "superkernel")),
     "retrain-arch-is-a-checkpoint": ("supernet", lambda r, d, t: retrain_argv(r / "last.pt", d, t, "x"),
-                                     "cannot read arch file {run}/last.pt"),
+                                     "{run}/last.pt is not an arch file (JSON text): a checkpoint?"),
 }
 
 

@@ -53,7 +53,9 @@ def given(args: argparse.Namespace) -> set[str]:
     return set(getattr(args, GIVEN, None) or ())
 
 
-class _Recorded:
+class _Recorded(argparse.Action):
+    """Mixin (before an action class): the action also records its dest as given."""
+
     def __call__(self, parser, namespace, values, option_string=None):
         super().__call__(parser, namespace, values, option_string)
         mark_given(namespace, self.dest)

@@ -180,7 +180,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
             if im.size != (size, size):
                 scale = size / min(im.size)
                 w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
-                im = im.resize((w, h), Image.BILINEAR)
+                im = im.resize((w, h), Image.Resampling.BILINEAR)
                 left, top = (w - size) // 2, (h - size) // 2
                 im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
@@ -314,13 +314,19 @@ def load_dataset(name: str, data_path: str | Path, *, download_ok: bool = True,
 # ---- the held-out validation split ----------------------------------------------------
 @dataclass
 class Splits:
-    """Train, validation and test tensors. ``val_is_test``: no split was held out."""
+    """Train, validation and test tensors. ``val_is_test``: no split was held out.
+    ``test`` is None once a stage has dropped it (a search never reads it)."""
 
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor] | None
     classes: list[str]
     val_is_test: bool
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.test is None:
+            raise RuntimeError("the test split was dropped (a search never reads it)")
+        return self.test
 
 
 def stratified_split(labels: torch.Tensor, val_size: int, seed: int):

@@ -55,10 +55,11 @@ class DeviceLoader:
         self.batch_size, self.transform, self.device, self.seed = batch_size, transform, device, seed
         self.dist = dist_info
         self.steps_per_epoch = steps_per_epoch(len(x), batch_size, dist_info.world, num_steps)
-        self._perm_epoch, self._perm = -1, None
+        self._perm_epoch = -1
+        self._perm: torch.Tensor | None = None  # the order of epoch _perm_epoch
 
     def indices(self, epoch: int, i: int) -> torch.Tensor:
-        if epoch != self._perm_epoch:
+        if epoch != self._perm_epoch or self._perm is None:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
             self._perm = torch.randperm(len(self.x), generator=gen).to(self.device)
             self._perm_epoch = epoch

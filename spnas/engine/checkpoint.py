@@ -25,6 +25,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ def _check_crcs(path: Path) -> None:
         raise zipfile.BadZipFile(f"CRC-32 mismatch in {bad}")
 
 
-def _whole(v) -> bool:
+def _whole(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

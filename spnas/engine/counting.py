@@ -21,6 +21,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from spnas.arch import Arch, SpaceSpec
+from spnas.errors import SpnasError
+from spnas.spaces.common import ChildNet
 
 
 def default_resolution(space: SpaceSpec) -> int:
@@ -39,7 +41,7 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def capture_layer_inputs(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def capture_layer_inputs(net: ChildNet, x: torch.Tensor) -> list[torch.Tensor]:
     """The input of each of ``net.layers`` for input ``x`` (one forward pass)."""
     seen: list[torch.Tensor] = []
     hooks = [layer.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
@@ -79,7 +81,7 @@ class CostTable:
         return self.const_params + sum(self.params[i][c] for i, c in enumerate(arch))
 
 
-def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
+def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], ChildNet],
                      num_classes: int, resolution: int | None = None) -> CostTable:
     """Count every (layer, choice) once. ``build_child(arch)`` gives a standalone network.
 
@@ -91,7 +93,8 @@ def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
     x = torch.zeros(1, 3, res, res, device="meta")
     macs: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
     params: list[dict[int, int]] = [{} for _ in range(space.num_layers)]
-    const_macs = const_params = None
+    const_macs: int | None = None
+    const_params: int | None = None
     for arch in uniform_archs(space):
         with torch.device("meta"):
             net = build_child(arch).eval()
@@ -102,4 +105,6 @@ def build_cost_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
         if const_macs is None:
             const_macs = count_macs(net, x) - sum(macs[i][arch[i]] for i in range(len(arch)))
             const_params = count_params(net) - sum(params[i][arch[i]] for i in range(len(arch)))
+    if const_macs is None or const_params is None:  # no arch was counted
+        raise SpnasError(f"space {space.describe()} has no choices: no cost table to build")
     return CostTable(space, res, num_classes, const_macs, const_params, macs, params)

@@ -31,6 +31,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, overload
 
 from spnas.engine.runlog import read_metrics
 from spnas.errors import SpnasError
@@ -54,7 +55,8 @@ def _from_metrics(path: Path, name: str) -> Curve:
     curve = Curve(name)
     for i, rec in enumerate(read_metrics(path), start=1):
         kind = rec.get("type")
-        key = {"train": "loss", "val": "val_loss"}.get(kind)
+        keys: dict[object, str] = {"train": "loss", "val": "val_loss"}  # kind: any JSON value
+        key = keys.get(kind)
         if key is None or key not in rec:
             continue
         step, value = rec.get("step"), rec[key]
@@ -80,7 +82,12 @@ def _from_log(path: Path, name: str) -> Curve:
     return curve
 
 
+@overload
+def _csv_number(text: str, column: str, where: str, whole: Literal[True]) -> int: ...
+@overload
+def _csv_number(text: str, column: str, where: str, whole: Literal[False]) -> float: ...
 def _csv_number(text: str, column: str, where: str, whole: bool) -> float:
+    """The number ``text`` of a CSV cell: an int when ``whole``, else a float."""
     try:
         value = float(text)
     except ValueError:
@@ -297,7 +304,7 @@ def compare(run: Curve, baseline: Curve, rtol: float = 0.05, atol: float = 0.000
     """
     got = (_compare_windows(run, baseline, window, max_step) if window
            else _compare_steps(run, baseline, max_step))
-    errors = got.pop("errors")
+    errors: tuple[float, float, float, float] = got.pop("errors")  # as _errors returns them
     return Comparison(got.pop("steps"), got.pop("only_in_one"), *errors, rtol, atol, window=window,
                       min_overlap=min_overlap, **got)
 

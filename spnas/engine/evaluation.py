@@ -109,7 +109,8 @@ def recalibrate_bn(model: nn.Module, forward: Forward, batches: Iterable[torch.T
     activations is made. BNs the forward never reaches keep their statistics.
     Returns the number of BN layers recalibrated.
     """
-    seen: dict[nn.Module, list] = {}
+    # per BN: (values per channel, running mean, running variance) after each batch
+    seen: dict[nn.modules.batchnorm._BatchNorm, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
 
     def hook(mod, inputs, output):
         x = inputs[0]
@@ -136,15 +137,18 @@ def recalibrate_bn(model: nn.Module, forward: Forward, batches: Iterable[torch.T
         model.train(was_training)
     ratios: dict[tuple[int, ...], torch.Tensor] = {}  # the same for every BN: one copy each
     for bn, per_batch in seen.items():
+        running_mean, running_var = bn.running_mean, bn.running_var
+        if running_mean is None or running_var is None:  # the hooks sit on tracking BNs only
+            raise RuntimeError(f"{type(bn).__name__} has no running statistics to recalibrate")
         counts = [n for n, _, _ in per_batch]
         g = math.gcd(*counts)
         key = tuple(n // g for n in counts)
         if key not in ratios:
-            ratios[key] = torch.tensor(key, dtype=torch.float64)[:, None].to(bn.running_mean.device)
+            ratios[key] = torch.tensor(key, dtype=torch.float64)[:, None].to(running_mean.device)
         mean, var = _pooled(ratios[key], sum(counts), torch.stack([m for _, m, _ in per_batch]),
                             torch.stack([v for _, _, v in per_batch]))
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
+        running_mean.copy_(mean)
+        running_var.copy_(var)
     return len(seen)
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from spnas.arch import Arch, SpaceSpec
 from spnas.engine.counting import build_cost_table, capture_layer_inputs, default_resolution, uniform_archs
 from spnas.errors import SpnasError
 from spnas.runtime import device_description, place, sync
+from spnas.spaces.common import ChildNet
 
 
 @torch.inference_mode()
@@ -177,7 +179,7 @@ def random_input(batch: int, res: int, device: torch.device, channels_last: bool
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
+def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], ChildNet],
                         device: torch.device, batch: int = 1, resolution: int | None = None,
                         warmup: int = 10, repeats: int = 30, channels_last: bool = True,
                         progress: bool = False) -> LatencyTable:
@@ -185,7 +187,7 @@ def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Modul
     res = resolution or default_resolution(space)
     x = random_input(batch, res, device, channels_last)
     layers: list[dict[int, float]] = [{} for _ in range(space.num_layers)]
-    constant = None
+    constant: float | None = None
     archs = uniform_archs(space)
     for arch in archs:
         net = place(build_child(arch), device, channels_last).eval()
@@ -201,11 +203,13 @@ def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Modul
                         + time_ms(lambda: net.head(last), device, warmup, repeats))
         if progress:
             print(f"timed choice {space.tokens[arch[0]]} on every layer", flush=True)
+    if constant is None:  # no arch was timed
+        raise SpnasError(f"space {space.describe()} has no choices: no latency table to build")
     return LatencyTable(space, str(device), device_description(device), batch, res,
                         torch.get_num_threads(), constant, layers, channels_last=channels_last)
 
 
-def macs_latency_table(space: SpaceSpec, build_child: Callable[[Arch], nn.Module],
+def macs_latency_table(space: SpaceSpec, build_child: Callable[[Arch], ChildNet],
                        num_classes: int, resolution: int | None = None) -> LatencyTable:
     """A table in millions of MACs instead of milliseconds: the fallback with no timing."""
     costs = build_cost_table(space, build_child, num_classes, resolution)
@@ -245,12 +249,18 @@ def calibrate_latency_table(table: LatencyTable, build_child: Callable[[Arch], n
     return table.scale
 
 
+class _ArchTiming(TypedDict):
+    arch: str
+    predicted_ms: float
+    measured_ms: float
+
+
 def validate_latency_table(table: LatencyTable, build_child: Callable[[Arch], nn.Module],
                            device: torch.device, num_archs: int = 20, seed: int = 0,
                            warmup: int = 10, repeats: int = 30) -> dict:
     """Measure ``num_archs`` random whole networks; compare with the table's prediction."""
     rng = random.Random(seed)
-    rows = []
+    rows: list[_ArchTiming] = []
     for _ in range(num_archs):
         arch = Arch.sample(table.space, rng)
         measured = measure_arch_ms(arch, table, build_child, device, warmup, repeats)

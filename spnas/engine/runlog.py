@@ -14,11 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: runs go unlocked
-    fcntl = None
+from types import ModuleType
 
 from tqdm import tqdm
 
@@ -26,6 +22,12 @@ from spnas.config import RunConfig, TrainConfig, plain_folder_name
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text, remove_stale_temp_files
 from spnas.resume import refuse_changes, resume_changes
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs go unlocked
+    fcntl = None
 
 
 def _clean(v):

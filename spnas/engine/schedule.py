@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Set
 
 from torch import nn
 
@@ -51,9 +52,10 @@ def effective_optim(o: OptimConfig, world: int = 1) -> tuple[OptimConfig, str]:
                     f"{batch}: {scaled.lr:g}")
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude: set[int] = frozenset()) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, exclude: Set[int] = frozenset()) -> list[dict]:
     """Weight decay on conv and linear weights only: never on BN parameters or biases."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if id(p) in exclude or not p.requires_grad:
             continue

@@ -39,7 +39,11 @@ class FixedBatches:
         self.make = None if self.kept is not None else make  # kept: the source can be freed
 
     def __iter__(self):
-        return iter(self.kept) if self.kept is not None else self.make()
+        if self.kept is not None:
+            return iter(self.kept)
+        if self.make is None:
+            raise RuntimeError("FixedBatches has neither its batches nor their source")
+        return self.make()
 
     @property
     def prepared(self) -> bool:

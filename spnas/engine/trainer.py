@@ -177,7 +177,7 @@ class Trainer:
             kept = "kept" if trained is not None else "did not keep"
             raise SpnasError(f"{ckpt['path']} {kept} an EMA of the weights (--ema); resume "
                              "with the same flags")
-        if t.deploy is None:
+        if t.deploy is None or trained is None:  # (checked above: both or neither)
             load_model_state(t.model, ckpt["model"], ckpt["path"])
         else:
             load_model_state(t.deploy, ckpt["model"], ckpt["path"])

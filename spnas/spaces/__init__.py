@@ -2,28 +2,34 @@
 
 ``build_child(arch, num_classes)`` builds the standalone network of any
 space's arch and ``build_supernet(space, num_classes)`` its supernet; a new
-space adds its classes to ``CHILDREN`` and ``SUPERNETS``.
+space adds its classes to ``CHILDREN`` and ``SUPERNETS`` (its supernet's also to ``Supernet``).
 ``model_from_checkpoint`` rebuilds whatever a checkpoint holds, with no other input.
 """
 import inspect
 import typing
 from collections import Counter
-
-from torch import nn
+from collections.abc import Callable
+from typing import TypeAlias, TypeVar
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.errors import SpnasError
+from spnas.spaces.common import ChildNet
 from spnas.spaces.mbconv import MbconvNet, SuperkernelNet, mbconv_space
 from spnas.spaces.spos import SposNet, SposSupernet, spos_space
 
-SPACE_SPECS = {"spos": spos_space, "mbconv": mbconv_space}  # name -> f(layout=..., **options)
+# name -> f(layout=..., **options)
+SPACE_SPECS: dict[str, Callable[..., SpaceSpec]] = {"spos": spos_space, "mbconv": mbconv_space}
 # name -> the options that would have made a spec (to rebuild its real space from a file)
-SPACE_OPTIONS = {
+SPACE_OPTIONS: dict[str, Callable[[SpaceSpec], dict[str, int]]] = {
     "spos": lambda s: {"layers": s.num_layers, "num_choices": _usual_width(s)},
     "mbconv": lambda s: {},
 }
-CHILDREN: dict[str, type[nn.Module]] = {"spos": SposNet, "mbconv": MbconvNet}
-SUPERNETS: dict[str, type[nn.Module]] = {"spos": SposSupernet, "mbconv": SuperkernelNet}
+# a supernet: all paths of its space (no common base class: each space runs its paths its own way)
+Supernet: TypeAlias = SposSupernet | SuperkernelNet
+# name -> class(arch, num_classes, **model_args); class(space, num_classes, **model_args)
+CHILDREN: dict[str, Callable[..., ChildNet]] = {"spos": SposNet, "mbconv": MbconvNet}
+SUPERNETS: dict[str, Callable[..., Supernet]] = {"spos": SposSupernet, "mbconv": SuperkernelNet}
+_T = TypeVar("_T")
 
 
 def _usual_width(spec: SpaceSpec) -> int:
@@ -32,7 +38,7 @@ def _usual_width(spec: SpaceSpec) -> int:
     return min(counts, key=lambda n: (-counts[n], n)) if counts else 0
 
 
-def _lookup(table: dict, name: str, what: str):
+def _lookup(table: dict[str, _T], name: str, what: str) -> _T:
     try:
         return table[name]
     except KeyError:
@@ -113,27 +119,32 @@ def real_space_difference(spec: SpaceSpec) -> str | None:
     return None
 
 
-def build_child(arch: Arch, num_classes: int, **model_args) -> nn.Module:
+def build_child(arch: Arch, num_classes: int, **model_args) -> ChildNet:
     """The standalone network (affine BN) of ``arch``; ``model_args`` e.g. ``dropout=0.2``."""
     return _lookup(CHILDREN, arch.space.name, "standalone network")(arch, num_classes, **model_args)
 
 
-def build_supernet(space: SpaceSpec, num_classes: int, **model_args) -> nn.Module:
+def build_supernet(space: SpaceSpec, num_classes: int, **model_args) -> Supernet:
     return _lookup(SUPERNETS, space.name, "supernet")(space, num_classes, **model_args)
 
 
-def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes."""
+def model_from_checkpoint(ckpt: dict) -> ChildNet | Supernet:
+    """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes:
+    a ``ChildNet`` for a child checkpoint, else a supernet."""
     from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_model_state
     args = dict(ckpt.get("model_args") or {})
+    model: ChildNet | Supernet
     if ckpt["kind"] == "child":
-        model = build_child(checkpoint_arch(ckpt), ckpt["num_classes"], **args)
+        arch = checkpoint_arch(ckpt)
+        if arch is None:
+            raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
+        model = build_child(arch, ckpt["num_classes"], **args)
     else:
         model = build_supernet(checkpoint_space(ckpt), ckpt["num_classes"], **args)
     load_model_state(model, ckpt["model"], ckpt["path"])
     return model
 
 
-__all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "MbconvNet", "SposNet", "SposSupernet",
-           "SuperkernelNet", "build_child", "build_supernet", "make_space", "mbconv_space",
+__all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "ChildNet", "MbconvNet", "SposNet", "SposSupernet",
+           "SuperkernelNet", "Supernet", "build_child", "build_supernet", "make_space", "mbconv_space",
            "model_from_checkpoint", "real_space_difference", "spos_space"]

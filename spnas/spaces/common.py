@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -133,7 +134,7 @@ class ChildNet(nn.Module):
     supernet's ``layers.<i>.<choice>.*`` weights map onto ``layers.<i>.*``.
     """
 
-    def __init__(self, arch: Arch, stem: nn.Module, layers: list[nn.Module], head: nn.Module):
+    def __init__(self, arch: Arch, stem: nn.Module, layers: Sequence[nn.Module], head: nn.Sequential):
         super().__init__()
         self.arch = arch
         self.stem, self.layers, self.head = stem, nn.ModuleList(layers), head
@@ -146,7 +147,12 @@ class ChildNet(nn.Module):
 
     @property
     def classifier(self) -> nn.Linear:
-        return self.head[-1]
+        """The last module of ``head``."""
+        last = self.head[-1]
+        if not isinstance(last, nn.Linear):
+            raise TypeError(f"{type(self).__name__}.head must end in an nn.Linear, not "
+                            f"{type(last).__name__}")
+        return last
 
     def replace_classifier(self, num_classes: int) -> None:
         old = self.classifier

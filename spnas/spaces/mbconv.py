@@ -74,6 +74,8 @@ convention: momentum = 1 - TF's decay):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -229,6 +231,8 @@ def drop_gate(gate: torch.Tensor, keep_prob: float, rescale: bool = False) -> to
 class SuperkernelMBConv(nn.Module):
     """One searchable layer built at k5e6; ``forward(x, gates)`` with gates (d_k5, d_e3, d_e6)."""
 
+    ring_mask: torch.Tensor  # a buffer: 1 on the ring of a 5x5 kernel outside its 3x3 centre
+
     def __init__(self, cin: int, cout: int, stride: int, can_skip: bool, mask_at: str):
         super().__init__()
         self.mid, self.stride = cin * 6, stride
@@ -241,8 +245,12 @@ class SuperkernelMBConv(nn.Module):
         ring[..., 1:4, 1:4] = 0
         self.register_buffer("ring_mask", ring, persistent=False)
 
+    def _dw_weight(self) -> torch.Tensor:
+        """The 5x5 depthwise kernel: ``dw`` is conv_bn's (Conv2d, BatchNorm2d, ReLU)."""
+        return cast(nn.Conv2d, self.dw[0]).weight
+
     def _kernel(self, d_k5: torch.Tensor) -> torch.Tensor:
-        w = self.dw[0].weight
+        w = self._dw_weight()
         ring = w * self.ring_mask
         return w - ring + d_k5 * ring
 
@@ -252,7 +260,7 @@ class SuperkernelMBConv(nn.Module):
         The ring is decided first; the channel halves' norms are of the kernel with the
         ring as decided (dropped, rescaled), as the paper's code does."""
         t = self.thresholds
-        w = self.dw[0].weight
+        w = self._dw_weight()
         d_k5 = drop_gate(indicator((w * self.ring_mask).norm() - t[0]), keep_prob, rescale)
         kernel, half = self._kernel(d_k5), self.mid // 2
         d_e6 = drop_gate(indicator(kernel[half:].norm() - t[2]), keep_prob, rescale)
@@ -339,11 +347,14 @@ class SuperkernelNet(nn.Module):
         self.head = make_head(num_classes, dropout)
         configure(self, init, bn_eps, bn_momentum)
 
+    def _searchable(self) -> Iterable[SuperkernelMBConv]:
+        return cast(Iterable[SuperkernelMBConv], self.layers)  # as __init__ builds them
+
     def gates(self, keep_prob: float = 1.0, rescale: bool = False) -> torch.Tensor:
-        return torch.stack([layer.gates(keep_prob, rescale) for layer in self.layers])
+        return torch.stack([layer.gates(keep_prob, rescale) for layer in self._searchable()])
 
     def thresholds(self) -> list[nn.Parameter]:
-        return [layer.thresholds for layer in self.layers]
+        return [layer.thresholds for layer in self._searchable()]
 
     def forward(self, x: torch.Tensor, arch: Arch | None = None, keep_prob: float = 1.0,
                 rescale: bool = False) -> torch.Tensor:

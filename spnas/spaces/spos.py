@@ -36,7 +36,8 @@ reproduces the supernet's path exactly.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -114,6 +115,8 @@ class ShuffleUnit(nn.Module):
         if self.split:
             branch, keep = shuffle_split(x)
             return concat_channels(self.main(branch), keep)
+        if self.proj is None:  # set whenever the unit does not split (stride 2)
+            raise RuntimeError("a ShuffleUnit of stride 2 lost its projection branch")
         return concat_channels(self.main(x), self.proj(x))
 
 
@@ -131,7 +134,7 @@ def _stem(spec: SpaceSpec, affine: bool) -> nn.Module:
     return conv_bn(3, STEM_WIDTH, 3, STRIDES[spec.layout][0], 1, affine, relu=nn.ReLU6)
 
 
-def _head(spec: SpaceSpec, num_classes: int, affine: bool, dropout: float) -> nn.Module:
+def _head(spec: SpaceSpec, num_classes: int, affine: bool, dropout: float) -> nn.Sequential:
     return nn.Sequential(conv_bn(WIDTHS[spec.num_layers - 1], LAST_WIDTH, 1, 1, 1, affine, nn.ReLU6),
                          GlobalAvgPool(), nn.Dropout(dropout),
                          nn.Linear(LAST_WIDTH, num_classes, bias=False))
@@ -156,7 +159,8 @@ class SposSupernet(nn.Module):
 
     def forward(self, x: torch.Tensor, arch: Arch | Sequence[int]) -> torch.Tensor:
         x = self.stem(x)
-        for layer, c in zip(self.layers, arch, strict=True):
+        layers = cast(Iterable[nn.ModuleList], self.layers)  # per layer, its choices' blocks
+        for layer, c in zip(layers, arch, strict=True):
             x = layer[c](x)
         return self.head(x)
 

@@ -49,6 +49,8 @@ def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path) -> None:
     except ImportError as e:
         raise SpnasError(f"ONNX export needs {e.name or 'onnx and onnxscript'}: "
                          f"{ONNX_HINT}") from None
+    if program is None:  # torch returns the program whenever dynamo=True
+        raise SpnasError(f"torch {torch.__version__} made no ONNX program of the network")
     program.save(str(path))
 
 

@@ -30,13 +30,15 @@ from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import start_run
 from spnas.errors import SpnasError
 from spnas.runtime import place, world_size
-from spnas.spaces import build_child, model_from_checkpoint
+from spnas.spaces import ChildNet, build_child, model_from_checkpoint
 from spnas.stages.retrain import check_layout, is_arch_file, train_child
 
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
     if ckpt["kind"] == "child":
         arch = checkpoint_arch(ckpt)
+        if arch is None:
+            raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
         if text and arch_from_text_or_file(text, None if is_arch_file(text) else arch.space) != arch:
             raise SpnasError(f"{ckpt['path']} holds the network {arch}; --arch picks a path "
                              "out of a supernet checkpoint only: drop it")
@@ -56,7 +58,7 @@ def _path_arch(ckpt: dict, text: str | None) -> Arch:
 class Pretrained:
     """The network a fine-tune starts from."""
 
-    net: nn.Module
+    net: ChildNet
     model_args: dict            # its constructor kwargs (dropout), written into checkpoints
     description: str
     from_supernet: bool         # its BN statistics are the supernet's shared ones
@@ -70,10 +72,15 @@ def load_pretrained(fc: FinetuneConfig) -> Pretrained:
     if fc.dropout is not None:
         args["dropout"] = fc.dropout
     if ckpt["kind"] == "child":
-        return Pretrained(model_from_checkpoint({**ckpt, "model_args": args}), args, ckpt["path"],
-                      False, tuple(ckpt.get("classes") or ()))
+        child = model_from_checkpoint({**ckpt, "model_args": args})
+        if not isinstance(child, ChildNet):  # a child checkpoint rebuilds as one
+            raise SpnasError(f"{ckpt['path']} does not hold a standalone network")
+        return Pretrained(child, args, ckpt["path"], False, tuple(ckpt.get("classes") or ()))
+    supernet = model_from_checkpoint(ckpt)
+    if isinstance(supernet, ChildNet):  # a supernet checkpoint rebuilds as a supernet
+        raise SpnasError(f"{ckpt['path']} does not hold a supernet")
     net = build_child(arch, ckpt["num_classes"], **args)
-    net.load_state_dict(model_from_checkpoint(ckpt).extract(arch).state_dict())
+    net.load_state_dict(supernet.extract(arch).state_dict())
     return Pretrained(net, args, f"path {arch} of the supernet {ckpt['path']}", True,
                   tuple(ckpt.get("classes") or ()))
 
@@ -81,11 +88,12 @@ def load_pretrained(fc: FinetuneConfig) -> Pretrained:
 class BackboneFreeze:
     """A Task forward that freezes all but the classifier for the first ``steps`` steps."""
 
-    def __init__(self, model: nn.Module, steps: int):
+    def __init__(self, model: ChildNet, steps: int):
         head = {id(p) for p in model.classifier.parameters()}
         self.params = [p for p in model.parameters() if id(p) not in head]
         self.bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-        self.steps, self._frozen = steps, None
+        self.steps = steps
+        self._frozen: bool | None = None  # None: not applied yet
 
     def __call__(self, model: nn.Module, x: torch.Tensor, step: int) -> torch.Tensor:
         frozen = step < self.steps
@@ -99,7 +107,7 @@ class BackboneFreeze:
         return model(x)
 
 
-def _groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
+def _groups(model: ChildNet, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
     head = {id(p) for p in model.classifier.parameters()}
     backbone = [dict(g, lr_scale=backbone_lr_scale)
                 for g in param_groups(model, weight_decay, exclude=head)]

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, RetrainConfig, SupernetConfig
@@ -83,7 +82,12 @@ def reference_key(key: str, arch: Arch | None = None) -> str:
     if not m:
         raise ValueError(f"{key} has no counterpart in the original code")
     layer, choice, part, n, bn, rest = m.groups()
-    c = int(choice) if choice is not None else arch[int(layer)]
+    if choice is not None:
+        c = int(choice)
+    elif arch is not None:
+        c = arch[int(layer)]
+    else:
+        raise ValueError(f"{key} is a key of a standalone network: pass its arch")
     block = "proj" if part == "proj" else "x" if c == XCEPTION else "k"
     unit = f"choice_block.{layer}." + (f"{choice}." if choice is not None else "")
     return f"{unit}cb_{part}.{CONV_AT[block][int(n)] + int(bn)}.{rest}"
@@ -151,7 +155,7 @@ def describe(state: dict[str, torch.Tensor], src: Path) -> Reference:
 
 def infer_path(state: dict[str, torch.Tensor], layout: str, src: Path) -> Arch:
     """A standalone network's choices: x has a 3x3 first conv, else cb_main.3's kernel."""
-    choices = []
+    choices: list[int] = []
     for i in range(len(WIDTHS)):
         if _get(state, f"choice_block.{i}.cb_main.0.weight", src).shape[-1] == 3:
             choices.append(XCEPTION)
@@ -162,7 +166,7 @@ def infer_path(state: dict[str, torch.Tensor], layout: str, src: Path) -> Arch:
             raise SpnasError(f"{src}: choice_block.{i}.cb_main.3.weight has shape {_shape(dw)}; "
                              "expected a depthwise kernel of 3x3, 5x5 or 7x7")
         choices.append(KERNELS.index(k))
-    return Arch(make_space("spos", layout), choices)
+    return Arch(make_space("spos", layout), tuple(choices))
 
 
 def check_expectations(ref: Reference, src: Path, resize: bool | None,
@@ -179,8 +183,9 @@ def check_expectations(ref: Reference, src: Path, resize: bool | None,
                          f"{ref.num_classes} rows)")
 
 
-def convert(state: dict[str, torch.Tensor], ref: Reference, src: Path) -> nn.Module:
+def convert(state: dict[str, torch.Tensor], ref: Reference, src: Path) -> SposSupernet | SposNet:
     """The spnas network holding the file's tensors; every key and shape checked."""
+    net: SposSupernet | SposNet
     if ref.arch is None:
         net = SposSupernet(make_space("spos", ref.layout), ref.num_classes)
     else:
@@ -216,16 +221,20 @@ def restrict_choices(net: SposSupernet, num_choices: int) -> SposSupernet:
     return small
 
 
-def _config(ref: Reference, model: object) -> dict:
+def _config(ref: Reference, model: SupernetConfig | RetrainConfig) -> dict:
     """A TrainConfig-shaped record: CIFAR-10, the layout's --resize, no held-out split."""
     data = DataConfig(dataset="cifar10", val_size=0, resize=ref.layout == "imagenet")
     return {"data": dataclasses.asdict(data), "optim": None, "run": None,
             "model": dataclasses.asdict(model), "model_type": type(model).__name__}
 
 
-def payload(ref: Reference, net: nn.Module, src: Path) -> dict:
+def payload(ref: Reference, net: SposSupernet | SposNet, src: Path) -> dict:
     """The checkpoint (``checkpoint.save_checkpoint``) of an imported network."""
+    arch: str | None
+    model_cfg: SupernetConfig | RetrainConfig
     if ref.arch is None:
+        if not isinstance(net, SposSupernet):
+            raise TypeError(f"the original's supernet imports as an SposSupernet, not {type(net).__name__}")
         space, arch = net.spec, None
         model_cfg = SupernetConfig(layers=space.num_layers, num_choices=len(space.allowed[0]))
     else:
@@ -261,7 +270,7 @@ def import_reference(src: str | Path, out: str | Path, resize: bool | None = Non
     if ref.arch is not None and num_choices != len(TOKENS):
         raise SpnasError("--num_choices is for a supernet; a standalone network has one path")
     net = convert(state, ref, src)
-    if ref.arch is None:
+    if isinstance(net, SposSupernet):  # convert's network for a supernet (ref.arch is None)
         net = restrict_choices(net, num_choices)
     ckpt = payload(ref, net, src)
     save_checkpoint(out, ckpt)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, place
-from spnas.spaces import build_child, make_space, model_from_checkpoint
+from spnas.spaces import ChildNet, build_child, make_space, model_from_checkpoint
 
 
 # ---- the architecture ------------------------------------------------------------------
@@ -105,7 +106,7 @@ def child_validator(net: nn.Module, splits: Splits, cfg: TrainConfig, device: to
     return validate
 
 
-def child_task(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
+def child_task(model: ChildNet, splits: Splits, cfg: TrainConfig, device: torch.device,
                model_args: dict, groups: list[dict] | None = None, forward=None) -> Task:
     """The Task that trains standalone network ``model``; ``cfg.model`` says ema/eval_batch."""
     opts = cfg.model
@@ -121,7 +122,7 @@ def child_task(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch
 
 
 # ---- training and the final test -----------------------------------------------------------
-def train_child(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
+def train_child(model: ChildNet, splits: Splits, cfg: TrainConfig, device: torch.device,
                 dist_info: Dist, model_args: dict, groups: list[dict] | None = None,
                 forward=None, notes: tuple[str, ...] = ()) -> dict:
     """Train ``model`` as ``cfg`` says, then test it once; returns the results."""
@@ -135,13 +136,15 @@ def train_child(model: nn.Module, splits: Splits, cfg: TrainConfig, device: torc
     if not dist_info.main:
         return fit
     shipped = task.deploy if task.deploy is not None else task.model
+    if not isinstance(shipped, ChildNet):  # the model, or its EMA: a copy of it
+        raise TypeError(f"a child run ships a ChildNet, not {type(shipped).__name__}")
     results = final_test(shipped, trainer.step, splits, cfg, device, trainer.log)
     plot_training_curves(read_metrics(run_dir), loader.steps_per_epoch, run_dir / "curve.png",
                 title=str(task.arch))
     return results
 
 
-def final_test(shipped: nn.Module, step: int, splits: Splits, cfg: TrainConfig,
+def final_test(shipped: ChildNet, step: int, splits: Splits, cfg: TrainConfig,
                device: torch.device, log: RunLog) -> dict:
     """Test accuracy of best.pt and of the final weights, once; written to results.json."""
     path = log.dir / "results.json"
@@ -149,9 +152,9 @@ def final_test(shipped: nn.Module, step: int, splits: Splits, cfg: TrainConfig,
         done = json.loads(path.read_text())
         if done.get("step") == step:
             return done
-    best = load_checkpoint(log.dir / "best.pt", kinds=("child",)) \
+    best: dict[str, Any] = load_checkpoint(log.dir / "best.pt", kinds=("child",)) \
         if (log.dir / "best.pt").is_file() else {"step": step, "metrics": {}}
-    nets = {"last": (shipped, step)}
+    nets: dict[str, tuple[nn.Module, int]] = {"last": (shipped, step)}
     if best["step"] != step:
         nets["best"] = (place(model_from_checkpoint(best), device, cfg.run.channels_last),
                         best["step"])
@@ -171,7 +174,7 @@ def final_test(shipped: nn.Module, step: int, splits: Splits, cfg: TrainConfig,
 
 def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: TrainConfig,
           device: torch.device, log: RunLog) -> dict:
-    r = evaluate(net, plain_forward, *splits.test, build_transform(cfg.data, cfg.run.channels_last),
+    r = evaluate(net, plain_forward, *splits.test_set(), build_transform(cfg.data, cfg.run.channels_last),
                  len(splits.classes), cfg.model.eval_batch, device, cfg.run.amp)
     out = {"step": at, "test_acc": r["acc"], "test_top5": r["top5"], "test_loss": r["loss"],
            "n": r["n"]}

@@ -176,7 +176,7 @@ def resolve_data(ckpt: dict, overrides,
     config = ckpt.get("config") or {}
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     trained = {k: v for k, v in (config.get("data") or {}).items() if k in fields}
-    if dataclasses.is_dataclass(overrides):
+    if dataclasses.is_dataclass(overrides) and not isinstance(overrides, type):
         overrides = dataclasses.asdict(overrides)
     given = {k: v for k, v in overrides.items() if v is not None}
     data = DataConfig(**{**trained, **given})
@@ -195,7 +195,7 @@ def scoring_split(splits: Splits, score_on: str, log: RunLog) -> tuple[torch.Ten
     if score_on == "test":
         log.info("WARNING: scoring candidates on the TEST set, as asked: the test accuracy of "
                  "the arch found is no longer an unbiased estimate")
-        return splits.test
+        return splits.test_set()
     splits.test = None  # never read again
     if splits.val_is_test:
         raise SpnasError("no validation split is held out (--val_size 0); pass --val_size N "

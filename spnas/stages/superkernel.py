@@ -172,6 +172,7 @@ def optimizer_factory(sk: SuperkernelConfig, steps_per_epoch: int | None = None)
     """The Task's ``make_optimizer``: SGD or ``RMSpropTF``. (The lr of every step, the
     paper recipe's staircase included, is ``train.lr_at``'s: a pure function of the step.)"""
     def make(groups: list[dict], o: OptimConfig) -> torch.optim.Optimizer:
+        opt: torch.optim.Optimizer
         if sk.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
                                   nesterov=o.nesterov and o.momentum > 0)
@@ -265,7 +266,7 @@ class _Decisions:
             log.metric({"type": "decisions", "step": done, "arch": str(arch),
                              "choices": list(arch.choices), "latency": self.table.predict(arch),
                              "thresholds": [[round(v, 5) for v in row] for row in torch.stack(
-                                 self.model.thresholds()).detach().cpu().tolist()]})
+                                 tuple(self.model.thresholds())).detach().cpu().tolist()]})
 
 
 def build_task(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, total: int,
