@@ -4,9 +4,13 @@
         [--results benchmarks/results]
 
 Rows:
-  spnas 32x32 crop+flip          the trainer, data on the device, batch augmentation, channels_last
+  spnas 32x32 crop+flip          the trainer as a run uses it: data on the device, batch
+                                 augmentation, its defaults (channels_last; bf16 autocast on CUDA)
+  spnas ... fp32 NCHW            the same trainer with --no-amp --no-channels_last
   spnas 32x32 seed augmentation  + cutout 16 + AutoAugment (the seed command without --resize)
-  plain 32x32                    PIL transforms + DataLoader (2 workers) + NCHW, same supernet
+  plain 32x32                    a loop written the way the original code is: PIL transforms,
+                                 DataLoader (--workers), fp32, NCHW, one .item() per step, same
+                                 supernet; every row's "x plain" is its speed over this one
   spnas 224 seed augmentation    the seed command (--resize: RandomResizedCrop 224, ImageNet layout)
 
 Each row trains real steps (random paths, SGD) and reports the median of its
@@ -38,27 +42,30 @@ from spnas.stages.train import supernet_space
 
 
 def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,
-                     batch: int = 64) -> float:
+                     batch: int = 64, amp: bool = True, channels_last: bool = True) -> float:
     """Run the real trainer for ``steps`` steps; median img/s of the windows after the first."""
     cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch),
-                      RunConfig(print_freq=window, val_interval=1, device=str(device)),
+                      RunConfig(print_freq=window, val_interval=1, device=str(device), amp=amp,
+                                channels_last=channels_last),
                       SupernetConfig())
     space = supernet_space(cfg.model, data)
-    model = place(SposSupernet(space, 10), device, True)
+    model = place(SposSupernet(space, 10), device, channels_last)
     rng = random.Random(0)
     task = Task("supernet", model, space, 10,
                 forward=lambda m, xb, step: m(xb, Arch.sample(space, rng)),
                 loss=cross_entropy_loss(0.0), validate=lambda m, step: {},
                 param_groups=param_groups(model, 3e-4))
-    loader = DeviceLoader(x, y, batch, build_transform(data, True), device, 0, steps)
+    loader = DeviceLoader(x, y, batch, build_transform(data, channels_last), device, 0, steps)
     with tempfile.TemporaryDirectory() as tmp:
         Trainer(task, loader, cfg, Path(tmp)).fit()
         rates = [r["img_per_s"] for r in read_metrics(tmp) if r["type"] == "train"]
     return statistics.median(rates[1:])
 
 
-def plain_throughput(x, y, steps: int, window: int) -> float:
-    """torchvision PIL transforms + DataLoader(2 workers) + NCHW: the usual recipe."""
+def plain_throughput(x, y, steps: int, window: int, device, batch: int = 64,
+                     workers: int = 2) -> float:
+    """The original code's loop: torchvision PIL transforms, DataLoader, fp32, NCHW, and the
+    loss read (``.item()``) every step."""
     import torchvision.transforms as T
     from PIL import Image
 
@@ -72,19 +79,23 @@ def plain_throughput(x, y, steps: int, window: int) -> float:
         def __getitem__(self, i):
             return self.tf(Image.fromarray(x[i].permute(1, 2, 0).numpy())), int(y[i])
 
-    loader = torch.utils.data.DataLoader(Cifar(), batch_size=64, shuffle=True, num_workers=2,
-                                         drop_last=True, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(Cifar(), batch_size=batch, shuffle=True,
+                                         num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0,
+                                         pin_memory=device.type == "cuda")
     space = spos_space()
-    model = SposSupernet(space, 10)
+    model = SposSupernet(space, 10).to(device)
     opt = torch.optim.SGD(param_groups(model, 3e-4), lr=0.025, momentum=0.9)
-    rng, rates, t0 = random.Random(0), [], time.perf_counter()
+    rng, rates, t0, total = random.Random(0), [], time.perf_counter(), 0.0
     for step, (xb, yb) in enumerate(loader, start=1):
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         loss = torch.nn.functional.cross_entropy(model(xb, Arch.sample(space, rng)), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        total += loss.item()  # as the original's running mean: a host sync per step
         if step % window == 0:
-            rates.append(window * 64 / (time.perf_counter() - t0))
+            rates.append(window * batch / (time.perf_counter() - t0))
             t0 = time.perf_counter()
         if step == steps:
             break
@@ -99,7 +110,11 @@ def main() -> None:
     p.add_argument("--steps_224", type=int, default=8)
     p.add_argument("--no-224", dest="big", action="store_false")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=64, help="images per step (spnas rows)")
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the plain row (default: 8 on CUDA, as the original's "
+                        "measured run, 2 on the CPU)")
+    p.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain row")
     add_results_flag(p)
     a = p.parse_args()
     tune_allocator()
@@ -107,13 +122,16 @@ def main() -> None:
     x, y, source = cifar_or_random(a.data)
     print(f"machine: {machine(device)}\ndata: {source}\nbatch {a.batch}, {a.steps} steps per row")
     seed_aug = DataConfig(cutout=True, auto_aug=True)
+    workers = a.workers if a.workers is not None else (8 if device.type == "cuda" else 2)
     rows = [("spnas 32x32 crop+flip",
              lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device, a.batch)),
+            ("spnas 32x32 crop+flip fp32 NCHW", lambda: spnas_throughput(
+                x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False)),
             ("spnas 32x32 seed augmentation",
              lambda: spnas_throughput(x, y, seed_aug, a.steps, a.window, device, a.batch))]
-    if device.type == "cpu" and a.batch == 64:
-        rows.append(("plain 32x32 crop+flip (PIL, DataLoader, NCHW)",
-                     lambda: plain_throughput(x, y, a.steps, a.window)))
+    if a.plain:
+        rows.append((f"plain 32x32 crop+flip (PIL, DataLoader x{workers}, fp32, NCHW)",
+                     lambda: plain_throughput(x, y, a.steps, a.window, device, a.batch, workers)))
     if a.big:
         w = max(a.steps_224 // 4, 1)
         rows.append(("spnas 224 seed augmentation (--resize)", lambda: spnas_throughput(
@@ -122,10 +140,16 @@ def main() -> None:
     results = []
     for name, run in rows:
         rate = run()
-        print(f"{name:48s} {rate:8.1f} img/s  (50,000-image epoch {50_000 / rate:7.1f} s)",
+        print(f"{name:52s} {rate:8.1f} img/s  (50,000-image epoch {50_000 / rate:7.1f} s)",
               flush=True)
         results.append({"row": name, "batch": a.batch, "images_per_s": round(rate, 1),
                         "epoch_s": round(50_000 / rate, 1), "data": source})
+    plain = next((r["images_per_s"] for r in results if r["row"].startswith("plain")), None)
+    if plain:
+        print("\nspeed over the plain loop (the original code's way):")
+        for r in results:
+            r["x_plain"] = round(r["images_per_s"] / plain, 2)
+            print(f"  {r['row']:50s} {r['x_plain']:5.2f}x")
     write_rows(a.results, "train", device, results)
 
 

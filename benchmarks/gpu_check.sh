@@ -3,7 +3,7 @@
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
-#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful bench retrain cli
+#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful fast bench retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
@@ -81,6 +81,7 @@ fi
 # 1. throughput benchmarks (README "Measured results")
 if part bench; then
 step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN $RESULTS
+step bench_train_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 96 --no-224 $RESULTS
 step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224 $RESULTS
 step bench_search 90 python3 benchmarks/bench_search.py $SEARCH $RESULTS
 step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN $RESULTS

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from conftest import cli_argv
 
 from spnas.cli import main
-from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.errors import SpnasError
-from spnas.spaces import model_from_checkpoint
 from spnas.stages.import_reference import import_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,11 +10,11 @@ from spnas.cli import main
 from spnas.data.augment import MEAN_STD, AugmentConfig, BatchTransform
 from spnas.data.datasets import load_dataset
 from spnas.data.loading import DeviceLoader
-from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import build_cost_table, count_params
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.runlog import read_metrics
-from spnas.spaces import build_child, model_from_checkpoint
+from spnas.spaces import build_child
 from spnas.spaces.mbconv import mbconv_space
 from spnas.spaces.spos import spos_space
 from spnas.stages.profile import profile_arch

@@ -11,13 +11,13 @@ from spnas.arch import Arch
 from spnas.cli import build_parser, main
 from spnas.cli.superkernel import superkernel_config
 from spnas.config import RECIPES, SuperkernelStage, superkernel_recipe
-from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import count_macs
 from spnas.engine.latency import LatencyTable, macs_latency_table
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import effective_optim, lr_at
 from spnas.fields import to_flat
-from spnas.spaces import build_child, model_from_checkpoint
+from spnas.spaces import build_child
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
 from spnas.stages.superkernel import (
     LatencyModel,

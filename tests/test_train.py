@@ -10,11 +10,10 @@ from spnas.cli import main
 from spnas.config import OptimConfig
 from spnas.data.augment import AugmentConfig, BatchTransform
 from spnas.data.loading import DeviceLoader
-from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
-from spnas.spaces import model_from_checkpoint
 from spnas.spaces.spos import SposSupernet
 
 

@@ -33,6 +33,8 @@ from torch import nn
 from spnas.arch import Arch, SpaceSpec
 from spnas.errors import SpnasError
 from spnas.files import atomic_write
+from spnas.spaces import Supernet, build_child, build_supernet
+from spnas.spaces.common import ChildNet
 
 FORMAT = "spnas-1"
 KINDS = ("supernet", "child", "superkernel")
@@ -135,3 +137,19 @@ def load_model_state(model: nn.Module, state: dict, path: str) -> None:
                          f"({str(e).splitlines()[0][:200]})") from None
 
 
+
+
+def model_from_checkpoint(ckpt: dict) -> ChildNet | Supernet:
+    """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes:
+    a ``ChildNet`` for a child checkpoint, else a supernet."""
+    args = dict(ckpt.get("model_args") or {})
+    model: ChildNet | Supernet
+    if ckpt["kind"] == "child":
+        arch = checkpoint_arch(ckpt)
+        if arch is None:
+            raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
+        model = build_child(arch, ckpt["num_classes"], **args)
+    else:
+        model = build_supernet(checkpoint_space(ckpt), ckpt["num_classes"], **args)
+    load_model_state(model, ckpt["model"], ckpt["path"])
+    return model

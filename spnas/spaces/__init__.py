@@ -3,7 +3,7 @@
 ``build_child(arch, num_classes)`` builds the standalone network of any
 space's arch and ``build_supernet(space, num_classes)`` its supernet; a new
 space adds its classes to ``CHILDREN`` and ``SUPERNETS`` (its supernet's also to ``Supernet``).
-``model_from_checkpoint`` rebuilds whatever a checkpoint holds, with no other input.
+(``engine.checkpoint.model_from_checkpoint`` rebuilds whatever a checkpoint holds.)
 """
 import inspect
 import typing
@@ -128,23 +128,8 @@ def build_supernet(space: SpaceSpec, num_classes: int, **model_args) -> Supernet
     return _lookup(SUPERNETS, space.name, "supernet")(space, num_classes, **model_args)
 
 
-def model_from_checkpoint(ckpt: dict) -> ChildNet | Supernet:
-    """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes:
-    a ``ChildNet`` for a child checkpoint, else a supernet."""
-    from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_model_state
-    args = dict(ckpt.get("model_args") or {})
-    model: ChildNet | Supernet
-    if ckpt["kind"] == "child":
-        arch = checkpoint_arch(ckpt)
-        if arch is None:
-            raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
-        model = build_child(arch, ckpt["num_classes"], **args)
-    else:
-        model = build_supernet(checkpoint_space(ckpt), ckpt["num_classes"], **args)
-    load_model_state(model, ckpt["model"], ckpt["path"])
-    return model
 
 
 __all__ = ["CHILDREN", "SPACE_SPECS", "SUPERNETS", "ChildNet", "MbconvNet", "SposNet", "SposSupernet",
            "SuperkernelNet", "Supernet", "build_child", "build_supernet", "make_space", "mbconv_space",
-           "model_from_checkpoint", "real_space_difference", "spos_space"]
+           "real_space_difference", "spos_space"]

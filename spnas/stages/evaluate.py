@@ -23,13 +23,12 @@ from torch import nn
 from spnas.config import DataConfig
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, load_splits
-from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
 from spnas.engine.plots import plot_confusion
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.runtime import resolve_device
-from spnas.spaces import model_from_checkpoint
 
 SPLITS = ("test", "val", "train")
 

@@ -24,13 +24,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import FinetuneConfig, TrainConfig, derive_seed
 from spnas.data.loading import recal_transform, steps_per_epoch
-from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint
+from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import plain_forward, recalibrate_bn, recalibration_batches
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import start_run
 from spnas.errors import SpnasError
 from spnas.runtime import place, world_size
-from spnas.spaces import ChildNet, build_child, model_from_checkpoint
+from spnas.spaces import build_child
+from spnas.spaces.common import ChildNet
 from spnas.stages.retrain import check_layout, is_arch_file, train_child
 
 

@@ -27,7 +27,7 @@ from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import DataConfig, RetrainConfig, TrainConfig
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, train_loader
-from spnas.engine.checkpoint import load_checkpoint
+from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.plots import plot_training_curves
@@ -37,7 +37,8 @@ from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, place
-from spnas.spaces import ChildNet, build_child, make_space, model_from_checkpoint
+from spnas.spaces import build_child, make_space
+from spnas.spaces.common import ChildNet
 
 
 # ---- the architecture ------------------------------------------------------------------

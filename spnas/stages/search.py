@@ -33,7 +33,7 @@ from spnas.arch import SpaceSpec
 from spnas.config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, load_splits, recal_transform
-from spnas.engine.checkpoint import checkpoint_space, load_checkpoint
+from spnas.engine.checkpoint import checkpoint_space, load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import build_cost_table
 from spnas.engine.evolution import (
     BUDGET_KEYS,
@@ -50,7 +50,7 @@ from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, init_distributed, place, rank0_first, setup_torch
-from spnas.spaces import build_child, model_from_checkpoint
+from spnas.spaces import build_child
 from spnas.stages.search_report import FLOPS_UNIT, plot_search, write_arch_files
 
 RECORD = "candidates.jsonl"
