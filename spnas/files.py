@@ -2,6 +2,7 @@
 renamed over the target; and the clean-up of temporaries a killed process left behind."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -19,15 +20,23 @@ except ImportError:  # not POSIX: no locks
 
 @contextmanager
 def exclusive(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the existing file ``path`` for the block (it is only
-    opened for reading, nothing is written); waits while another process holds it. The OS
-    drops it when the process dies."""
+    """Hold an exclusive ``flock`` on the existing file ``path`` for the block (nothing is
+    written to it); waits while another process holds it, and the OS drops it when the
+    process dies. Where the file system cannot lock (NFS without write access, Lustre with
+    noflock), the block runs unlocked, as off POSIX."""
     if fcntl is None:
         yield
         return
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # NFS emulates flock with byte-range locks: an exclusive one needs a writable fd
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.EBADF, errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
         yield
     finally:
         os.close(fd)

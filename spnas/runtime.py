@@ -96,6 +96,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                          f"{device.type}; use --device auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise SpnasError(f"--device {name}: no CUDA device is available; use --device cpu")
+    if device.index is None:  # "cuda": each torchrun process its own GPU, as with auto
+        device = torch.device("cuda", local_rank)
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise SpnasError(f"--device {name}: this machine has {count} CUDA device(s), "

@@ -1,4 +1,5 @@
 """Multi-process training through torchrun (gloo on the CPU): gradients are averaged in sync."""
+import json
 import socket
 import subprocess
 import sys
@@ -73,3 +74,26 @@ def test_search_split_over_two_processes_finds_what_one_process_finds(fake_cifar
     best = [(tmp_path / run / "best_arch.json").read_text() for run in ("one", "two")]
     assert best[0] == best[1]
     assert ", 2 processes" in (tmp_path / "two" / "search.log").read_text()
+
+
+@pytest.mark.slow
+def test_pipeline_under_torchrun_runs_every_stage_once(fake_cifar, tmp_path):
+    from test_pipeline import TINY
+    out = tmp_path / "pipe"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "spnas",
+           "pipeline", "--config", str(ROOT / "recipes" / "smoke.yaml"), "--out", str(out),
+           "--data_path", str(fake_cifar), "--device", "cpu", *TINY]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                            "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("pipeline done: report in") == 1  # rank 0's
+    for stage in ("supernet", "search", "retrain", "evaluate", "export"):
+        assert (out / stage / "done.json").is_file(), stage
+        assert r.stdout.count(f"pipeline: {stage} -> ") == 1, stage
+    best = json.loads((out / "search" / "best_arch.json").read_text())
+    results = json.loads((out / "retrain" / "results.json").read_text())
+    assert results["arch"] == best["arch"] and "test_acc" in json.dumps(results)
+    assert ", 2 processes" in (out / "search" / "search.log").read_text()
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()

@@ -35,7 +35,7 @@ from test_train import train_argv
 
 import spnas.stages.train
 from spnas.cli import main
-from spnas.engine.trainer import DeviceLoader
+from spnas.data.loading import DeviceLoader
 
 # the run each case starts from: 3 steps (1 epoch), validated, last.pt = best.pt at step 3;
 # a case's argv has --epochs 2, so a resume that gets through trains steps 4..6
@@ -272,3 +272,13 @@ def test_seed_scripts_refuse_abbreviated_flags(tmp_path):
                         "--rt", "0.1"], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2 and "unrecognized arguments: --rt 0.1" in r.stderr
+
+
+def test_cuda_without_an_index_is_each_torchrun_process_its_own_gpu(monkeypatch):
+    """``--device cuda`` under torchrun: process r on cuda:r, as ``auto`` does (simulated GPUs)."""
+    from spnas.runtime import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [resolve_device(name, rank) for name in ("cuda", "auto") for rank in (0, 1)] == \
+        [torch.device("cuda", r) for r in (0, 1)] * 2
+    assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)  # an explicit index stays

@@ -114,3 +114,15 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     with pytest.raises(OSError):
         save_checkpoint(path, {**payload, "model": {"w": torch.zeros(3)}})
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_fresh_run_replaces_the_records_of_one_killed_before_its_first_checkpoint(fake_cifar, tmp_path):
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"type": "train", "step": 1, "loss": 9.0}\n{"type": "tr')
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1})) == 0
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "train"] == [1, 2, 3]
+    assert 9.0 not in losses(run)
+    assert "removed, this run starts afresh" in (run / "train.log").read_text()
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 2, "--resume": None})) == 0
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]

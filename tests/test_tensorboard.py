@@ -43,10 +43,15 @@ def test_resumed_log_hides_what_the_stopped_process_wrote_past_the_checkpoint(tm
     again.truncate_after(2)  # resumed from the checkpoint of step 2
     for step in (3, 4, 5):
         again.metric({"type": "train", "step": step, "loss": 10.0 * step})
+    again.close()  # the trainer closes its log, then retrain logs its tests into it
+    for which, acc in (("last", 0.5), ("best", 0.75)):
+        again.metric({"type": "test", "which": which, "step": 5, "test_acc": acc})
     again.close()
-    assert scalars(tmp_path / "tensorboard")["train/loss"] == [
-        (1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]
-    assert [r["loss"] for r in read_metrics(tmp_path)] == [1.0, 2.0, 30.0, 40.0, 50.0]
+    got = scalars(tmp_path / "tensorboard")
+    assert got["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0)]
+    assert got["test_last/test_acc"] == [(5, 0.5)] and got["test_best/test_acc"] == [(5, 0.75)]
+    assert [r["loss"] for r in read_metrics(tmp_path) if r["type"] == "train"] == \
+        [1.0, 2.0, 30.0, 40.0, 50.0]
 
 
 def test_search_writes_each_candidate_by_its_number(fake_cifar, tmp_path):

@@ -40,5 +40,6 @@ def run_pipeline(args: argparse.Namespace) -> dict:
     shared = {k: getattr(args, k) for k in ("data_path", "dataset", "device", "seed",
                                                "tensorboard")}
     r = pipeline(recipe, args.out, args.resume, shared)
-    print(f"pipeline done: report in {r['report'][0]} and {r['report'][1]}")
+    if r["report"]:  # (rank 0's; the other torchrun processes write none)
+        print(f"pipeline done: report in {r['report'][0]} and {r['report'][1]}")
     return r

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ class TensorBoard:
     """Every number of every metrics record, also as a TensorBoard scalar.
 
     A record ``{"type": "train", "step": 200, "loss": 1.9, "lr": 0.02, ...}`` becomes the
-    scalars ``train/loss``, ``train/lr`` ... at step 200; ``step_key`` names the record's
+    scalars ``train/loss``, ``train/lr`` ... at step 200 (a record's ``which`` joins its
+    type: ``test_best/test_acc``); ``step_key`` names the record's
     x axis (a search's candidates are numbered by ``index``), ``untyped`` the type of
     records that name none (a search's: ``candidate``). Each record is flushed at
     once, so the event files are complete whenever the run stops. ``purge_step``: a resumed
@@ -72,6 +74,8 @@ class TensorBoard:
         if not isinstance(step, int):
             return
         kind = record.get("type", self.untyped)
+        if isinstance(record.get("which"), str):  # retrain's two tests: last and best weights
+            kind = f"{kind}_{record['which']}"
         for name, value in record.items():
             if name in self.SKIP or name == self.step_key or isinstance(value, bool) \
                     or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -116,9 +120,10 @@ class RunLog:
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
         if self._tb_wanted:
-            if self.tensorboard is None:
+            if self.tensorboard is None:  # the purge applies once: to the resumed process's start
                 self.tensorboard = TensorBoard(self.dir / "tensorboard", self._tb_keys[0],
                                                self._purge_step, self._tb_keys[1])
+                self._purge_step = None
             self.tensorboard.write(record)
 
     def info(self, msg: str) -> None:
@@ -156,6 +161,18 @@ class RunLog:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+
+    def start_afresh(self) -> None:
+        """A new run in this folder: drop the records of one killed before its first
+        checkpoint (it left no last.pt to resume from; its last line may be torn)."""
+        if not self.enabled:
+            return
+        stale = [p for p in (self.metrics_path, self.dir / "tensorboard") if p.exists()]
+        for p in stale:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if stale:
+            self.info(f"a run stopped before its first checkpoint left {', '.join(p.name for p in stale)}; "
+                      "removed, this run starts afresh")
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (written after the checkpoint a run resumes from)."""

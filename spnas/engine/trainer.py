@@ -193,6 +193,7 @@ class Trainer:
                 self.log.info(f"resume: {change}; allowed ({', '.join(RESUMABLE[:-1])})")
         else:
             check_run_dir(self.dir, resume=False)
+            self.log.start_afresh()
         if self.dist.main:
             atomic_write_text(self.dir / "config.json",
                               json.dumps(recorded_config(self.cfg), indent=2) + "\n")

@@ -18,6 +18,12 @@ stage's own (``supernet: {epochs: 600, lr: 0.025}``). Flags given to
 ``spnas pipeline`` override the recipe's top level. A finished stage leaves
 ``OUT/<stage>/done.json`` and is not run again; a stopped one resumes
 (training from ``last.pt``, search from ``candidates.jsonl``).
+
+Under torchrun every process runs the supernet, search and retrain stages together
+(DDP, the search split across them); rank 0 alone writes the pipeline's own files
+(``recipe.json``, ``done.json``, the report) and runs evaluate and export, and the
+others wait for it after each stage (``runtime.rank0_first``), so no process starts a
+stage before the one before it is recorded.
 """
 from __future__ import annotations
 
@@ -27,14 +33,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spnas.config import RetrainStage, SearchRunConfig, SupernetStage
 from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of
 from spnas.files import atomic_write_text
+from spnas.runtime import Dist, init_distributed, rank0_first
 
 # may differ when a pipeline resumes (elsewhere, or with event files turned on)
 MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
+EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
 EVALUATE_DEFAULTS = {"split": "test", "batch_size": 500, "device": "auto", "amp": True}
 EXPORT_DEFAULTS = {"format": "torchscript", "check_images": 64, "tolerance": 1e-3}
 
@@ -82,22 +92,29 @@ class Pipeline:
         self.recipe = recipe
         self.times: dict[str, float] = {}
         self.results: dict[str, Any] = {}
+        self.dist, self.device = Dist(), torch.device("cpu")  # run() reads torchrun's
 
     def done_path(self, stage: str) -> Path:
         return self.out / stage / "done.json"
 
     def run(self) -> dict:
-        started = self.out.exists() and any(self.out.iterdir())
-        if started and not self.resume and not (self.out / "recipe.json").exists():
-            raise SpnasError(f"{self.out} is not empty and holds no pipeline; choose another --out")
-        self._check_recipe(started)
+        self.dist, self.device = init_distributed(str(self.shared.get("device") or "auto"))
+        self._rank0(self._check_recipe)
         for stage in STAGES:
             self._stage(stage)
         from spnas.stages.pipeline_report import write_report
-        paths = write_report(self.out, self.results, self.times, self.recipe)
-        return {"stages": self.results, "seconds": self.times, "report": [str(p) for p in paths]}
+        paths = self._rank0(lambda: write_report(self.out, self.results, self.times, self.recipe))
+        return {"stages": self.results, "seconds": self.times,
+                "report": [str(p) for p in paths] if paths else None}
 
-    def _check_recipe(self, started: bool) -> None:
+    def _rank0(self, fn):
+        """``fn()`` on rank 0 alone; the other processes wait for it (and stop if it fails)."""
+        return rank0_first(fn, self.dist, self.device)
+
+    def _check_recipe(self) -> None:
+        started = self.out.exists() and any(self.out.iterdir())
+        if started and not self.resume and not (self.out / "recipe.json").exists():
+            raise SpnasError(f"{self.out} is not empty and holds no pipeline; choose another --out")
         path = self.out / "recipe.json"
         if path.exists():
             before = json.loads(path.read_text())
@@ -115,18 +132,21 @@ class Pipeline:
 
     def _stage(self, stage: str) -> None:
         done = self.done_path(stage)
-        if done.exists():
+        if done.exists():  # every process sees the same: rank 0 wrote it before they went on
             record = json.loads(done.read_text())
             self.results[stage], self.times[stage] = record["result"], record["seconds"]
-            print(f"pipeline: {stage} finished before; kept ({done})")
+            if self.dist.main:
+                print(f"pipeline: {stage} finished before; kept ({done})")
             return
-        print(f"pipeline: {stage} -> {self.out / stage}", flush=True)
+        if self.dist.main:
+            print(f"pipeline: {stage} -> {self.out / stage}", flush=True)
         t0 = time.perf_counter()
-        result = getattr(self, f"_run_{stage}")()
+        run = getattr(self, f"_run_{stage}")
+        result = run() if stage in EVERY_RANK else self._rank0(run)
         seconds = time.perf_counter() - t0
         self.results[stage], self.times[stage] = result, seconds
-        atomic_write_text(done, json.dumps({"result": result, "seconds": seconds}, indent=1,
-                                           default=str) + "\n")
+        self._rank0(lambda: atomic_write_text(done, json.dumps(
+            {"result": result, "seconds": seconds}, indent=1, default=str) + "\n"))
 
     # -- the stages
     def _train_cfg(self, default, stage: str):
