@@ -337,6 +337,8 @@ def test_a_resumed_search_refuses_changed_scoring_and_takes_another_eval_batch(s
                                                              "--eval_batch": 5})) == 0
     for name in ("candidates.jsonl", "best_arch.json"):
         assert (out / name).read_bytes() == (searched / name).read_bytes(), name
+    assert "resume: eval_batch 5 differs from the search's 10 (search.json); allowed" in \
+        (out / "search.log").read_text()
 
 
 # ---- 7: the scoring split against the one held out of supernet training --------------------

@@ -87,12 +87,13 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
                      "so the scoring split is not the one held out of it (it may hold images "
                      "the supernet trained on)")
         job = _prepare(cfg, ckpt, data, split_seed, out, device, log, dist_info.world)
+        run = {"device": cfg.device, "amp": cfg.amp, "data_path": data.data_path,
+               "processes": dist_info.world, **dataclasses.asdict(cfg.scoring)}
         if dist_info.main:
+            if records:
+                log_run_changes(out / "search.json", run, log)
             atomic_write_text(out / "search.json", json.dumps(
-                {"settings": settings, "run": {"device": cfg.device, "amp": cfg.amp,
-                                               "data_path": data.data_path,
-                                               "processes": dist_info.world,
-                                               **dataclasses.asdict(cfg.scoring)}}, indent=2) + "\n")
+                {"settings": settings, "run": run}, indent=2) + "\n")
         found = _run(cfg.search, job, Replay(records, job.scorer, log, dist_info), log)
         if not dist_info.main:
             return rank(found, cfg.search.top_k)
@@ -308,6 +309,19 @@ def prepare_out_dir(out: Path, settings: dict, resume: bool) -> list[dict]:
         raise SpnasError(f"{out} holds a search with other settings ({', '.join(changed)}); "
                          "resume with the same flags, or choose another --out")
     return read_record(record)
+
+
+def log_run_changes(meta: Path, run: dict, log: RunLog) -> None:
+    """Log how a resumed search runs differently (device, batch sizes, processes: what does
+    not change a score); ``prepare_out_dir`` has refused every change that would."""
+    try:
+        before = json.loads(meta.read_text()).get("run") or {}
+    except (OSError, ValueError):
+        return
+    for key, value in run.items():
+        if key in before and before[key] != value:
+            log.info(f"resume: {key} {value} differs from the search's {before[key]} "
+                     f"({meta.name}); allowed: it does not change a score")
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
