@@ -3,7 +3,8 @@
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
-#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful fast bench retrain cli
+#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful fast
+#                                                             # superkernel bench retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
@@ -22,6 +23,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1  # spnas importable on a bare machine, without pip install
 RESULTS="--results benchmarks/results"  # the benchmarks write their CSVs only when asked
+[ "${SMOKE:-0}" = 1 ] && RESULTS="--results $OUT/results"  # a smoke run's figures mean nothing
 RUNS=$(mktemp -d)
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu.log") 2>&1
@@ -78,6 +80,18 @@ if part fast; then
         --data_path "$CIFAR"
 fi
 
+# s. the two superkernel recipes side by side (docs/superkernel.md, issue 13): 2 lambdas per
+# recipe, one seed, short searches and retrains; about 8 minutes: run it alone, PARTS=superkernel
+if part superkernel; then
+    SKS="--epochs 1 --num_steps 600 --batch_size 128 --val_size 5000 --print_freq 100"
+    SKR="--epochs 3 --batch_size 256 --lr 0.2 --cutout --val_size 5000"; SKDEV=cuda
+    [ "$SMOKE" = 1 ] && { SKS="--epochs 1 --num_steps 4 --batch_size 16 --val_size 100 --print_freq 2";
+                          SKR="--epochs 1 --num_steps 4 --batch_size 16 --val_size 100"; SKDEV=cpu; }
+    step superkernel_recipes 540 python3 benchmarks/superkernel_recipes.py --data_path "$CIFAR" \
+        --device "$SKDEV" --spnas_lams 0.1 2 --paper_lams 0.02 2 --seeds 0 --search="$SKS" \
+        --retrain="$SKR" $RESULTS --keep "$RUNS/superkernel_recipes"
+fi
+
 # 1. throughput benchmarks (README "Measured results")
 if part bench; then
 step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN $RESULTS
@@ -101,6 +115,7 @@ PY
 )
 fi
 part retrain || { EPOCHS=1; CAP="--num_steps 20"; }  # a checkpoint for evaluate and export
+part retrain || part cli || exit 0
 step retrain "$LIMIT" $SP retrain --arch "$OLD_BEST" --data_path "$CIFAR" --no-download --val_size 0 \
     --epochs "$EPOCHS" $CAP --batch_size 512 --lr 0.4 --nesterov --weight-decay 5e-4 \
     --label_smoothing 0.1 --warmup_epochs 2 --cutout --val_interval 5 --print_freq 50 \
