@@ -7,6 +7,7 @@ Rows:
   spnas 32x32 crop+flip          the trainer as a run uses it: data on the device, batch
                                  augmentation, its defaults (channels_last; bf16 autocast on CUDA)
   spnas ... fp32 NCHW            the same trainer with --no-amp --no-channels_last
+  spnas ... no cudnn.benchmark   (CUDA) and --no-cudnn_benchmark: no autotuning warm-up
   spnas 32x32 seed augmentation  + cutout 16 + AutoAugment (the seed command without --resize)
   plain 32x32                    a loop written the way the original code is: PIL transforms,
                                  DataLoader (--workers), fp32, NCHW, one .item() per step, same
@@ -14,9 +15,10 @@ Rows:
   spnas 224 seed augmentation    the seed command (--resize: RandomResizedCrop 224, ImageNet layout)
 
 Each row trains real steps (random paths, SGD) and reports the median of its
-logging windows after a warm-up window. Prints the machine and the figures;
-``--results DIR`` also appends the rows to DIR/train_<device>_torch<version>.csv
-(the repository's are in benchmarks/results).
+logging windows after a warm-up window, and for spnas rows the warm-up: the run's
+wall time beyond what its steps take at that median rate (start-up, cuDNN autotuning).
+Prints the machine and the figures; ``--results DIR`` also appends the rows to
+DIR/train_<device>_torch<version>.csv (the repository's are in benchmarks/results).
 """
 from __future__ import annotations
 
@@ -42,11 +44,13 @@ from spnas.stages.train import supernet_space
 
 
 def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,
-                     batch: int = 64, amp: bool = True, channels_last: bool = True) -> float:
-    """Run the real trainer for ``steps`` steps; median img/s of the windows after the first."""
+                     batch: int = 64, amp: bool = True, channels_last: bool = True,
+                     cudnn_benchmark: bool = True) -> tuple[float, float]:
+    """Run the real trainer for ``steps`` steps: (median img/s of the windows after the first,
+    seconds of warm-up: the wall time beyond ``steps`` at that rate)."""
     cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch),
                       RunConfig(print_freq=window, val_interval=1, device=str(device), amp=amp,
-                                channels_last=channels_last),
+                                channels_last=channels_last, cudnn_benchmark=cudnn_benchmark),
                       SupernetConfig())
     space = supernet_space(cfg.model, data)
     model = place(SposSupernet(space, 10), device, channels_last)
@@ -57,13 +61,16 @@ def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,
                 param_groups=param_groups(model, 3e-4))
     loader = DeviceLoader(x, y, batch, build_transform(data, channels_last), device, 0, steps)
     with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
         Trainer(task, loader, cfg, Path(tmp)).fit()
+        wall = time.perf_counter() - t0
         rates = [r["img_per_s"] for r in read_metrics(tmp) if r["type"] == "train"]
-    return statistics.median(rates[1:])
+    rate = statistics.median(rates[1:])
+    return rate, max(0.0, wall - steps * batch / rate)
 
 
 def plain_throughput(x, y, steps: int, window: int, device, batch: int = 64,
-                     workers: int = 2) -> float:
+                     workers: int = 2) -> tuple[float, None]:
     """The original code's loop: torchvision PIL transforms, DataLoader, fp32, NCHW, and the
     loss read (``.item()``) every step."""
     import torchvision.transforms as T
@@ -99,7 +106,7 @@ def plain_throughput(x, y, steps: int, window: int, device, batch: int = 64,
             t0 = time.perf_counter()
         if step == steps:
             break
-    return statistics.median(rates[1:])
+    return statistics.median(rates[1:]), None
 
 
 def main() -> None:
@@ -127,6 +134,9 @@ def main() -> None:
              lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device, a.batch)),
             ("spnas 32x32 crop+flip fp32 NCHW", lambda: spnas_throughput(
                 x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False)),
+            *([("spnas 32x32 crop+flip fp32 NCHW no cudnn.benchmark", lambda: spnas_throughput(
+                x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False, False))]
+              if device.type == "cuda" else []),
             ("spnas 32x32 seed augmentation",
              lambda: spnas_throughput(x, y, seed_aug, a.steps, a.window, device, a.batch))]
     if a.plain:
@@ -139,11 +149,12 @@ def main() -> None:
             a.batch)))
     results = []
     for name, run in rows:
-        rate = run()
-        print(f"{name:52s} {rate:8.1f} img/s  (50,000-image epoch {50_000 / rate:7.1f} s)",
-              flush=True)
+        rate, warm = run()
+        print(f"{name:52s} {rate:8.1f} img/s  (50,000-image epoch {50_000 / rate:7.1f} s)"
+              + (f", warm-up {warm:.1f} s" if warm is not None else ""), flush=True)
         results.append({"row": name, "batch": a.batch, "images_per_s": round(rate, 1),
-                        "epoch_s": round(50_000 / rate, 1), "data": source})
+                        "epoch_s": round(50_000 / rate, 1),
+                        "warmup_s": None if warm is None else round(warm, 1), "data": source})
     plain = next((r["images_per_s"] for r in results if r["row"].startswith("plain")), None)
     if plain:
         print("\nspeed over the plain loop (the original code's way):")

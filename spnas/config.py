@@ -105,12 +105,15 @@ class RunConfig(Checked):
     amp: bool = opt(True, "bf16 autocast on CUDA (never on CPU)")
     channels_last: bool = opt(True, "NHWC memory format (faster on CPU and GPU, see README)")
     deterministic: bool = opt(False, "deterministic algorithms on CUDA (slower)")
+    cudnn_benchmark: bool = opt(True, "cuDNN autotuning on CUDA: faster kernels after a warm-up "
+                                "that each new convolution shape pays again (23-43 s over a "
+                                "supernet's first paths on an H200); off: no warm-up")
     tensorboard: bool = opt(False, "also write the metrics (loss, accuracy, lr, images/s, "
                             "validation) as TensorBoard event files in the run folder's "
                             "tensorboard/; needs pip install 'spnas[tensorboard]'")
     resume: bool = opt(False, "continue from the run folder's last.pt with the run's config.json: "
                        "flags not given are the run's, and only epochs, stop_after, print_freq, "
-                       "val_interval, ckpt_interval, device, deterministic, tensorboard, "
+                       "val_interval, ckpt_interval, device, deterministic, cudnn_benchmark, tensorboard, "
                        "data_path and download may change")
 
 

@@ -136,7 +136,7 @@ def rank0_first(fn: Callable[[], object], dist_info: Dist, device: torch.device)
 def setup_torch(run: RunConfig, device: torch.device) -> None:
     """Threads, determinism and matmul precision for a run."""
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not run.deterministic
+        torch.backends.cudnn.benchmark = run.cudnn_benchmark and not run.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if run.deterministic:

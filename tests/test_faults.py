@@ -282,3 +282,17 @@ def test_cuda_without_an_index_is_each_torchrun_process_its_own_gpu(monkeypatch)
     assert [resolve_device(name, rank) for name in ("cuda", "auto") for rank in (0, 1)] == \
         [torch.device("cuda", r) for r in (0, 1)] * 2
     assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)  # an explicit index stays
+
+
+@pytest.mark.parametrize("flags, autotune", [({}, True), ({"cudnn_benchmark": False}, False),
+                                             ({"deterministic": True}, False)])
+def test_cudnn_autotuning_follows_its_flag(monkeypatch, flags, autotune):
+    from spnas.config import RunConfig
+    from spnas.runtime import setup_torch
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not autotune)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda *a, **k: None)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # (deterministic sets it if unset)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    setup_torch(RunConfig(**flags), torch.device("cuda"))  # sets flags only: no GPU needed
+    assert torch.backends.cudnn.benchmark is autotune
