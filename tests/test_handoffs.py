@@ -280,6 +280,10 @@ WRONG_KIND = {  # id: (run the command is given, argv of (that run's folder, dat
                                        "last.pt " + needs("superkernel", "supernet")),
     "superkernel-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("superkernel", r),
                                           "last.pt " + needs("supernet", "superkernel")),
+    "retrain-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("retrain", r),
+                                      "--resume: {run} holds no retrain run to continue"),
+    "finetune-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("finetune", r),
+                                       "--resume: {run} holds no fine-tuning run to continue"),
     "retrain-arch-is-a-checkpoint": ("supernet", lambda r, d, t: retrain_argv(r / "last.pt", d, t, "x"),
                                      "{run}/last.pt is not an arch file (JSON text): a checkpoint?"),
 }

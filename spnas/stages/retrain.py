@@ -188,6 +188,10 @@ def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: T
 def retrain(cfg: TrainConfig) -> dict:
     """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
     rc: RetrainConfig = cfg.model
+    if not rc.arch and cfg.run.resume:
+        raise SpnasError(f"--resume: {run_dir_for(cfg.run)} holds no retrain run to continue (its "
+                         "config.json names no --arch); resume it with the command that started "
+                         "it, or check --exp_name and --save_path")
     arch = load_arch(rc, cfg.data)
     dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}
