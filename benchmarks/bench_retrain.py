@@ -10,6 +10,11 @@ EMA and the logging are all included, as in a real run.
     PYTHONPATH=. python benchmarks/bench_retrain.py                      # CPU or the GPU present
     PYTHONPATH=. python benchmarks/bench_retrain.py --batch_sizes 128 256 512 --ema
     PYTHONPATH=. python benchmarks/bench_retrain.py --results benchmarks/results  # and record the rows
+    PYTHONPATH=. python benchmarks/bench_retrain.py --compile none default reduce-overhead
+
+``--compile``: the training forward through ``torch.compile`` in each given mode
+(``none``: eager, what spnas runs; ``reduce-overhead`` adds CUDA graphs on a GPU),
+to measure before spnas offers it; ``warmup_s`` then includes the compile time.
 
 Prints the machine and one line per setting; ``--results DIR`` also appends the
 rows to DIR/retrain_<device>_torch<version>.csv (the repository's are in
@@ -20,6 +25,7 @@ what the old recipe's 600 epochs of 50,000 images would take at that speed
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -51,12 +57,17 @@ def synthetic_splits(n: int, seed: int = 0) -> Splits:
     return Splits((x, y), small, small, [str(i) for i in range(10)], False)
 
 
-def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device) -> dict:
-    """Train ``cfg.optim.num_steps`` steps; median img/s over the windows after the first."""
+def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device,
+            compile_mode: str = "none") -> dict:
+    """Train ``cfg.optim.num_steps`` steps; median img/s over the windows after the first,
+    and the warm-up: the wall time beyond the steps at that rate (compiling included)."""
     torch.manual_seed(0)
     model = place(build_child(arch, len(splits.classes), dropout=cfg.model.dropout), device,
                   cfg.run.channels_last)
     task = child_task(model, splits, cfg, device, {"dropout": cfg.model.dropout})
+    if compile_mode != "none":
+        compiled = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+        task = replace(task, forward=lambda m, x, step: compiled(x))
     loader = train_loader(splits, cfg, device)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -66,9 +77,10 @@ def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device) 
         rates = [r["img_per_s"] for r in read_metrics(Path(tmp) / cfg.run.exp_name)
                  if r["type"] == "train"][1:]
     ips = statistics.median(rates)
+    steps = cfg.optim.num_steps or 0
     return {"img_per_s": ips, "ms_per_step": cfg.optim.batch_size / ips * 1e3,
             "epoch_s": EPOCH_IMAGES / ips, "recipe_h": RECIPE_EPOCHS * EPOCH_IMAGES / ips / 3600,
-            "wall_s": wall}
+            "wall_s": wall, "warmup_s": max(0.0, wall - steps * cfg.optim.batch_size / ips)}
 
 
 def main() -> None:
@@ -84,6 +96,9 @@ def main() -> None:
     p.add_argument("--cutout", action="store_true")
     p.add_argument("--auto_aug", action="store_true")
     p.add_argument("--data_path", default=None, help="real CIFAR-10 instead of random images")
+    p.add_argument("--compile", nargs="+", default=["none"],
+                   choices=("none", "default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile modes of the training forward to measure (none: eager)")
     add_results_flag(p)
     args = p.parse_args()
     tune_allocator()
@@ -103,13 +118,14 @@ def main() -> None:
           f"{'real' if args.data_path else 'random'} 32x32 images | amp {amp} | "
           f"channels_last {args.channels_last} | ema {args.ema} | {steps} steps per batch size")
     rows = []
-    for batch in args.batch_sizes:
+    for mode, batch in itertools.product(args.compile, args.batch_sizes):
         cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch, lr=0.05),
                           run, RetrainConfig(arch=str(arch), ema=args.ema))
-        r = measure(splits, arch, cfg, device)
-        print(f"batch {batch:5d}: {r['img_per_s']:9.0f} img/s  {r['ms_per_step']:8.2f} ms/step  "
-              f"epoch {r['epoch_s']:7.1f} s  600 epochs {r['recipe_h']:6.2f} h", flush=True)
-        rows.append({"arch": str(arch),
+        r = measure(splits, arch, cfg, device, mode)
+        print(f"compile {mode:15s} batch {batch:5d}: {r['img_per_s']:9.0f} img/s  "
+              f"{r['ms_per_step']:8.2f} ms/step  epoch {r['epoch_s']:7.1f} s  600 epochs "
+              f"{r['recipe_h']:6.2f} h  warm-up {r['warmup_s']:6.1f} s", flush=True)
+        rows.append({"arch": str(arch), "compile": mode,
                      "batch": batch, "amp": amp,
                      "channels_last": args.channels_last, "ema": args.ema,
                      "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,

@@ -4,7 +4,7 @@
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
 #     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful fast
-#                                                             # superkernel bench retrain cli
+#                                                             # superkernel bench compile retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
@@ -51,11 +51,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, report the time and 
 
 if [ "$SMOKE" = 1 ]; then  # sizes that only prove the script runs
     TRAIN="--steps 4 --window 2 --steps_224 2"; SEARCH="--candidates 1 --recal_images 64 --val_images 64 --baseline_images 64"
-    RETRAIN="--batch_sizes 32 --steps 4"; CAP="--num_steps 3"; SCAP=$CAP; EPOCHS=1; LIMIT=120
+    RETRAIN="--batch_sizes 32 --steps 4"; COMPILE="--batch_sizes 16 --steps 4"; CAP="--num_steps 3"; SCAP=$CAP; EPOCHS=1; LIMIT=120
     LATENCY="--warmup 1 --repeats 2 --validate 2 --calibrate 2"
 else
     TRAIN="--steps 300 --window 50 --steps_224 40"; SEARCH="--candidates 30"
-    RETRAIN="--batch_sizes 128 256 512 --steps 200"; CAP=""; SCAP=""; EPOCHS=${EPOCHS:-40}; LIMIT=${LIMIT:-180}
+    RETRAIN="--batch_sizes 128 256 512 --steps 200"; COMPILE="--batch_sizes 128 --steps 200"; CAP=""; SCAP=""; EPOCHS=${EPOCHS:-40}; LIMIT=${LIMIT:-180}
     LATENCY="--validate 10 --calibrate 5"
 fi
 
@@ -99,6 +99,13 @@ step bench_train_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAI
 step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224 $RESULTS
 step bench_search 90 python3 benchmarks/bench_search.py $SEARCH $RESULTS
 step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN $RESULTS
+fi
+
+# c. torch.compile of the retrain network (issue 11: measure before offering it; on the 2-core
+# CPU it took 2 minutes to compile and ran slower than eager); run it alone, PARTS=compile
+if part compile; then
+step bench_retrain_compile 300 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $COMPILE \
+    --compile none default reduce-overhead $RESULTS
 fi
 
 # 2. retraining the old recipe's best arch with a short recipe (as many epochs, up to
