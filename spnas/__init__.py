@@ -16,7 +16,8 @@ counting and latency, the search algorithms) -> ``stages/`` (one module per
 command) -> ``cli/``.
 """
 from .arch import Arch, ArchError, SpaceSpec
-from .config import FinetuneStage, RetrainStage, SearchRunConfig, SuperkernelStage, SupernetStage
+from .config import SearchRunConfig
+from .defaults import FinetuneStage, RetrainStage, SuperkernelStage, SupernetStage
 from .errors import SpnasError
 
 __version__ = "0.2.0"

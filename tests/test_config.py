@@ -18,14 +18,15 @@ from conftest import ROOT, write_official
 from test_train import train_argv
 
 from spnas import config as C
+from spnas import defaults as D
 from spnas.cli import build_parser, main
 from spnas.cli.generate import config_from_args
 from spnas.cli.superkernel import superkernel_config
 from spnas.errors import SpnasError
 from spnas.fields import leaf_fields, to_flat
 
-STAGES = {"train": C.SupernetStage, "retrain": C.RetrainStage, "finetune": C.FinetuneStage,
-          "superkernel": C.SuperkernelStage, "search": C.SearchRunConfig,
+STAGES = {"train": D.SupernetStage, "retrain": D.RetrainStage, "finetune": D.FinetuneStage,
+          "superkernel": D.SuperkernelStage, "search": C.SearchRunConfig,
           "latency-table": C.LatencyConfig}
 
 
@@ -65,9 +66,9 @@ def test_the_seed_parser_has_the_supernet_stage_defaults():
     finally:
         sys.path.remove(str(ROOT / "run_scripts"))
     args = parse_args([])
-    assert {k: getattr(args, k) for k in to_flat(C.SupernetStage())} == to_flat(C.SupernetStage())
+    assert {k: getattr(args, k) for k in to_flat(D.SupernetStage())} == to_flat(D.SupernetStage())
     seed = parse_args(SEED_COMMAND.split())  # the README's, verbatim
-    cfg = config_from_args(C.SupernetStage(), seed)
+    cfg = config_from_args(D.SupernetStage(), seed)
     assert (cfg.optim.weight_decay, cfg.data.cutout, cfg.data.auto_aug, cfg.data.resize) == \
         (3e-4, True, True, True)
     assert (cfg.optim.num_steps, cfg.data.data_path, cfg.run.exp_name) == \
@@ -123,7 +124,7 @@ BAD = [
      "--max_latency_ms needs --latency_table FILE"),
     (lambda: C.ScoringConfig(cache_gb=-1.0), ["search", "--cache_gb", "-1"],
      "--cache_gb must be 0 or more, got -1.0"),
-    (lambda: C.FinetuneStage(model=C.FinetuneConfig(freeze_epochs=31)),
+    (lambda: D.FinetuneStage(model=C.FinetuneConfig(freeze_epochs=31)),
      ["finetune", "--freeze_epochs", "31"], "--freeze_epochs must be 0..30 (--epochs), got 31"),
     (lambda: C.RetrainConfig(dropout=1.0), ["retrain", "--dropout", "1"],
      "--dropout must be in [0, 1), got 1.0"),
@@ -201,7 +202,7 @@ def test_the_superkernel_order_is_defaults_recipe_file_flags(tmp_path):
     assert cfg.model.lam == 0.7
     (tmp_path / "paper.json").write_text('{"recipe": "paper"}')  # the file may pick the recipe
     assert to_flat(config_of("superkernel", "--config", tmp_path / "paper.json")) == \
-        to_flat(C.superkernel_recipe("paper"))
+        to_flat(D.superkernel_recipe("paper"))
 
 
 # ---- a run folder: its config.json as input, and resume -----------------------------------

@@ -10,7 +10,7 @@ import torch
 from spnas.arch import Arch
 from spnas.cli import build_parser, main
 from spnas.cli.superkernel import superkernel_config
-from spnas.config import RECIPES, SuperkernelStage, superkernel_recipe
+from spnas.defaults import RECIPES, SuperkernelStage, superkernel_recipe
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import count_macs
 from spnas.engine.latency import LatencyTable, macs_latency_table

@@ -76,7 +76,8 @@ def test_without_the_package_the_flag_is_a_one_line_hint(fake_cifar, tmp_path, m
 
 def test_pipeline_flag_reaches_the_training_stages_and_the_search(tmp_path):
     from spnas.cli import build_parser
-    from spnas.config import RetrainStage, SearchRunConfig, SupernetStage
+    from spnas.config import SearchRunConfig
+    from spnas.defaults import RetrainStage, SupernetStage
     from spnas.stages.pipeline import Pipeline, _settings_for
     argv = ["pipeline", "--config", "r.yaml", "--out", str(tmp_path)]
     assert build_parser().parse_args(argv).tensorboard is None  # not given: the recipe's

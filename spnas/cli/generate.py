@@ -1,6 +1,6 @@
 """Command-line flags generated from the stage dataclasses, so the CLI and the API share one set of defaults.
 
-Every leaf field of a stage's config (``config.SupernetStage`` and the
+Every leaf field of a stage's config (``defaults.SupernetStage`` and the
 others) becomes ``--<name>``, in an argument group named after the
 sub-config that holds it (data, optimisation, run, ...). The field's type
 gives the flag's type (a bool becomes ``--x/--no-x``), its metadata (set by

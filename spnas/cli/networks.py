@@ -7,8 +7,9 @@ import sys
 
 from spnas.cli.flags import check_positive
 from spnas.cli.generate import add_config_args, config_from_args, default_paren
-from spnas.config import DataConfig, FinetuneStage, RetrainConfig, RetrainStage
+from spnas.config import DataConfig, RetrainConfig
 from spnas.data.datasets import DATASETS
+from spnas.defaults import FinetuneStage, RetrainStage
 from spnas.errors import SpnasError
 
 

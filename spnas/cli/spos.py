@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from spnas.cli.generate import add_config_args, config_from_args
-from spnas.config import LatencyConfig, SearchRunConfig, SupernetStage
+from spnas.config import LatencyConfig, SearchRunConfig
+from spnas.defaults import SupernetStage
 from spnas.errors import SpnasError
 from spnas.fields import count_arg
 

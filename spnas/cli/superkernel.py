@@ -1,7 +1,7 @@
 """``spnas superkernel``: the Single-Path NAS search, and its two recipes.
 
-The flags are generated from ``config.SuperkernelStage``, whose defaults are the
-``spnas`` recipe. ``config.RECIPES`` is the single source of both presets
+The flags are generated from ``defaults.SuperkernelStage``, whose defaults are the
+``spnas`` recipe. ``defaults.RECIPES`` is the single source of both presets
 (``recipes/superkernel_<name>.yaml`` are written to match; a test checks):
 ``spnas`` (the default) holds this project's choices, ``paper`` the official
 code's (github dstamoulis/single-path-nas, ``nas-search/``). ``--recipe`` fills
@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 from spnas.cli.generate import add_config_args, config_from_args, default_text
-from spnas.config import RECIPES, SuperkernelStage, TrainConfig
+from spnas.config import TrainConfig
+from spnas.defaults import RECIPES, SuperkernelStage
 
 __all__ = ["RECIPES", "add_superkernel_parser", "run_superkernel", "superkernel_config"]
 

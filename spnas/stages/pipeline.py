@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from spnas.config import RetrainStage, SearchRunConfig, SupernetStage
+from spnas.config import SearchRunConfig
+from spnas.defaults import RetrainStage, SupernetStage
 from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of
 from spnas.files import atomic_write_text

@@ -16,7 +16,7 @@ records carry ``ce`` and ``latency``; ``decisions`` records the arch every
 latency, and its measured latency when the table was measured on this kind
 of device) and two plots.
 
-Two recipes (``config.RECIPES``) set the rest: ``spnas`` (SGD with
+Two recipes (``defaults.RECIPES``) set the rest: ``spnas`` (SGD with
 cosine decay, thresholds at 100x the lr without decay, gates on activations)
 and ``paper``, the official code's: TF1's RMSProp (``RMSpropTF``) at a
 constant lr decayed 0.97 every 2.4 epochs (the staircase of ``train.lr_at``:
