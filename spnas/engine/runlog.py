@@ -287,6 +287,15 @@ def read_metrics(path: str | Path) -> list[dict]:
     return read_records(path, "is this a metrics.jsonl file?")[0]
 
 
+def require_resumed(value, run: RunConfig, what: str, flag: str) -> None:
+    """With ``--resume``, flags not given come from the run folder's config.json; ``value``
+    (that of ``flag``) still empty means the folder holds another command's run."""
+    if run.resume and not value:
+        raise SpnasError(f"--resume: {run_dir_for(run)} holds no {what} run to continue (its "
+                         f"config.json names no {flag}); resume it with the command that started "
+                         "it, or check --exp_name and --save_path")
+
+
 def open_run_dir(run_dir: Path, cfg: TrainConfig):
     """Check and lock ``run_dir`` for ``cfg``'s run; a resume must keep the run's settings."""
     lock = lock_run_dir(run_dir, cfg.run.resume)

@@ -26,7 +26,7 @@ from spnas.config import FinetuneConfig, TrainConfig, derive_seed
 from spnas.data.loading import recal_transform, steps_per_epoch
 from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import plain_forward, recalibrate_bn, recalibration_batches
-from spnas.engine.runlog import run_dir_for
+from spnas.engine.runlog import require_resumed
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import start_run
 from spnas.errors import SpnasError
@@ -128,10 +128,7 @@ def _recalibrate(model: nn.Module, train_x: torch.Tensor, cfg: TrainConfig, n: i
 def finetune(cfg: TrainConfig) -> dict:
     """Fine-tune ``cfg.model.checkpoint`` on ``cfg.data``; returns the results."""
     fc: FinetuneConfig = cfg.model
-    if not fc.checkpoint and cfg.run.resume:
-        raise SpnasError(f"--resume: {run_dir_for(cfg.run)} holds no fine-tuning run to continue "
-                         "(its config.json names no --checkpoint); resume it with the command "
-                         "that started it, or check --exp_name and --save_path")
+    require_resumed(fc.checkpoint, cfg.run, "fine-tuning", "--checkpoint")
     if not fc.checkpoint:
         raise SpnasError("--checkpoint is required: a child checkpoint (or its run folder), or a "
                          "supernet checkpoint with --arch")

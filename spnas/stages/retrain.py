@@ -31,7 +31,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.plots import plot_training_curves
-from spnas.engine.runlog import RunLog, read_metrics, run_dir_for
+from spnas.engine.runlog import RunLog, read_metrics, require_resumed, run_dir_for
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
 from spnas.errors import SpnasError
@@ -188,10 +188,7 @@ def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: T
 def retrain(cfg: TrainConfig) -> dict:
     """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
     rc: RetrainConfig = cfg.model
-    if not rc.arch and cfg.run.resume:
-        raise SpnasError(f"--resume: {run_dir_for(cfg.run)} holds no retrain run to continue (its "
-                         "config.json names no --arch); resume it with the command that started "
-                         "it, or check --exp_name and --save_path")
+    require_resumed(rc.arch, cfg.run, "retrain", "--arch")
     arch = load_arch(rc, cfg.data)
     dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}
