@@ -115,8 +115,11 @@ def checkpoint_space(ckpt: dict) -> SpaceSpec:
     return SpaceSpec.from_dict(ckpt["space"])
 
 
-def checkpoint_arch(ckpt: dict) -> Arch | None:
-    return Arch.parse(ckpt["arch"], checkpoint_space(ckpt)) if ckpt.get("arch") else None
+def child_arch(ckpt: dict) -> Arch:
+    """The architecture a child checkpoint holds (every one spnas writes names it)."""
+    if not ckpt.get("arch"):
+        raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
+    return Arch.parse(ckpt["arch"], checkpoint_space(ckpt))
 
 
 def check_same_space(ckpt: dict, spec: SpaceSpec, what: str = "this run") -> None:
@@ -145,10 +148,7 @@ def model_from_checkpoint(ckpt: dict) -> ChildNet | Supernet:
     args = dict(ckpt.get("model_args") or {})
     model: ChildNet | Supernet
     if ckpt["kind"] == "child":
-        arch = checkpoint_arch(ckpt)
-        if arch is None:
-            raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
-        model = build_child(arch, ckpt["num_classes"], **args)
+        model = build_child(child_arch(ckpt), ckpt["num_classes"], **args)
     else:
         model = build_supernet(checkpoint_space(ckpt), ckpt["num_classes"], **args)
     load_model_state(model, ckpt["model"], ckpt["path"])

@@ -24,7 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import FinetuneConfig, TrainConfig, derive_seed
 from spnas.data.loading import recal_transform, steps_per_epoch
-from spnas.engine.checkpoint import checkpoint_arch, checkpoint_space, load_checkpoint, model_from_checkpoint
+from spnas.engine.checkpoint import checkpoint_space, child_arch, load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import plain_forward, recalibrate_bn, recalibration_batches
 from spnas.engine.runlog import require_resumed
 from spnas.engine.schedule import param_groups
@@ -38,9 +38,7 @@ from spnas.stages.retrain import check_layout, is_arch_file, train_child
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
     if ckpt["kind"] == "child":
-        arch = checkpoint_arch(ckpt)
-        if arch is None:
-            raise SpnasError(f"child checkpoint {ckpt['path']} names no arch; use another checkpoint")
+        arch = child_arch(ckpt)
         if text and arch_from_text_or_file(text, None if is_arch_file(text) else arch.space) != arch:
             raise SpnasError(f"{ckpt['path']} holds the network {arch}; --arch picks a path "
                              "out of a supernet checkpoint only: drop it")
