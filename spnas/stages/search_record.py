@@ -93,23 +93,19 @@ class Replay:
         return self.many([arch])[0]
 
     def many(self, archs: list) -> list[dict]:
-        out: list[dict | None] = [None] * len(archs)
-        new = []
-        for k, arch in enumerate(archs):
-            i = self.asked
-            self.asked += 1
-            if i >= len(self.records):
-                new.append(k)
-                continue
-            rec = self.records[i]
-            if rec["arch"] != str(arch):
-                raise SpnasError(f"candidate {i} should be {arch}, but {RECORD} records "
-                                 f"{rec['arch']}; the folder is from another search")
-            out[k] = {k2: v for k2, v in rec.items() if k2 not in self.NOT_SCORES}
-        for k, score in zip(new, self._spread([archs[k] for k in new])):
-            out[k] = score
+        start = self.asked
+        self.asked += len(archs)
+        known = max(0, min(len(archs), len(self.records) - start))  # the record is a prefix
+        new = archs[known:]
         self.new += len(new)
-        return [s for s in out if s is not None]
+        return [self._recorded(start + k, a) for k, a in enumerate(archs[:known])] + self._spread(new)
+
+    def _recorded(self, i: int, arch) -> dict:
+        rec = self.records[i]
+        if rec["arch"] != str(arch):
+            raise SpnasError(f"candidate {i} should be {arch}, but {RECORD} records "
+                             f"{rec['arch']}; the folder is from another search")
+        return {k: v for k, v in rec.items() if k not in self.NOT_SCORES}
 
     def _spread(self, archs: list) -> list[dict]:
         """The scorer's scores of ``archs``, each scored by one process."""
