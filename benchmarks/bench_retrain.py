@@ -15,6 +15,8 @@ EMA and the logging are all included, as in a real run.
 ``--compile``: the training forward through ``torch.compile`` in each given mode
 (``none``: eager, what spnas runs; ``reduce-overhead`` adds CUDA graphs on a GPU),
 to measure before spnas offers it; ``warmup_s`` then includes the compile time.
+``cuda-graphs`` is no compiler but spnas's ``--cuda_graphs`` (each layer's forward and
+backward captured once; its capture time is in ``warmup_s``).
 
 Prints the machine and one line per setting; ``--results DIR`` also appends the
 rows to DIR/retrain_<device>_torch<version>.csv (the repository's are in
@@ -62,10 +64,12 @@ def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device,
     """Train ``cfg.optim.num_steps`` steps; median img/s over the windows after the first,
     and the warm-up: the wall time beyond the steps at that rate (compiling included)."""
     torch.manual_seed(0)
+    if compile_mode == "cuda-graphs":
+        cfg = replace(cfg, run=replace(cfg.run, cuda_graphs=True))
     model = place(build_child(arch, len(splits.classes), dropout=cfg.model.dropout), device,
                   cfg.run.channels_last)
     task = child_task(model, splits, cfg, device, {"dropout": cfg.model.dropout})
-    if compile_mode != "none":
+    if compile_mode not in ("none", "cuda-graphs"):
         compiled = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
         task = replace(task, forward=lambda m, x, step: compiled(x))
     loader = train_loader(splits, cfg, device)
@@ -97,12 +101,15 @@ def main() -> None:
     p.add_argument("--auto_aug", action="store_true")
     p.add_argument("--data_path", default=None, help="real CIFAR-10 instead of random images")
     p.add_argument("--compile", nargs="+", default=["none"],
-                   choices=("none", "default", "reduce-overhead", "max-autotune"),
-                   help="torch.compile modes of the training forward to measure (none: eager)")
+                   choices=("none", "default", "reduce-overhead", "max-autotune", "cuda-graphs"),
+                   help="torch.compile modes of the training forward to measure (none: eager; "
+                        "cuda-graphs: no compiler, spnas's --cuda_graphs)")
     add_results_flag(p)
     args = p.parse_args()
     tune_allocator()
     device = resolve_device(args.device)
+    if "cuda-graphs" in args.compile and device.type != "cuda":
+        p.error(f"--compile cuda-graphs needs a CUDA device, not {device}")
     steps = args.steps or (300 if device.type == "cuda" else 12)
     data = DataConfig(cutout=args.cutout, auto_aug=args.auto_aug,
                       data_path=args.data_path or "", download=False)

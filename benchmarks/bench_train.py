@@ -8,9 +8,11 @@ Rows:
                                  augmentation, its defaults (channels_last; bf16 autocast on CUDA)
   spnas ... fp32 NCHW            the same trainer with --no-amp --no-channels_last
   spnas ... no cudnn.benchmark   (CUDA) and --no-cudnn_benchmark: no autotuning warm-up
+  spnas ... CUDA graphs          (CUDA) and --cuda_graphs, with the defaults and fp32 NCHW
   spnas 32x32 seed augmentation  + cutout 16 + AutoAugment (the seed command without --resize)
   plain 32x32                    a loop written the way the original code is: PIL transforms,
-                                 DataLoader (--workers), fp32, NCHW, one .item() per step, same
+                                 DataLoader (--workers), fp32, NCHW, cuDNN deterministic without
+                                 autotuning, one .item() per step, same
                                  supernet; every row's "x plain" is its speed over this one
   spnas 224 seed augmentation    the seed command (--resize: RandomResizedCrop 224, ImageNet layout)
 
@@ -38,41 +40,55 @@ from spnas.data.loading import DeviceLoader, build_transform
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import Task, Trainer, cross_entropy_loss
-from spnas.runtime import place, tune_allocator
+from spnas.runtime import place, setup_torch, tune_allocator
 from spnas.spaces.spos import SposSupernet, spos_space
-from spnas.stages.train import supernet_space
+from spnas.stages.train import supernet_space, supernet_step_forward
 
 
-def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device,
-                     batch: int = 64, amp: bool = True, channels_last: bool = True,
-                     cudnn_benchmark: bool = True) -> tuple[float, float]:
-    """Run the real trainer for ``steps`` steps: (median img/s of the windows after the first,
-    seconds of warm-up: the wall time beyond ``steps`` at that rate)."""
+def train_steps(x, y, data: DataConfig, steps: int, window: int, device, batch: int = 64,
+                amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True,
+                cuda_graphs: bool = False, seed: int = 0) -> tuple[list[dict], float]:
+    """Run the real trainer on the supernet for ``steps`` steps, each on the path
+    ``train.sample_path`` gives it (with ``--cuda_graphs``: from the blocks' graphs, as
+    ``spnas train`` runs them): (the train records of metrics.jsonl, wall seconds)."""
     cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch),
                       RunConfig(print_freq=window, val_interval=1, device=str(device), amp=amp,
-                                channels_last=channels_last, cudnn_benchmark=cudnn_benchmark),
+                                channels_last=channels_last, cudnn_benchmark=cudnn_benchmark,
+                                cuda_graphs=cuda_graphs, seed=seed),
                       SupernetConfig())
+    setup_torch(cfg.run, device)
     space = supernet_space(cfg.model, data)
+    torch.manual_seed(seed)
     model = place(SposSupernet(space, 10), device, channels_last)
-    rng = random.Random(0)
     task = Task("supernet", model, space, 10,
-                forward=lambda m, xb, step: m(xb, Arch.sample(space, rng)),
+                forward=supernet_step_forward(model, space, seed, cfg.run),
                 loss=cross_entropy_loss(0.0), validate=lambda m, step: {},
                 param_groups=param_groups(model, 3e-4))
-    loader = DeviceLoader(x, y, batch, build_transform(data, channels_last), device, 0, steps)
+    loader = DeviceLoader(x, y, batch, build_transform(data, channels_last), device, seed, steps)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         Trainer(task, loader, cfg, Path(tmp)).fit()
         wall = time.perf_counter() - t0
-        rates = [r["img_per_s"] for r in read_metrics(tmp) if r["type"] == "train"]
-    rate = statistics.median(rates[1:])
+        return [r for r in read_metrics(tmp) if r["type"] == "train"], wall
+
+
+def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device, batch: int = 64,
+                     amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True,
+                     cuda_graphs: bool = False) -> tuple[float, float]:
+    """``train_steps``' (median img/s of the windows after the first, seconds of warm-up: the
+    wall time beyond ``steps`` at that rate)."""
+    records, wall = train_steps(x, y, data, steps, window, device, batch, amp, channels_last,
+                                cudnn_benchmark, cuda_graphs)
+    rate = statistics.median(r["img_per_s"] for r in records[1:])
     return rate, max(0.0, wall - steps * batch / rate)
 
 
 def plain_throughput(x, y, steps: int, window: int, device, batch: int = 64,
                      workers: int = 2) -> tuple[float, None]:
-    """The original code's loop: torchvision PIL transforms, DataLoader, fp32, NCHW, and the
-    loss read (``.item()``) every step."""
+    """The original code's loop: torchvision PIL transforms, DataLoader, fp32, NCHW, cuDNN
+    without autotuning and deterministic (its ``utils.set_seed``), and the loss read
+    (``.item()``) every step."""
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     import torchvision.transforms as T
     from PIL import Image
 
@@ -106,6 +122,7 @@ def plain_throughput(x, y, steps: int, window: int, device, batch: int = 64,
             t0 = time.perf_counter()
         if step == steps:
             break
+    torch.backends.cudnn.deterministic = False
     return statistics.median(rates[1:]), None
 
 
@@ -136,6 +153,12 @@ def main() -> None:
                 x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False)),
             *([("spnas 32x32 crop+flip fp32 NCHW no cudnn.benchmark", lambda: spnas_throughput(
                 x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False, False))]
+              if device.type == "cuda" else []),
+            *([("spnas 32x32 crop+flip CUDA graphs", lambda: spnas_throughput(
+                x, y, DataConfig(), a.steps, a.window, device, a.batch, cuda_graphs=True)),
+               ("spnas 32x32 crop+flip fp32 NCHW CUDA graphs", lambda: spnas_throughput(
+                   x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False,
+                   cuda_graphs=True))]
               if device.type == "cuda" else []),
             ("spnas 32x32 seed augmentation",
              lambda: spnas_throughput(x, y, seed_aug, a.steps, a.window, device, a.batch))]

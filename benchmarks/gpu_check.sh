@@ -3,8 +3,8 @@
 #
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
-#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: faithful fast
-#                                                             # superkernel bench compile retrain cli
+#     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: graphs faithful
+#                                                    # fast superkernel bench compile retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
@@ -66,6 +66,21 @@ if [ ! -d "$CIFAR" ] && [ -f .gpudata/make_cifar10.py ]; then
 fi
 
 SP="python3 -m spnas"
+
+# g. --cuda_graphs against eager (outputs, gradients, BN statistics, a 200-step loss curve,
+# host syncs) and its speed at batch 64 and 96 beside the other rows, then retraining with it;
+# about 8 minutes: the first part to run, PARTS=graphs (issue 11)
+if part graphs; then
+    GSTEPS="--steps 200"; GTRAIN="--steps 200 --window 25 --no-224"; GRET="--batch_sizes 128 --steps 200"
+    [ "$SMOKE" = 1 ] && { GSTEPS="--steps 10 --window 5 --curve_window 5 --batch 16 --compare_steps 2";
+                          GTRAIN="--steps 4 --window 2 --no-224"; GRET="--batch_sizes 16 --steps 4"; }
+    step check_graphs 200 python3 benchmarks/check_graphs.py --data "$CIFAR" $GSTEPS
+    step bench_train_graphs_b96 120 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --batch 96 $RESULTS
+    step bench_train_graphs_b64 100 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --no-plain $RESULTS
+    if [ "$SMOKE" = 1 ]; then echo "=== bench_retrain_graphs: CUDA only"; else
+    step bench_retrain_graphs 90 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $GRET \
+        --compile none cuda-graphs $RESULTS; fi
+fi
 
 # 0. the supernet's loss curve against the original code's (issue: <= 5% over 2,500 steps)
 if part faithful; then

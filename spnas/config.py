@@ -107,13 +107,17 @@ class RunConfig(Checked):
     cudnn_benchmark: bool = opt(True, "cuDNN autotuning on CUDA: faster kernels after a warm-up "
                                 "that each new convolution shape pays again (23-43 s over a "
                                 "supernet's first paths on an H200); off: no warm-up")
+    cuda_graphs: bool = opt(False, "capture each block of a path once as a CUDA graph (forward "
+                            "and backward) and replay it: fewer kernel launches per step; "
+                            "supernet training and retraining, one process, CUDA only (see "
+                            "README)")
     tensorboard: bool = opt(False, "also write the metrics (loss, accuracy, lr, images/s, "
                             "validation) as TensorBoard event files in the run folder's "
                             "tensorboard/; needs pip install 'spnas[tensorboard]'")
     resume: bool = opt(False, "continue from the run folder's last.pt with the run's config.json: "
                        "flags not given are the run's, and only epochs, stop_after, print_freq, "
-                       "val_interval, ckpt_interval, device, deterministic, cudnn_benchmark, tensorboard, "
-                       "data_path and download may change")
+                       "val_interval, ckpt_interval, device, deterministic, cudnn_benchmark, cuda_graphs, "
+                       "tensorboard, data_path and download may change")
 
 
 @dataclass

@@ -7,7 +7,8 @@ from spnas.fields import flag_of, flat_fields, to_flat
 
 # Settings a resumed run may change (logged); every other one must equal the run's config.json.
 RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
-             "deterministic", "cudnn_benchmark", "tensorboard", "data_path", "download", "resume")
+             "deterministic", "cudnn_benchmark", "cuda_graphs", "tensorboard", "data_path",
+             "download", "resume")
 WHERE = ("save_path", "exp_name")  # where the run folder is: the folder being resumed, not compared
 # what one command does, not a setting of the run: recorded as false/none (so a run folder's
 # config.json starts a whole new run), taken from the command line alone, not compared

@@ -30,6 +30,7 @@ from spnas.data.datasets import Splits
 from spnas.data.loading import DeviceLoader, load_splits
 from spnas.engine.checkpoint import check_same_space, load_checkpoint, load_model_state, save_checkpoint
 from spnas.engine.evaluation import autocast
+from spnas.engine.graphs import check_graphs_allowed
 from spnas.engine.runlog import (
     RunLog,
     check_resume,
@@ -45,9 +46,11 @@ from spnas.resume import RESUMABLE
 from spnas.runtime import Dist, init_distributed, rank0_first, setup_torch
 
 
-def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
+def start_run(cfg: TrainConfig, graphs: bool = True) -> tuple[Dist, torch.device, Splits]:
     """Processes (torchrun-aware), device, the run folder, torch settings and the data split
-    of a run; then the initial weights' seed, (seed, "init").
+    of a run; then the initial weights' seed, (seed, "init"). ``graphs``: whether the stage
+    can run ``--cuda_graphs``; where it cannot, asking for them stops here, before anything
+    is written.
 
     ``cfg.data.data_path`` becomes absolute here, so the run's config and checkpoints
     find the data from any directory. Before any data is loaded, rank 0 checks and
@@ -55,6 +58,7 @@ def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
     ``Splits`` does, i.e. until the stage that called this returns.
     """
     dist_info, device = init_distributed(cfg.run.device)
+    check_graphs_allowed(cfg.run.cuda_graphs, device, dist_info.world, graphs)
     cfg.data.data_path = os.path.abspath(os.path.expanduser(cfg.data.data_path))
     run_dir = run_dir_for(cfg.run)
     lock = rank0_first(lambda: open_run_dir(run_dir, cfg), dist_info, device)
@@ -69,10 +73,6 @@ def start_run(cfg: TrainConfig) -> tuple[Dist, torch.device, Splits]:
         weakref.finalize(splits, lock.release)
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
     return dist_info, device, splits
-
-
-
-
 
 
 # ---- the task and the loop ---------------------------------------------------------------

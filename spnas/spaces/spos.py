@@ -157,11 +157,15 @@ class SposSupernet(nn.Module):
         self.head = _head(spec, num_classes, affine=False, dropout=0.0)
         init_spos_weights(self)
 
+    def path_blocks(self, arch: Arch | Sequence[int]) -> list[nn.Module]:
+        """The block of each layer that ``arch`` takes, in order."""
+        layers = cast(Iterable[nn.ModuleList], self.layers)  # per layer, its choices' blocks
+        return [layer[c] for layer, c in zip(layers, arch, strict=True)]
+
     def forward(self, x: torch.Tensor, arch: Arch | Sequence[int]) -> torch.Tensor:
         x = self.stem(x)
-        layers = cast(Iterable[nn.ModuleList], self.layers)  # per layer, its choices' blocks
-        for layer, c in zip(layers, arch, strict=True):
-            x = layer[c](x)
+        for block in self.path_blocks(arch):
+            x = block(x)
         return self.head(x)
 
     def extract(self, arch: Arch) -> "SposNet":

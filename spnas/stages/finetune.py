@@ -15,6 +15,7 @@ rate. The run is a ``Task`` of kind "child" for the one ``Trainer``
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ from spnas.errors import SpnasError
 from spnas.runtime import place, world_size
 from spnas.spaces import build_child
 from spnas.spaces.common import ChildNet
-from spnas.stages.retrain import check_layout, is_arch_file, train_child
+from spnas.stages.retrain import check_layout, child_forward, is_arch_file, train_child
 
 
 def _path_arch(ckpt: dict, text: str | None) -> Arch:
@@ -88,7 +89,9 @@ def load_pretrained(fc: FinetuneConfig) -> Pretrained:
 class BackboneFreeze:
     """A Task forward that freezes all but the classifier for the first ``steps`` steps."""
 
-    def __init__(self, model: ChildNet, steps: int):
+    def __init__(self, model: ChildNet, steps: int,
+                 run: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda net, x: net(x)):
+        self.run = run  # (net, x) -> logits: retrain.child_forward's
         head = {id(p) for p in model.classifier.parameters()}
         self.params = [p for p in model.parameters() if id(p) not in head]
         self.bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
@@ -104,7 +107,7 @@ class BackboneFreeze:
         if frozen:  # validation puts the whole model back in training mode: redo each step
             for bn in self.bns:
                 bn.eval()
-        return model(x)
+        return self.run(model, x)
 
 
 def _groups(model: ChildNet, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
@@ -158,7 +161,7 @@ def finetune(cfg: TrainConfig) -> dict:
     if fc.freeze_epochs:
         steps = fc.freeze_epochs * steps_per_epoch(len(splits.train[0]), cfg.optim.batch_size,
                                                    dist_info.world, cfg.optim.num_steps)
-        freeze = BackboneFreeze(model, steps)
+        freeze = BackboneFreeze(model, steps, child_forward(model, cfg.run))
         notes.append(f"backbone frozen (weights and BN statistics) for {fc.freeze_epochs} "
                      f"epochs ({steps} steps)")
     groups = _groups(model, cfg.optim.weight_decay, fc.backbone_lr_scale)

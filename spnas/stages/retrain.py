@@ -16,6 +16,7 @@ metrics.jsonl, ``results.json`` and ``curve.png`` in the run folder.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from spnas.arch import Arch, arch_from_text_or_file
-from spnas.config import DataConfig, RetrainConfig, TrainConfig
+from spnas.config import DataConfig, RetrainConfig, RunConfig, TrainConfig
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, train_loader
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import evaluate, plain_forward
+from spnas.engine.graphs import GraphedBlocks
 from spnas.engine.plots import plot_training_curves
 from spnas.engine.runlog import RunLog, read_metrics, require_resumed, run_dir_for
 from spnas.engine.schedule import param_groups
@@ -107,14 +109,27 @@ def child_validator(net: nn.Module, splits: Splits, cfg: TrainConfig, device: to
     return validate
 
 
+def child_forward(model: ChildNet, run: RunConfig) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """``(net, x) -> logits`` of a training step: ``net(x)`` (the model or its DDP wrapper), or
+    with ``--cuda_graphs`` each layer from its graph (one process: ``net`` is ``model``)."""
+    if not run.cuda_graphs:
+        return lambda net, x: net(x)
+    graphs = GraphedBlocks(run.amp)
+    return lambda net, x: graphs.forward(model.stem, list(model.layers), model.head, x)
+
+
 def child_task(model: ChildNet, splits: Splits, cfg: TrainConfig, device: torch.device,
                model_args: dict, groups: list[dict] | None = None, forward=None) -> Task:
-    """The Task that trains standalone network ``model``; ``cfg.model`` says ema/eval_batch."""
+    """The Task that trains standalone network ``model``; ``cfg.model`` says ema/eval_batch.
+    ``forward(net, x, step)``: by default ``child_forward``'s."""
     opts = cfg.model
     ema = ema_hooks(model, opts.ema_decay) if opts.ema else {}
+    if forward is None:
+        run = child_forward(model, cfg.run)
+        forward = lambda net, x, step: run(net, x)  # noqa: E731
     return Task(kind="child", model=model, space=model.arch.space,
                 num_classes=len(splits.classes),
-                forward=forward or (lambda net, x, step: net(x)),
+                forward=forward,
                 loss=cross_entropy_loss(cfg.optim.label_smoothing),
                 validate=child_validator(ema.get("deploy", model), splits, cfg, device,
                                          opts.eval_batch),

@@ -332,7 +332,7 @@ def search_layout(cfg: TrainConfig) -> str:
 
 def search_superkernel(cfg: TrainConfig) -> dict:
     """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
-    dist_info, device, splits = start_run(cfg)
+    dist_info, device, splits = start_run(cfg, graphs=False)
     sk: SuperkernelConfig = cfg.model
     num_classes = len(splits.classes)
     space = mbconv_space(search_layout(cfg))

@@ -6,10 +6,11 @@ import random
 import torch
 
 from spnas.arch import Arch, SpaceSpec
-from spnas.config import DataConfig, SupernetConfig, TrainConfig, derive_seed
+from spnas.config import DataConfig, RunConfig, SupernetConfig, TrainConfig, derive_seed
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, recal_transform, train_loader
 from spnas.engine.evaluation import bn_buffers, evaluate, recalibrate_bn, recalibration_batches
+from spnas.engine.graphs import GraphedBlocks
 from spnas.engine.runlog import run_dir_for
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
@@ -29,8 +30,6 @@ def sample_path(space: SpaceSpec, seed: int, step: int) -> Arch:
 def validation_paths(space: SpaceSpec, seed: int, n: int) -> list[Arch]:
     rng = random.Random(derive_seed(seed, "validation paths"))
     return [Arch.sample(space, rng) for _ in range(n)]
-
-
 
 
 def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, paths: list[Arch],
@@ -61,6 +60,19 @@ def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, 
     return validate
 
 
+def supernet_step_forward(model: SposSupernet, space: SpaceSpec, seed: int, run: RunConfig):
+    """The trainer's ``forward(m, x, step)``: the path of ``step``, eagerly through ``m`` (the
+    model, or its DDP wrapper), or with ``--cuda_graphs`` from each block's graph."""
+    if not run.cuda_graphs:
+        return lambda m, x, step: m(x, sample_path(space, seed, step))
+    graphs = GraphedBlocks(run.amp)
+
+    def forward(m, x, step):  # one process (start_run checked): m is the model itself
+        blocks = model.path_blocks(sample_path(space, seed, step))
+        return graphs.forward(model.stem, blocks, model.head, x)
+    return forward
+
+
 def train_supernet(cfg: TrainConfig) -> dict:
     """Train the SPOS supernet as ``cfg`` says; returns the final metrics."""
     model_cfg: SupernetConfig = cfg.model
@@ -70,7 +82,7 @@ def train_supernet(cfg: TrainConfig) -> dict:
     seed = cfg.run.seed
     task = Task(
         kind="supernet", model=model, space=space, num_classes=len(splits.classes),
-        forward=lambda m, x, step: m(x, sample_path(space, seed, step)),
+        forward=supernet_step_forward(model, space, seed, cfg.run),
         loss=cross_entropy_loss(cfg.optim.label_smoothing),
         validate=make_path_validator(splits, cfg, device,
                                      validation_paths(space, seed, model_cfg.val_paths),

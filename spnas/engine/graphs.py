@@ -1,0 +1,133 @@
+"""CUDA graphs for training steps (``--cuda_graphs``): each block of a path, captured once,
+then replayed.
+
+A 32x32 supernet step is launch-bound: its time goes to launching a 20-layer path of small
+kernels forward and backward, not to the kernels (README, issue 11). ``GraphedBlocks``
+captures the forward and the backward of every block the first time a training step runs
+it (``torch.cuda.make_graphed_callables``), so any sampled path is a chain of replayed
+graphs; the stem, the head, the loss and the optimizer stay eager. BatchNorm's running
+statistics are updated inside the graphs, as eagerly.
+
+A block runs eagerly, not from its graph, whenever the graph would not compute what the
+block does: another input shape, dtype or memory layout (a last, smaller batch), gradients
+off (validation, BN recalibration), or the block in eval mode. Capture uses a copy of the
+real input, runs ``make_graphed_callables``' warm-up passes and puts the block's BatchNorm
+buffers back afterwards, so capturing changes no statistic. Each block has its own memory
+pool: a path can take its blocks in any order, which one shared pool does not allow.
+
+Single process only: under DDP the graphed blocks would bypass its gradient hooks.
+``capture_eagerly`` stands in for ``make_graphed_callables`` on a CPU: it runs the same
+warm-up and returns the eager block, so everything around the capture is tested without a
+GPU; ``benchmarks/check_graphs.py`` compares real graphs with eager steps on a GPU.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from spnas.errors import SpnasError
+
+Capture = Callable[..., Any]  # (module, sample_args, num_warmup_iters=...) -> graphed module
+WARMUP_ITERS = 3  # make_graphed_callables' default: cuDNN picks its kernels in these passes
+
+
+class _Call(nn.Module):
+    """A block behind a module of its own, so that capture replaces this wrapper's forward and
+    not the block's: the block's eager forward stays what validation and recalibration run."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def _signature(x: torch.Tensor) -> tuple:
+    return x.shape, x.stride(), x.dtype, x.device, x.requires_grad
+
+
+def _bn_state(block: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of every BatchNorm buffer in ``block``."""
+    return [(b, b.clone()) for m in block.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers()]
+
+
+def capture_eagerly(module: nn.Module, sample_args: tuple[torch.Tensor, ...],
+                    num_warmup_iters: int = WARMUP_ITERS) -> nn.Module:
+    """The CPU stand-in for ``torch.cuda.make_graphed_callables``: the same checks and warm-up
+    passes (forward and backward on the sample, which move BatchNorm statistics), then the
+    module itself."""
+    if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
+        raise RuntimeError("Modules must not have hooks registered at the time they are passed")
+    params = tuple(p for p in module.parameters() if p.requires_grad)
+    for _ in range(num_warmup_iters + 1):  # the warm-up, then the capture pass
+        out = module(*sample_args)
+        inputs = tuple(a for a in sample_args if a.requires_grad) + params
+        torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+    return module
+
+
+class GraphedBlocks:
+    """Runs blocks from CUDA graphs captured at first use; see the module docstring.
+
+    ``forward(stem, blocks, head, x)`` is ``head(blocks[-1](... blocks[0](stem(x))))`` with
+    each block replayed from its graph where the graph computes what the block does.
+    """
+
+    def __init__(self, amp: bool, capture: Capture | None = None):
+        self.amp = amp
+        self.capture: Capture = capture or torch.cuda.make_graphed_callables
+        self.graphs: dict[nn.Module, tuple[tuple, nn.Module]] = {}  # block -> (signature, graphed)
+        self.replays = 0  # block calls served by a graph (for tests and benchmarks)
+
+    def _capture(self, block: nn.Module, x: torch.Tensor) -> nn.Module:
+        sample = x.detach().clone().requires_grad_(x.requires_grad)
+        saved = _bn_state(block)
+        # make_graphed_callables refuses autocast's weight cache; the casts are captured instead
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and x.is_cuda,
+                            cache_enabled=False):
+            graphed = self.capture(_Call(block), (sample,), num_warmup_iters=WARMUP_ITERS)
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
+        return graphed
+
+    def block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)``, from its graph when it may be."""
+        if not (block.training and torch.is_grad_enabled() and x.requires_grad):
+            return block(x)
+        sig = _signature(x)
+        if block not in self.graphs:
+            self.graphs[block] = sig, self._capture(block, x)
+        captured, graphed = self.graphs[block]
+        if captured != sig:
+            return block(x)
+        self.replays += 1
+        return graphed(x)
+
+    def forward(self, stem: nn.Module, blocks: Sequence[nn.Module], head: nn.Module,
+                x: torch.Tensor) -> torch.Tensor:
+        x = stem(x)
+        for b in blocks:
+            x = self.block(b, x)
+        return head(x)
+
+
+def check_graphs_allowed(enabled: bool, device: torch.device, world: int, stage_can: bool) -> None:
+    """One-line errors for ``--cuda_graphs`` where it cannot run."""
+    if not enabled:
+        return
+    if not stage_can:
+        raise SpnasError("--cuda_graphs is for supernet training, retraining and fine-tuning, "
+                         "not this command; drop --cuda_graphs")
+    if device.type != "cuda":
+        raise SpnasError(f"--cuda_graphs needs a CUDA device, this run's is {device}; drop "
+                         "--cuda_graphs")
+    if world > 1:
+        raise SpnasError(f"--cuda_graphs runs in one process, this run has {world} (torchrun); "
+                         "drop --cuda_graphs, or run one process")
