@@ -11,8 +11,10 @@
 # Each step has its own time limit, so one slow or failing step leaves the
 # others' figures. On an H200 (2026-11-27) every CUDA run's first ~50 steps were
 # cuDNN autotuning (23-43 s at 32x32), and the whole default script needs about
-# 12 minutes: in a 15-minute lease run PARTS="bench retrain" and PARTS=cli in two
-# sessions, or raise DEADLINE where the lease allows. Writes $OUT/gpu.log and $OUT/results.tar.gz (benchmark CSVs,
+# 12 minutes. A 15-minute lease fits one part of about 8 minutes; the order that
+# answers the open questions first: PARTS=graphs (is --cuda_graphs right, and how
+# fast), then faithful, bench, fast, superkernel, compile, "retrain cli", one per
+# lease, or raise DEADLINE where the lease allows. Writes $OUT/gpu.log and $OUT/results.tar.gz (benchmark CSVs,
 # run folders' metrics and logs).
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
@@ -71,14 +73,14 @@ SP="python3 -m spnas"
 # host syncs) and its speed at batch 64 and 96 beside the other rows, then retraining with it;
 # about 8 minutes: the first part to run, PARTS=graphs (issue 11)
 if part graphs; then
-    GSTEPS="--steps 200"; GTRAIN="--steps 200 --window 25 --no-224"; GRET="--batch_sizes 128 --steps 200"
+    GSTEPS="--steps 200"; GTRAIN="--steps 150 --window 25 --no-224"; GRET="--batch_sizes 128 --steps 200"
     [ "$SMOKE" = 1 ] && { GSTEPS="--steps 10 --window 5 --curve_window 5 --batch 16 --compare_steps 2";
                           GTRAIN="--steps 4 --window 2 --no-224"; GRET="--batch_sizes 16 --steps 4"; }
-    step check_graphs 200 python3 benchmarks/check_graphs.py --data "$CIFAR" $GSTEPS
-    step bench_train_graphs_b96 120 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --batch 96 $RESULTS
-    step bench_train_graphs_b64 100 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --no-plain $RESULTS
+    step check_graphs 170 python3 benchmarks/check_graphs.py --data "$CIFAR" $GSTEPS
+    step bench_train_graphs_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --batch 96 $RESULTS
+    step bench_train_graphs_b64 90 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --no-plain $RESULTS
     if [ "$SMOKE" = 1 ]; then echo "=== bench_retrain_graphs: CUDA only"; else
-    step bench_retrain_graphs 90 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $GRET \
+    step bench_retrain_graphs 80 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $GRET \
         --compile none cuda-graphs $RESULTS; fi
 fi
 

@@ -109,8 +109,8 @@ class RunConfig(Checked):
                                 "supernet's first paths on an H200); off: no warm-up")
     cuda_graphs: bool = opt(False, "capture each block of a path once as a CUDA graph (forward "
                             "and backward) and replay it: fewer kernel launches per step; "
-                            "supernet training and retraining, one process, CUDA only (see "
-                            "README)")
+                            "train, retrain and finetune, one process, CUDA only; not yet "
+                            "measured on a GPU (see README)")
     tensorboard: bool = opt(False, "also write the metrics (loss, accuracy, lr, images/s, "
                             "validation) as TensorBoard event files in the run folder's "
                             "tensorboard/; needs pip install 'spnas[tensorboard]'")
