@@ -198,6 +198,25 @@ def test_a_graphed_finetune_with_a_frozen_start_equals_the_eager_one(fake_cifar,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_failed_capture_stops_the_run_in_one_line_and_keeps_the_checkpoint(
+        fake_cifar, tmp_path, monkeypatch, capsys):
+    flags = {"--epochs": 3, "--val_interval": 5}
+    assert main(train_argv(fake_cifar, tmp_path, "run", **flags, **{"--stop_after": 3})) == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+
+    def refuse(module, sample_args, num_warmup_iters=3):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+    monkeypatch.setattr(trainer_module, "check_graphs_allowed", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", refuse)
+    assert main(train_argv(fake_cifar, tmp_path, "run", **flags,
+                           **{"--resume": None, "--cuda_graphs": None})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("spnas: error: --cuda_graphs: capturing a ShuffleUnit")
+    assert "operation not permitted" in err[-1] and "drop --cuda_graphs" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+
+
 @pytest.mark.parametrize("command, argv, message", [
     ("train", lambda d, s: train_argv(d, s, "x", **{"--cuda_graphs": None}),
      "--cuda_graphs needs a CUDA device, this run's is cpu"),

@@ -89,12 +89,20 @@ class GraphedBlocks:
         sample = x.detach().clone().requires_grad_(x.requires_grad)
         saved = _bn_state(block)
         # make_graphed_callables refuses autocast's weight cache; the casts are captured instead
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and x.is_cuda,
-                            cache_enabled=False):
-            graphed = self.capture(_Call(block), (sample,), num_warmup_iters=WARMUP_ITERS)
-        with torch.no_grad():
-            for buffer, copy in saved:
-                buffer.copy_(copy)
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and x.is_cuda,
+                                cache_enabled=False):
+                graphed = self.capture(_Call(block), (sample,), num_warmup_iters=WARMUP_ITERS)
+        except (RuntimeError, AssertionError) as e:  # torch's own refusals (e.g. no graph
+            # support for an op) and CUDA errors: a training run stops with what to do
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise SpnasError(f"--cuda_graphs: capturing a {type(block).__name__} with input "
+                             f"{tuple(x.shape)} failed ({first}); drop --cuda_graphs to train "
+                             "eagerly") from e
+        finally:
+            with torch.no_grad():
+                for buffer, copy in saved:
+                    buffer.copy_(copy)
         return graphed
 
     def block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
