@@ -73,8 +73,8 @@ def main() -> None:
                    help="steps to train and compare (default: 2500 on CUDA, 500 on the CPU)")
     p.add_argument("--window", type=int, default=250, help="steps per compared window")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="spnas's default bf16 autocast on CUDA (the original ran fp32)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CUDA (default: fp32, as the original and spnas's default)")
     p.add_argument("--init", choices=("original", "kaiming"), default="original")
     p.add_argument("--seed", type=int, default=0)
     add_keep_flag(p, "the run folder (metrics, log, comparison plot)")

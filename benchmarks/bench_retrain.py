@@ -67,7 +67,7 @@ def measure(splits: Splits, arch: Arch, cfg: TrainConfig, device: torch.device,
     if compile_mode == "cuda-graphs":
         cfg = replace(cfg, run=replace(cfg.run, cuda_graphs=True))
     model = place(build_child(arch, len(splits.classes), dropout=cfg.model.dropout), device,
-                  cfg.run.channels_last)
+                  cfg.run.channels_last_for(device))
     task = child_task(model, splits, cfg, device, {"dropout": cfg.model.dropout})
     if compile_mode not in ("none", "cuda-graphs"):
         compiled = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
@@ -94,8 +94,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="steps per setting (default: 300 on CUDA, 12 on the CPU)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CUDA (default: fp32, as spnas retrain)")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: the device's, as spnas retrain)")
     p.add_argument("--ema", action="store_true")
     p.add_argument("--cutout", action="store_true")
     p.add_argument("--auto_aug", action="store_true")
@@ -121,9 +123,10 @@ def main() -> None:
               else synthetic_splits(max(args.batch_sizes) * steps))
     arch = Arch.parse(args.arch, make_space("spos", "cifar"))
     amp = args.amp and device.type == "cuda"
+    channels_last = run.channels_last_for(device)
     print(f"machine: {machine(device)} | arch {arch} | "
           f"{'real' if args.data_path else 'random'} 32x32 images | amp {amp} | "
-          f"channels_last {args.channels_last} | ema {args.ema} | {steps} steps per batch size")
+          f"channels_last {channels_last} | ema {args.ema} | {steps} steps per batch size")
     rows = []
     for mode, batch in itertools.product(args.compile, args.batch_sizes):
         cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch, lr=0.05),
@@ -134,7 +137,7 @@ def main() -> None:
               f"{r['recipe_h']:6.2f} h  warm-up {r['warmup_s']:6.1f} s", flush=True)
         rows.append({"arch": str(arch), "compile": mode,
                      "batch": batch, "amp": amp,
-                     "channels_last": args.channels_last, "ema": args.ema,
+                     "channels_last": channels_last, "ema": args.ema,
                      "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
                      "threads": torch.get_num_threads(), **{k: round(v, 3) for k, v in r.items()}})
     write_rows(args.results, "retrain", device, rows)

@@ -27,6 +27,7 @@ import torch
 from common import add_results_flag, machine, write_rows
 
 from spnas.arch import Arch
+from spnas.config import SearchRunConfig
 from spnas.data.augment import AugmentConfig, BatchTransform
 from spnas.engine.evaluation import evaluate
 from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
@@ -45,7 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline_images", type=int, default=10000)
     p.add_argument("--baseline_batch", type=int, default=256)
     p.add_argument("--layers", type=int, default=20)
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CUDA (default: fp32, as spnas search)")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default: the device's, as spnas search: on for the "
+                        "CPU, off for CUDA)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     add_results_flag(p, "the row")
     return p.parse_args(argv)
@@ -66,11 +71,13 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     space = spos_space(a.layers)
-    model = place(SposSupernet(space, 10), device, True)
+    channels_last = SearchRunConfig(channels_last=a.channels_last).channels_last_for(device)
+    model = place(SposSupernet(space, 10), device, channels_last)
     n = max(a.recal_images, a.val_images, a.baseline_images)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))
-    transform = BatchTransform(AugmentConfig(), memory_format=torch.channels_last)
+    transform = BatchTransform(AugmentConfig(), memory_format=torch.channels_last if channels_last
+                               else torch.contiguous_format)
     dtype = input_dtype(device, a.amp)
     t0 = time.perf_counter()
     recal = recal_set(x, a.recal_images, a.recal_batch, transform, 1, device, dtype, 64 * 2 ** 30)
@@ -103,6 +110,7 @@ def main(argv=None) -> dict:
     baseline_s = time.perf_counter() - t0
 
     row = {"device": str(device), "threads": torch.get_num_threads(), "amp": a.amp,
+           "channels_last": channels_last,
            "layers": a.layers, "recal_images": a.recal_images, "recal_batch": a.recal_batch,
            "val_images": a.val_images, "eval_batch": a.eval_batch, "candidates": a.candidates,
            "prepare_s": round(prepare_s, 3), "warmup_s": round(warmup_s, 3),

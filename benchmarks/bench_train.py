@@ -5,8 +5,9 @@
 
 Rows:
   spnas 32x32 crop+flip          the trainer as a run uses it: data on the device, batch
-                                 augmentation, its defaults (channels_last; bf16 autocast on CUDA)
-  spnas ... fp32 NCHW            the same trainer with --no-amp --no-channels_last
+                                 augmentation; channels_last and bf16 autocast on CUDA (the
+                                 CPU's default; CUDA's until 0.2: --amp --channels_last)
+  spnas ... fp32 NCHW            the same trainer in fp32 NCHW (CUDA's default since 0.2)
   spnas ... no cudnn.benchmark   (CUDA) and --no-cudnn_benchmark: no autotuning warm-up
   spnas ... CUDA graphs          (CUDA) and --cuda_graphs, with the defaults and fp32 NCHW
   spnas 32x32 seed augmentation  + cutout 16 + AutoAugment (the seed command without --resize)

@@ -7,10 +7,10 @@ weights, a loss curve, host synchronisations and speed.
    eagerly and one from its blocks' graphs (``GraphedBlocks``, as ``spnas train
    --cuda_graphs`` runs them); per step the largest difference of the logits and of the
    gradients, and after the steps of the weights and BN running statistics, each relative
-   to the largest value. fp32 NCHW, then the defaults (bf16 autocast, channels_last).
-2. curve: the trainer for ``--steps`` steps each way from the same seed; the mean relative
-   error of the loss over windows of ``--curve_window`` steps (issue 11's bar: 2%), and
-   each way's img/s and warm-up.
+   to the largest value. fp32 NCHW (CUDA's default), then bf16 autocast with channels_last.
+2. curve: the trainer with the device's defaults (fp32; NCHW on CUDA) for ``--steps`` steps
+   each way from the same seed; the mean relative error of the loss over windows of
+   ``--curve_window`` steps (issue 11's bar: 2%), and each way's img/s and warm-up.
 3. syncs: host synchronisations the trainer makes in ``--steps`` graphed steps with logging
    only at the end (``torch.cuda.set_sync_debug_mode``): a step should make none.
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from bench_train import train_steps
 from common import cifar_or_random, machine
 
-from spnas.config import DataConfig, SupernetConfig
+from spnas.config import DataConfig, RunConfig, SupernetConfig
 from spnas.data.loading import DeviceLoader, build_transform
 from spnas.engine.evaluation import autocast
 from spnas.engine.graphs import GraphedBlocks, capture_eagerly
@@ -129,8 +129,10 @@ def main() -> None:
 
     print(f"\n2. loss curve, {a.steps} steps from the same seed (bar: 2% mean relative error)")
     runs = {}
+    cuda_default_cl = RunConfig().channels_last_for(device)  # the device's defaults, fp32
     for graphs in (False, True):
         records, wall = train_steps(x, y, DataConfig(), a.steps, a.window, device, a.batch,
+                                    amp=False, channels_last=cuda_default_cl,
                                     cuda_graphs=graphs)
         rate = statistics.median(r["img_per_s"] for r in records[1:])
         runs[graphs] = records
@@ -147,7 +149,8 @@ def main() -> None:
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train_steps(x, y, DataConfig(), a.steps, a.steps, device, a.batch, cuda_graphs=True)
+            train_steps(x, y, DataConfig(), a.steps, a.steps, device, a.batch, amp=False,
+                        channels_last=cuda_default_cl, cuda_graphs=True)
         torch.cuda.set_sync_debug_mode("default")
         syncs = [str(c.message).splitlines()[0] for c in caught if "synchroniz" in str(c.message)]
         print(f"  {len(syncs)} synchronising calls ({len(syncs) / a.steps:.2f} per step)")

@@ -287,3 +287,36 @@ def test_a_config_file_that_changes_a_resumed_run_is_refused(run, tmp_path, caps
     (tmp_path / "lr.json").write_text('{"lr": 0.5}')
     assert main(resume_argv(run, "--config", tmp_path / "lr.json")) == 2
     assert "--lr 0.5 differs from the run's 0.05" in capsys.readouterr().err
+
+
+# ---- precision and memory format by device ---------------------------------------------------
+def test_training_and_search_default_to_fp32_nchw_on_cuda_and_channels_last_on_the_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for cfg in (C.RunConfig(), C.SearchRunConfig()):
+        assert cfg.amp is False and cfg.channels_last is None
+        assert cfg.channels_last_for(cpu) and not cfg.channels_last_for(cuda)
+        for given in (True, False):  # a given setting holds on every device
+            chosen = dataclasses.replace(cfg, channels_last=given)
+            assert chosen.channels_last_for(cpu) is given and chosen.channels_last_for(cuda) is given
+    run = config_of("train", "--channels_last", "--amp").run
+    assert run.channels_last is True and run.amp is True
+    assert config_of("train").run.channels_last is None  # recorded as "the device's"
+
+
+PIPELINE_RECIPES = ("smoke.yaml", "spos_c10_fast.yaml", "spos_c10_original.yaml")
+
+
+@pytest.mark.parametrize("name", PIPELINE_RECIPES)
+def test_every_shipped_pipeline_recipe_builds_its_stage_settings(name, tmp_path):
+    from spnas.cli.generate import read_recipe
+    from spnas.stages.pipeline import EVALUATE_DEFAULTS, Pipeline, _settings_for, _small
+    pipe = Pipeline(read_recipe(ROOT / "recipes" / name), tmp_path)
+    supernet = pipe._train_cfg(D.SupernetStage(), "supernet")
+    retrain = pipe._train_cfg(D.RetrainStage(), "retrain")
+    search = _settings_for(C.SearchRunConfig(), pipe.shared, pipe.own["search"], "search")
+    evaluate = _small(EVALUATE_DEFAULTS, pipe.shared, pipe.own["evaluate"], "evaluate")
+    if name == "spos_c10_fast.yaml":  # sized from speeds measured with bf16 + channels_last
+        assert supernet.run.amp and retrain.run.amp and search.amp and evaluate["amp"]
+        assert supernet.run.channels_last and retrain.run.channels_last and search.channels_last
+    else:
+        assert not (supernet.run.amp or retrain.run.amp or search.amp or evaluate["amp"])

@@ -59,7 +59,8 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "(default: eval_<checkpoint>_<split> beside the checkpoint)")
     p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CUDA (default: fp32)")
     return p
 
 

@@ -76,7 +76,7 @@ def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
                  dist_info: Dist = Dist()) -> DeviceLoader:
     """The run's training images on ``device``, augmented as ``cfg.data`` says."""
     return DeviceLoader(*splits.train, cfg.optim.batch_size,
-                        build_transform(cfg.data, cfg.run.channels_last), device, cfg.run.seed,
+                        build_transform(cfg.data, cfg.run.channels_last_for(device)), device, cfg.run.seed,
                         cfg.optim.num_steps, dist_info, tuple(splits.classes))
 
 

@@ -84,7 +84,7 @@ def check_class_names(ckpt: dict, classes, data: DataConfig) -> None:
 def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,
                         dataset: str | None = None, out_dir: str | Path | None = None,
                         batch_size: int = 500, device_name: str = "auto",
-                        amp: bool = True) -> dict:
+                        amp: bool = False) -> dict:
     """Top-1, top-5, loss, per-class accuracy and confusion matrix of a child checkpoint.
 
     Writes ``evaluation.json`` and ``confusion.png`` to ``out_dir`` (default: a

@@ -120,7 +120,7 @@ def _groups(model: ChildNet, weight_decay: float, backbone_lr_scale: float) -> l
 def _recalibrate(model: nn.Module, train_x: torch.Tensor, cfg: TrainConfig, n: int,
                  device: torch.device) -> str:
     batches = recalibration_batches(train_x, n, cfg.optim.batch_size * 4,
-                                    recal_transform(cfg.data, cfg.run.channels_last),
+                                    recal_transform(cfg.data, cfg.run.channels_last_for(device)),
                                     derive_seed(cfg.run.seed, "recal"), device)
     count = recalibrate_bn(model, plain_forward, batches, device, cfg.run.amp)
     return f"recalibrated {count} BatchNorm layers on {min(n, len(train_x))} training images"
@@ -141,7 +141,7 @@ def finetune(cfg: TrainConfig) -> dict:
     src = load_pretrained(fc)
     check_layout(src.net.arch, cfg.data, "the network")
     dist_info, device, splits = start_run(cfg)
-    model = place(src.net, device, cfg.run.channels_last)
+    model = place(src.net, device, cfg.run.channels_last_for(device))
     notes = [f"fine-tuning {src.description} on {cfg.data.dataset} "
              f"({len(splits.train[0])} training images)"]
     same_names = not src.classes or list(src.classes) == list(splits.classes)

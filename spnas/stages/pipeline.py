@@ -46,7 +46,7 @@ from spnas.runtime import Dist, init_distributed, rank0_first
 MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
 EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
-EVALUATE_DEFAULTS = {"split": "test", "batch_size": 500, "device": "auto", "amp": True}
+EVALUATE_DEFAULTS = {"split": "test", "batch_size": 500, "device": "auto", "amp": False}
 EXPORT_DEFAULTS = {"format": "torchscript", "check_images": 64, "tolerance": 1e-3}
 
 

@@ -99,7 +99,7 @@ def ema_hooks(model: nn.Module, decay: float) -> dict:
 def child_validator(net: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
                     eval_batch: int):
     """Top-1, top-5 and loss of ``net`` (the trained network or its EMA) on the val split."""
-    transform = build_transform(cfg.data, cfg.run.channels_last)
+    transform = build_transform(cfg.data, cfg.run.channels_last_for(device))
     x, y = splits.val
 
     def validate(model, step):
@@ -172,7 +172,7 @@ def final_test(shipped: ChildNet, step: int, splits: Splits, cfg: TrainConfig,
         if (log.dir / "best.pt").is_file() else {"step": step, "metrics": {}}
     nets: dict[str, tuple[nn.Module, int]] = {"last": (shipped, step)}
     if best["step"] != step:
-        nets["best"] = (place(model_from_checkpoint(best), device, cfg.run.channels_last),
+        nets["best"] = (place(model_from_checkpoint(best), device, cfg.run.channels_last_for(device)),
                         best["step"])
     tested = {which: _test(net, at, step, which, splits, cfg, device, log)
               for which, (net, at) in nets.items()}
@@ -190,8 +190,9 @@ def final_test(shipped: ChildNet, step: int, splits: Splits, cfg: TrainConfig,
 
 def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: TrainConfig,
           device: torch.device, log: RunLog) -> dict:
-    r = evaluate(net, plain_forward, *splits.test_set(), build_transform(cfg.data, cfg.run.channels_last),
-                 len(splits.classes), cfg.model.eval_batch, device, cfg.run.amp)
+    transform = build_transform(cfg.data, cfg.run.channels_last_for(device))
+    r = evaluate(net, plain_forward, *splits.test_set(), transform, len(splits.classes),
+                 cfg.model.eval_batch, device, cfg.run.amp)
     out = {"step": at, "test_acc": r["acc"], "test_top5": r["top5"], "test_loss": r["loss"],
            "n": r["n"]}
     log.metric({"type": "test", "which": which, **out, "step": step, "from_step": at})
@@ -208,5 +209,5 @@ def retrain(cfg: TrainConfig) -> dict:
     dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}
     model = place(build_child(arch, len(splits.classes), **model_args), device,
-                  cfg.run.channels_last)
+                  cfg.run.channels_last_for(device))
     return train_child(model, splits, cfg, device, dist_info, model_args)

@@ -212,13 +212,13 @@ def make_scorer(ckpt: dict, train_x: torch.Tensor, x: torch.Tensor, y: torch.Ten
                 log: RunLog) -> SupernetScorer:
     """The supernet on the device, and its recalibration and scoring images prepared there."""
     sc, seed = cfg.scoring, cfg.search.seed
-    model = place(model_from_checkpoint(ckpt), device, cfg.channels_last)
+    model = place(model_from_checkpoint(ckpt), device, cfg.channels_last_for(device))
     dtype, max_bytes = input_dtype(device, cfg.amp), sc.cache_gb * 2 ** 30
     t0 = time.perf_counter()
     recal = recal_set(train_x, sc.recal_images, sc.recal_batch,
-                      recal_transform(data, cfg.channels_last), derive_seed(seed, "recal"),
+                      recal_transform(data, cfg.channels_last_for(device)), derive_seed(seed, "recal"),
                       device, dtype, max_bytes)
-    val = val_set(x, y, sc.val_images, sc.eval_batch, build_transform(data, cfg.channels_last),
+    val = val_set(x, y, sc.val_images, sc.eval_batch, build_transform(data, cfg.channels_last_for(device)),
                   derive_seed(seed, "val subset"), device, dtype, max_bytes)
     n_val = scored_count(len(y), sc.val_images)
     log.info(f"scoring: BN recalibration on {min(sc.recal_images, len(train_x))} training images "

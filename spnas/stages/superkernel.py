@@ -314,7 +314,7 @@ def make_validator(splits, cfg: TrainConfig, device: torch.device, table: Latenc
     """Accuracy of the network the thresholds select now (of ``net``, the EMA, when given:
     its own thresholds and weights, as the paper evaluates), and the table latency of the
     trained thresholds' arch."""
-    transform = build_transform(cfg.data, cfg.run.channels_last)
+    transform = build_transform(cfg.data, cfg.run.channels_last_for(device))
     val_x, val_y = splits.val
 
     def validate(model, step):
@@ -337,7 +337,7 @@ def search_superkernel(cfg: TrainConfig) -> dict:
     num_classes = len(splits.classes)
     space = mbconv_space(search_layout(cfg))
     model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at, sk.bn_eps,
-                                 sk.bn_momentum, sk.init), device, cfg.run.channels_last)
+                                 sk.bn_momentum, sk.init), device, cfg.run.channels_last_for(device))
     ema = TfEma(model, sk.ema_decay) if sk.ema_decay > 0 else None
     table = load_table(sk, space, num_classes, 224 if cfg.data.resize else cfg.data.image_size)
     loader = train_loader(splits, cfg, device, dist_info)

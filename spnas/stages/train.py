@@ -36,8 +36,8 @@ def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, 
                         recal_images: int):
     """Validation of a supernet: mean over fixed paths, each with its BN recalibrated."""
     eval_batch = 100 if cfg.data.resize else 500  # keeps 224x224 activations cache-sized
-    transform = build_transform(cfg.data, cfg.run.channels_last)
-    recal = recal_transform(cfg.data, cfg.run.channels_last)
+    transform = build_transform(cfg.data, cfg.run.channels_last_for(device))
+    recal = recal_transform(cfg.data, cfg.run.channels_last_for(device))
     val_x, val_y = splits.val
     train_x = splits.train[0]
     seed, amp = cfg.run.seed, cfg.run.amp
@@ -78,7 +78,7 @@ def train_supernet(cfg: TrainConfig) -> dict:
     model_cfg: SupernetConfig = cfg.model
     dist_info, device, splits = start_run(cfg)
     space = supernet_space(model_cfg, cfg.data)
-    model = place(SposSupernet(space, len(splits.classes)), device, cfg.run.channels_last)
+    model = place(SposSupernet(space, len(splits.classes)), device, cfg.run.channels_last_for(device))
     seed = cfg.run.seed
     task = Task(
         kind="supernet", model=model, space=space, num_classes=len(splits.classes),
