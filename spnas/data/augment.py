@@ -41,12 +41,23 @@ MEAN_STD = {
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t``, made on the CPU (the draws are made there, so a batch is the same on any device),
+    on ``device`` without stalling the host: a CUDA copy from pageable memory may first wait
+    for the stream's queued work (CUDA's API synchronization rules), which would drain the
+    queue every step; from pinned memory (PyTorch's caching host allocator) it is queued
+    like a kernel."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _rand(gen: torch.Generator, *shape, device) -> torch.Tensor:
-    return torch.rand(shape, generator=gen).to(device, non_blocking=True)
+    return host_to(torch.rand(shape, generator=gen), device)
 
 
 def _randint(gen: torch.Generator, high, *shape, device) -> torch.Tensor:
-    return torch.randint(0, high, shape, generator=gen).to(device, non_blocking=True)
+    return host_to(torch.randint(0, high, shape, generator=gen), device)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -114,10 +125,10 @@ def resized_crop_params(b: int, h: int, w: int, gen: torch.Generator,
 def crop_resize(x: torch.Tensor, boxes, size: int, flip: torch.Tensor | None = None) -> torch.Tensor:
     """Resample each sample's box (top, left, h, w) to size x size (bilinear), optionally flipped."""
     b, _, h, w = x.shape
-    top, left, ch, cw = (t.to(x.device, torch.float32) for t in boxes)
+    top, left, ch, cw = (host_to(t.float(), x.device) for t in boxes)
     sx, sy = cw / w, ch / h
     if flip is not None:
-        sx = torch.where(flip.to(x.device), -sx, sx)
+        sx = torch.where(host_to(flip, x.device), -sx, sx)
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 1, 1] = sx, sy
     theta[:, 0, 2] = (2 * left + cw) / w - 1
@@ -165,7 +176,7 @@ class BatchAutoAugment:
             keys, counts = torch.unique_consecutive(group[order], return_counts=True)
             if keys.numel() == 1 and keys[0] < 0:
                 continue
-            idx = order.to(x.device)
+            idx = host_to(order, x.device)
             xs = x[idx]
             start = 0
             for key, n in zip(keys.tolist(), counts.tolist()):
@@ -224,9 +235,12 @@ class BatchTransform:
         self.mean = torch.tensor(mean_std[0]).view(1, 3, 1, 1)
         self.std = torch.tensor(mean_std[1]).view(1, 3, 1, 1)
         self.auto_aug = BatchAutoAugment() if cfg.auto_aug else None
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std there
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        if x.device not in self._on:  # copied once per device, not once per batch
+            self._on[x.device] = self.mean.to(x.device), self.std.to(x.device)
+        mean, std = self._on[x.device]
         return (x - mean) / std
 
     def train(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
