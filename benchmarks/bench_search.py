@@ -27,11 +27,11 @@ import torch
 from common import add_results_flag, machine, write_rows
 
 from spnas.arch import Arch
-from spnas.config import SearchRunConfig
+from spnas.config import RunConfig, SearchRunConfig
 from spnas.data.augment import AugmentConfig, BatchTransform
 from spnas.engine.evaluation import evaluate
 from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
-from spnas.runtime import place, resolve_device, tune_allocator
+from spnas.runtime import place, resolve_device, setup_torch, tune_allocator
 from spnas.spaces.spos import SposSupernet, spos_space
 
 
@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=20)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast on CUDA (default: fp32, as spnas search)")
+    p.add_argument("--cudnn_benchmark", action=argparse.BooleanOptionalAction, default=False,
+                   help="cuDNN autotuning (default: off, as spnas search); its cost is in the "
+                        "printed warm-up")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: the device's, as spnas search: on for the "
                         "CPU, off for CUDA)")
@@ -67,8 +70,8 @@ def main(argv=None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    setup_torch(RunConfig(device=str(device), amp=a.amp, cudnn_benchmark=a.cudnn_benchmark),
+                device)  # as spnas search sets torch up (its default: no autotuning)
     torch.manual_seed(0)
     space = spos_space(a.layers)
     channels_last = SearchRunConfig(channels_last=a.channels_last).channels_last_for(device)
@@ -110,7 +113,7 @@ def main(argv=None) -> dict:
     baseline_s = time.perf_counter() - t0
 
     row = {"device": str(device), "threads": torch.get_num_threads(), "amp": a.amp,
-           "channels_last": channels_last,
+           "channels_last": channels_last, "cudnn_benchmark": a.cudnn_benchmark,
            "layers": a.layers, "recal_images": a.recal_images, "recal_batch": a.recal_batch,
            "val_images": a.val_images, "eval_batch": a.eval_batch, "candidates": a.candidates,
            "prepare_s": round(prepare_s, 3), "warmup_s": round(warmup_s, 3),

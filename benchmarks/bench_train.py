@@ -8,7 +8,7 @@ Rows:
                                  augmentation; channels_last and bf16 autocast on CUDA (the
                                  CPU's default; CUDA's until 0.2: --amp --channels_last)
   spnas ... fp32 NCHW            the same trainer in fp32 NCHW (CUDA's default since 0.2)
-  spnas ... no cudnn.benchmark   (CUDA) and --no-cudnn_benchmark: no autotuning warm-up
+  spnas ... cudnn.benchmark      (CUDA) and --cudnn_benchmark: cuDNN autotuning, off by default
   spnas ... CUDA graphs          (CUDA) and --cuda_graphs, with the defaults and fp32 NCHW
   spnas 32x32 seed augmentation  + cutout 16 + AutoAugment (the seed command without --resize)
   plain 32x32                    a loop written the way the original code is: PIL transforms,
@@ -47,7 +47,7 @@ from spnas.stages.train import supernet_space, supernet_step_forward
 
 
 def train_steps(x, y, data: DataConfig, steps: int, window: int, device, batch: int = 64,
-                amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True,
+                amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = False,
                 cuda_graphs: bool = False, seed: int = 0) -> tuple[list[dict], float]:
     """Run the real trainer on the supernet for ``steps`` steps, each on the path
     ``train.sample_path`` gives it (with ``--cuda_graphs``: from the blocks' graphs, as
@@ -74,7 +74,7 @@ def train_steps(x, y, data: DataConfig, steps: int, window: int, device, batch: 
 
 
 def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device, batch: int = 64,
-                     amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = True,
+                     amp: bool = True, channels_last: bool = True, cudnn_benchmark: bool = False,
                      cuda_graphs: bool = False) -> tuple[float, float]:
     """``train_steps``' (median img/s of the windows after the first, seconds of warm-up: the
     wall time beyond ``steps`` at that rate)."""
@@ -152,8 +152,8 @@ def main() -> None:
              lambda: spnas_throughput(x, y, DataConfig(), a.steps, a.window, device, a.batch)),
             ("spnas 32x32 crop+flip fp32 NCHW", lambda: spnas_throughput(
                 x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False)),
-            *([("spnas 32x32 crop+flip fp32 NCHW no cudnn.benchmark", lambda: spnas_throughput(
-                x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False, False))]
+            *([("spnas 32x32 crop+flip fp32 NCHW cudnn.benchmark", lambda: spnas_throughput(
+                x, y, DataConfig(), a.steps, a.window, device, a.batch, False, False, True))]
               if device.type == "cuda" else []),
             *([("spnas 32x32 crop+flip CUDA graphs", lambda: spnas_throughput(
                 x, y, DataConfig(), a.steps, a.window, device, a.batch, cuda_graphs=True)),

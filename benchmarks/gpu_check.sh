@@ -115,6 +115,7 @@ step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAI
 step bench_train_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 96 --no-224 $RESULTS
 step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224 $RESULTS
 step bench_search 90 python3 benchmarks/bench_search.py $SEARCH $RESULTS
+step bench_search_autotuned 90 python3 benchmarks/bench_search.py $SEARCH --cudnn_benchmark $RESULTS
 step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN $RESULTS
 fi
 

@@ -124,9 +124,10 @@ class RunConfig(_MemoryFormat, Checked):
     amp: bool = opt(False, AMP_HELP)
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     deterministic: bool = opt(False, "deterministic algorithms on CUDA (slower)")
-    cudnn_benchmark: bool = opt(True, "cuDNN autotuning on CUDA: faster kernels after a warm-up "
-                                "that each new convolution shape pays again (23-43 s over a "
-                                "supernet's first paths on an H200); off: no warm-up")
+    cudnn_benchmark: bool = opt(False, "cuDNN autotuning on CUDA: each new convolution shape "
+                                "is timed first (23-43 s over a supernet's first paths on an "
+                                "H200), which may pick faster kernels; off, as the original "
+                                "code: cuDNN's own choice, no warm-up")
     cuda_graphs: bool = opt(False, "capture each block of a path once as a CUDA graph (forward "
                             "and backward) and replay it: fewer kernel launches per step; "
                             "train, retrain and finetune, one process, CUDA only; not yet "

@@ -284,8 +284,9 @@ def test_cuda_without_an_index_is_each_torchrun_process_its_own_gpu(monkeypatch)
     assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)  # an explicit index stays
 
 
-@pytest.mark.parametrize("flags, autotune", [({}, True), ({"cudnn_benchmark": False}, False),
-                                             ({"deterministic": True}, False)])
+@pytest.mark.parametrize("flags, autotune", [({}, False), ({"cudnn_benchmark": True}, True),
+                                             ({"cudnn_benchmark": True, "deterministic": True},
+                                              False)])
 def test_cudnn_autotuning_follows_its_flag(monkeypatch, flags, autotune):
     from spnas.config import RunConfig
     from spnas.runtime import setup_torch
