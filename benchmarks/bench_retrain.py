@@ -18,6 +18,11 @@ to measure before spnas offers it; ``warmup_s`` then includes the compile time.
 ``cuda-graphs`` is no compiler but spnas's ``--cuda_graphs`` (each layer's forward and
 backward captured once; its capture time is in ``warmup_s``).
 
+Then, per batch size, a plain row: the same network in a loop written the way the
+original code's retrain script is (``common.original_style_rate``: PIL transforms with
+cutout when ``--cutout``, DataLoader with ``--workers``, fp32, NCHW, one ``.item()`` per
+step), and each setting's speed over it (``--no-plain`` skips it).
+
 Prints the machine and one line per setting; ``--results DIR`` also appends the
 rows to DIR/retrain_<device>_torch<version>.csv (the repository's are in
 benchmarks/results). The run folders are temporary. The last column is
@@ -35,7 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import add_results_flag, machine, write_rows
+from common import add_results_flag, machine, original_style_rate, write_rows
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig
@@ -106,6 +111,11 @@ def main() -> None:
                    choices=("none", "default", "reduce-overhead", "max-autotune", "cuda-graphs"),
                    help="torch.compile modes of the training forward to measure (none: eager; "
                         "cuda-graphs: no compiler, spnas's --cuda_graphs)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the plain rows (default: 8 on CUDA, as the "
+                        "original's retrain script, 2 on the CPU)")
+    p.add_argument("--no-plain", dest="plain", action="store_false",
+                   help="skip the plain rows (the original code's way)")
     add_results_flag(p)
     args = p.parse_args()
     tune_allocator()
@@ -140,6 +150,25 @@ def main() -> None:
                      "channels_last": channels_last, "ema": args.ema,
                      "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
                      "threads": torch.get_num_threads(), **{k: round(v, 3) for k, v in r.items()}})
+    if args.plain:
+        workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 2)
+        window = max(steps // 6, 2)
+        for batch in args.batch_sizes:
+            torch.manual_seed(0)
+            net = build_child(arch, len(splits.classes))
+            ips = original_style_rate(*splits.train, net, lambda m, xb: m(xb), steps, window,
+                                      device, batch, workers, cutout=16 if args.cutout else 0)
+            spnas = [r for r in rows if r["batch"] == batch]
+            print(f"plain (PIL, DataLoader x{workers}, fp32, NCHW) batch {batch:5d}: "
+                  f"{ips:9.0f} img/s; " + ", ".join(
+                      f"{r['compile']} {r['img_per_s'] / ips:.2f}x" for r in spnas), flush=True)
+            for r in spnas:
+                r["x_plain"] = round(r["img_per_s"] / ips, 2)
+            rows.append({"arch": str(arch), "compile": f"plain, DataLoader x{workers}",
+                         "batch": batch, "amp": False, "channels_last": False, "ema": False,
+                         "cutout": args.cutout, "auto_aug": False, "steps": steps,
+                         "threads": torch.get_num_threads(), "img_per_s": round(ips, 3),
+                         "epoch_s": round(EPOCH_IMAGES / ips, 3), "x_plain": 1.0})
     write_rows(args.results, "retrain", device, rows)
 
 

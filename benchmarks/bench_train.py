@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_results_flag, cifar_or_random, machine, write_rows
+from common import add_results_flag, cifar_or_random, machine, original_style_rate, write_rows
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RunConfig, SupernetConfig, TrainConfig
@@ -86,45 +86,11 @@ def spnas_throughput(x, y, data: DataConfig, steps: int, window: int, device, ba
 
 def plain_throughput(x, y, steps: int, window: int, device, batch: int = 64,
                      workers: int = 2) -> tuple[float, None]:
-    """The original code's loop: torchvision PIL transforms, DataLoader, fp32, NCHW, cuDNN
-    without autotuning and deterministic (its ``utils.set_seed``), and the loss read
-    (``.item()``) every step."""
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-    import torchvision.transforms as T
-    from PIL import Image
-
-    class Cifar(torch.utils.data.Dataset):
-        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                        T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
-
-        def __len__(self):
-            return len(x)
-
-        def __getitem__(self, i):
-            return self.tf(Image.fromarray(x[i].permute(1, 2, 0).numpy())), int(y[i])
-
-    loader = torch.utils.data.DataLoader(Cifar(), batch_size=batch, shuffle=True,
-                                         num_workers=workers, drop_last=True,
-                                         persistent_workers=workers > 0,
-                                         pin_memory=device.type == "cuda")
-    space = spos_space()
-    model = SposSupernet(space, 10).to(device)
-    opt = torch.optim.SGD(param_groups(model, 3e-4), lr=0.025, momentum=0.9)
-    rng, rates, t0, total = random.Random(0), [], time.perf_counter(), 0.0
-    for step, (xb, yb) in enumerate(loader, start=1):
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        loss = torch.nn.functional.cross_entropy(model(xb, Arch.sample(space, rng)), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.item()  # as the original's running mean: a host sync per step
-        if step % window == 0:
-            rates.append(window * batch / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-        if step == steps:
-            break
-    torch.backends.cudnn.deterministic = False
-    return statistics.median(rates[1:]), None
+    """``common.original_style_rate`` on the same supernet, one random path per step."""
+    space, rng = spos_space(), random.Random(0)
+    rate = original_style_rate(x, y, SposSupernet(space, 10), lambda m, xb: m(xb, Arch.sample(
+        space, rng)), steps, window, device, batch, workers)
+    return rate, None
 
 
 def main() -> None:

@@ -111,3 +111,71 @@ def cifar_or_random(path: str | None, n: int = 50000):
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (n,), generator=g), "random images")
+
+
+class _OriginalCutout:
+    """The original code's Cutout (utils.py): after normalisation, a ``length`` square
+    centred anywhere (clipped at the border) is zeroed, one image at a time."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[1:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        half = self.length // 2
+        img[:, max(cy - half, 0):min(cy + half, h), max(cx - half, 0):min(cx + half, w)] = 0
+        return img
+
+
+class _PilCifar(torch.utils.data.Dataset):
+    """uint8 CIFAR images through torchvision's PIL transforms, as the original code's loader."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, cutout: int):
+        import torchvision.transforms as T
+        self.x, self.y = x, y
+        steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                 T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))]
+        self.tf = T.Compose(steps + ([_OriginalCutout(cutout)] if cutout else []))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+        return self.tf(Image.fromarray(self.x[i].permute(1, 2, 0).numpy())), int(self.y[i])
+
+
+def original_style_rate(x, y, model: torch.nn.Module, forward, steps: int, window: int,
+                        device: torch.device, batch: int, workers: int, cutout: int = 0) -> float:
+    """Training images/s of a loop written the way the original SPOS code is: torchvision PIL
+    transforms (crop, flip, normalise, ``cutout``) in a DataLoader with ``workers`` processes
+    and pinned memory, fp32, NCHW, cuDNN deterministic without autotuning (its
+    ``utils.set_seed``), SGD with momentum, and the loss read (``.item()``) every step;
+    ``forward(model, images)``. The median of the ``window``-step windows after the first."""
+    import statistics
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        loader = torch.utils.data.DataLoader(_PilCifar(x, y, cutout), batch_size=batch,
+                                             shuffle=True, num_workers=workers, drop_last=True,
+                                             persistent_workers=workers > 0,
+                                             pin_memory=device.type == "cuda")
+        model = model.to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.025, momentum=0.9)
+        rates, t0, total = [], time.perf_counter(), 0.0
+        for step, (xb, yb) in enumerate(loader, start=1):
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            loss = torch.nn.functional.cross_entropy(forward(model, xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()  # as the original's running mean: a host sync per step
+            if step % window == 0:
+                rates.append(window * batch / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+            if step == steps:
+                break
+        return statistics.median(rates[1:])
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before

@@ -57,7 +57,7 @@ if [ "$SMOKE" = 1 ]; then  # sizes that only prove the script runs
     LATENCY="--warmup 1 --repeats 2 --validate 2 --calibrate 2"
 else
     TRAIN="--steps 300 --window 50 --steps_224 40"; SEARCH="--candidates 30"
-    RETRAIN="--batch_sizes 128 256 512 --steps 200"; COMPILE="--batch_sizes 128 --steps 200"; CAP=""; SCAP=""; EPOCHS=${EPOCHS:-40}; LIMIT=${LIMIT:-180}
+    RETRAIN="--batch_sizes 128 256 512 --steps 200 --no-plain"; COMPILE="--batch_sizes 128 --steps 200"; CAP=""; SCAP=""; EPOCHS=${EPOCHS:-40}; LIMIT=${LIMIT:-180}
     LATENCY="--validate 10 --calibrate 5"
 fi
 
