@@ -97,3 +97,15 @@ def test_pipeline_under_torchrun_runs_every_stage_once(fake_cifar, tmp_path):
     assert results["arch"] == best["arch"] and "test_acc" in json.dumps(results)
     assert ", 2 processes" in (out / "search" / "search.log").read_text()
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+
+
+def test_a_command_tears_down_its_process_group(tmp_path):
+    """Left to the interpreter's exit, a gloo group's threads can abort the process after its
+    work is done (seen once under load), so every command destroys its group."""
+    import torch.distributed as dist
+
+    from spnas.cli import run_guarded
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    assert run_guarded(lambda args: 0, None) == 0
+    assert not dist.is_initialized()

@@ -87,7 +87,7 @@ def run_guarded(fn, args) -> int:
 
     ``fn`` may return an exit status (e.g. 1 when a comparison fails).
     """
-    from spnas.runtime import tune_allocator
+    from spnas.runtime import close_distributed, tune_allocator
     tune_allocator()
     try:
         code = fn(args)
@@ -104,6 +104,8 @@ def run_guarded(fn, args) -> int:
               f"({e.strerror}); free space or write elsewhere (--save_path, --out); what was "
               "written before, checkpoints among them, is kept", file=sys.stderr)
         return 2
+    finally:
+        close_distributed()
     return code if isinstance(code, int) else 0
 
 
