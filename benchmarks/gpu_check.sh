@@ -4,7 +4,7 @@
 #     OUT=/tmp/gpu bash benchmarks/gpu_check.sh            # on the GPU machine, from the repo root
 #     SMOKE=1 OUT=/tmp/gpu bash benchmarks/gpu_check.sh    # tiny sizes, on CPU: checks the script
 #     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: graphs faithful
-#                                                    # fast superkernel bench compile retrain cli
+#                                             # fast superkernel bench search compile retrain cli
 #
 # Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
 # .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
@@ -13,14 +13,14 @@
 # cuDNN autotuning (23-43 s at 32x32), and the whole default script needs about
 # 12 minutes. A 15-minute lease fits one part of about 8 minutes; the order that
 # answers the open questions first: PARTS=graphs (is --cuda_graphs right, and how
-# fast), then faithful, bench, fast, superkernel, compile, "retrain cli", one per
+# fast), then faithful, bench, search, fast, superkernel, compile, "retrain cli", one per
 # lease, or raise DEADLINE where the lease allows. Writes $OUT/gpu.log and $OUT/results.tar.gz (benchmark CSVs,
 # run folders' metrics and logs).
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 CIFAR=${CIFAR:-/tmp/c10}
 SMOKE=${SMOKE:-0}
-PARTS=" ${PARTS:-faithful bench retrain cli} "
+PARTS=" ${PARTS:-faithful bench search retrain cli} "
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export PYTHONPATH=$ROOT PYTHONUNBUFFERED=1  # spnas importable on a bare machine, without pip install
@@ -114,6 +114,10 @@ if part bench; then
 step bench_train_b64 180 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN $RESULTS
 step bench_train_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 96 --no-224 $RESULTS
 step bench_train_b256 90 python3 benchmarks/bench_train.py --data "$CIFAR" $TRAIN --batch 256 --no-224 $RESULTS
+fi
+
+# 1b. search scoring (with and without cuDNN autotuning) and retraining throughput
+if part search; then
 step bench_search 90 python3 benchmarks/bench_search.py $SEARCH $RESULTS
 step bench_search_autotuned 90 python3 benchmarks/bench_search.py $SEARCH --cudnn_benchmark $RESULTS
 step bench_retrain 150 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $RETRAIN $RESULTS
