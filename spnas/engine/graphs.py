@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spnas.engine.evaluation import bn_buffers
 from spnas.errors import SpnasError
 
 Capture = Callable[..., Any]  # (module, sample_args, num_warmup_iters=...) -> graphed module
@@ -48,13 +49,6 @@ class _Call(nn.Module):
 
 def _signature(x: torch.Tensor) -> tuple:
     return x.shape, x.stride(), x.dtype, x.device, x.requires_grad
-
-
-def _bn_state(block: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(buffer, copy) of every BatchNorm buffer in ``block``."""
-    return [(b, b.clone()) for m in block.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in m.buffers()]
 
 
 def capture_eagerly(module: nn.Module, sample_args: tuple[torch.Tensor, ...],
@@ -87,7 +81,7 @@ class GraphedBlocks:
 
     def _capture(self, block: nn.Module, x: torch.Tensor) -> nn.Module:
         sample = x.detach().clone().requires_grad_(x.requires_grad)
-        saved = _bn_state(block)
+        saved = bn_buffers(block)
         # make_graphed_callables refuses autocast's weight cache; the casts are captured instead
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and x.is_cuda,
@@ -99,10 +93,8 @@ class GraphedBlocks:
             raise SpnasError(f"--cuda_graphs: capturing a {type(block).__name__} with input "
                              f"{tuple(x.shape)} failed ({first}); drop --cuda_graphs to train "
                              "eagerly") from e
-        finally:
-            with torch.no_grad():
-                for buffer, copy in saved:
-                    buffer.copy_(copy)
+        finally:  # copied into the same tensors, which the graphs read and write
+            block.load_state_dict(saved, strict=False)
         return graphed
 
     def block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
