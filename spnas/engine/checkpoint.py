@@ -140,8 +140,6 @@ def load_model_state(model: nn.Module, state: dict, path: str) -> None:
                          f"({str(e).splitlines()[0][:200]})") from None
 
 
-
-
 def model_from_checkpoint(ckpt: dict) -> ChildNet | Supernet:
     """Rebuild and load the network a checkpoint (``checkpoint.load_checkpoint``) describes:
     a ``ChildNet`` for a child checkpoint, else a supernet."""
