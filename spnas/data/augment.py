@@ -42,12 +42,13 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t``, made on the CPU (the draws are made there, so a batch is the same on any device),
-    on ``device`` without stalling the host: a CUDA copy from pageable memory may first wait
-    for the stream's queued work (CUDA's API synchronization rules), which would drain the
-    queue every step; from pinned memory (PyTorch's caching host allocator) it is queued
-    like a kernel."""
-    if device.type == "cuda":
+    """``t`` on ``device``. ``t`` is made or held on the CPU (the augmentation's draws, made
+    there so that a batch is the same on any device; the validation and test images, which
+    stay in host memory), and reaches a GPU without stalling the host: a CUDA copy from
+    pageable memory may first wait for the stream's queued work (CUDA's API synchronization
+    rules), which would drain the queue every step; from pinned memory (PyTorch's caching
+    host allocator) it is queued like a kernel. A tensor already on the device stays put."""
+    if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spnas.data.augment import BatchTransform
+from spnas.data.augment import BatchTransform, host_to
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -32,7 +32,7 @@ def eval_batches(x: torch.Tensor, transform: BatchTransform, batch_size: int,
                  device: torch.device) -> Iterator[torch.Tensor]:
     """Normalised (not augmented) batches of ``x`` in order, moved to ``device``."""
     for i in range(0, len(x), batch_size):
-        yield transform.plain(x[i:i + batch_size].to(device, non_blocking=True))
+        yield transform.plain(host_to(x[i:i + batch_size], device))
 
 
 def recalibration_batches(x: torch.Tensor, n: int, batch_size: int, transform: BatchTransform,
@@ -46,7 +46,7 @@ def recalibration_batches(x: torch.Tensor, n: int, batch_size: int, transform: B
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(x), generator=gen)[:n]
     for i in range(0, len(idx), batch_size):
-        batch = x[idx[i:i + batch_size]].to(device, non_blocking=True)
+        batch = host_to(x[idx[i:i + batch_size]], device)
         yield transform.train(batch, torch.Generator().manual_seed(seed + 1 + i))
 
 
