@@ -1,6 +1,7 @@
 """Does the spnas supernet learn as the original SPOS CIFAR code does? Its loss curve against the original's.
 
-    python benchmarks/bench_faithful.py --data /path/to/cifar10 [--steps 2500] [--init kaiming] [--keep DIR]
+    python benchmarks/bench_faithful.py --data /path/to/cifar10 [--steps 2500] [--init kaiming]
+        [--unsampled_momentum] [--keep DIR]
 
 Trains the SPOS supernet with ``spnas train`` on the recipe of the reference
 curve in ``../shared/reference/spos_c10_supernet_b96_steps.csv`` (the original
@@ -18,6 +19,10 @@ log, the comparison plot) is a temporary one, removed at the end, unless
 ``--keep DIR`` keeps it as ``DIR/supernet_<init>_init``. ``--init kaiming``
 builds the supernet with spnas's former init (He-normal fan-out convs, BN bias
 0) instead of the original's, to measure what the init alone does.
+``--unsampled_momentum`` trains with ``spnas train --unsampled_momentum``: momentum keeps
+moving the blocks a step did not sample, as the original code's PyTorch 1.7.1 did (the
+reference curve was measured on a PyTorch >= 2.0, which leaves them alone, as spnas's
+default does).
 """
 from __future__ import annotations
 
@@ -54,12 +59,15 @@ def reference_rows(path: Path) -> list[tuple[int, float, float]]:
         return [(int(r["step"]), float(r["loss"]), float(r["acc"])) for r in csv.DictReader(f)]
 
 
-def train(data: str, out: Path, steps: int, window: int, device: str, amp: bool, seed: int) -> float:
+def train(data: str, out: Path, steps: int, window: int, device: str, amp: bool, seed: int,
+          unsampled_momentum: bool = False) -> float:
     argv = ["train", "--data_path", data, "--no-download", "--save_path", str(out.parent),
             "--exp_name", out.name, "--batch_size", "96", "--epochs", "600", "--lr", "0.025",
             "--momentum", "0.9", "--weight-decay", "0", "--val_size", "0",
             "--print_freq", str(window), "--stop_after", str(steps), "--seed", str(seed),
             "--device", device, "--amp" if amp else "--no-amp"]
+    if unsampled_momentum:
+        argv.append("--unsampled_momentum")
     t0 = time.perf_counter()
     if spnas_main(argv) != 0:
         raise SystemExit("the training run failed")
@@ -77,6 +85,8 @@ def main() -> None:
                    help="bf16 autocast on CUDA (default: fp32, as the original and spnas's default)")
     p.add_argument("--init", choices=("original", "kaiming"), default="original")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unsampled_momentum", action="store_true",
+                   help="momentum keeps moving the blocks a step skips (PyTorch 1.7.1's zero_grad)")
     add_keep_flag(p, "the run folder (metrics, log, comparison plot)")
     p.add_argument("--reference", default=str(REFERENCE))
     a = p.parse_args()
@@ -86,10 +96,12 @@ def main() -> None:
         spos.init_spos_weights = init_weights
     print(f"machine: {machine(device)}\ndata: {a.data}\nrecipe: batch 96, lr 0.025, momentum 0.9, "
           f"no weight decay, crop+flip, {steps} steps, {a.init} init, "
-          f"amp {a.amp and device.type == 'cuda'}\nreference: {a.reference}", flush=True)
+          f"amp {a.amp and device.type == 'cuda'}, unsampled momentum {a.unsampled_momentum}"
+          f"\nreference: {a.reference}", flush=True)
     with scratch(a.keep, "faithful_") as folder:
-        out = folder / f"supernet_{a.init}_init"
-        seconds = train(a.data, out, steps, a.window, a.device, a.amp, a.seed)
+        out = folder / f"supernet_{a.init}_init{'_unsampled_momentum' * a.unsampled_momentum}"
+        seconds = train(a.data, out, steps, a.window, a.device, a.amp, a.seed,
+                        a.unsampled_momentum)
         mine = {r["step"]: r for r in read_metrics(out) if r["type"] == "train"}
         ref = window_means(reference_rows(Path(a.reference)), a.window, steps)
         kept = f"run folder {out}" if a.keep else "temporary run folder (--keep DIR keeps it)"

@@ -149,6 +149,11 @@ class SupernetConfig(Checked):
     val_paths: int = opt(3, "fixed seeded paths averaged for supernet validation", check="positive")
     recal_images: int = opt(1024, "training images for BN recalibration of each validation path",
                             unit="images", check="positive")
+    unsampled_momentum: bool = opt(False, "keep the gradients of blocks a step did not sample as "
+                                   "zeros, not none, so SGD's momentum (and weight decay) keep "
+                                   "moving them, as the original code's PyTorch 1.7.1 zero_grad() "
+                                   "did; off: they stay put until sampled again, as on PyTorch "
+                                   ">= 2.0 (the original code's measured reference curve)")
 
 
 @dataclass

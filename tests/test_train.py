@@ -14,7 +14,8 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
-from spnas.spaces.spos import SposSupernet
+from spnas.spaces.spos import SposSupernet, spos_space
+from spnas.stages.train import sample_path
 
 
 def test_cosine_and_linear_schedules_with_warmup():
@@ -167,3 +168,42 @@ def test_stop_after_keeps_the_schedule_and_resumes_to_the_same_curve(fake_cifar,
     assert max(part_lr) == 5 and all(part_lr[s] == full_lr[s] for s in part_lr)
     assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
     assert losses(part) == losses(tmp_path / "full")
+
+
+def block_weights(run_dir, layer, choice):
+    """The conv weights of block (layer, choice) in ``run_dir``'s last.pt."""
+    model = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    return [w for k, w in model.items() if k.startswith(f"layers.{layer}.{choice}.") and w.dim() > 1]
+
+
+@pytest.mark.parametrize("unsampled_momentum", [False, True])
+def test_unsampled_momentum_moves_a_block_on_the_steps_that_skip_it(fake_cifar, tmp_path,
+                                                                     unsampled_momentum):
+    """Off (PyTorch >= 2.0's zero_grad): a block trained at step 1 and not sampled at step 2
+    keeps its weights through step 2. On (PyTorch 1.7.1's): its momentum moves it."""
+    flags = {"--weight-decay": 0, "--unsampled_momentum": None if unsampled_momentum else False}
+    for n in (1, 2):
+        assert main(train_argv(fake_cifar, tmp_path, f"s{n}", **flags, **{"--stop_after": n})) == 0
+    first, second = (sample_path(spos_space(4, 4), 0, step).choices for step in (0, 1))
+    skipped = [(i, c) for i, c in enumerate(first) if second[i] != c]
+    never = [(i, c) for i in range(4) for c in range(4) if c not in (first[i], second[i])]
+    assert skipped and never
+    for i, c in skipped:
+        moved = [not torch.equal(a, b) for a, b in zip(block_weights(tmp_path / "s1", i, c),
+                                                     block_weights(tmp_path / "s2", i, c))]
+        assert moved and all(m == unsampled_momentum for m in moved), (i, c)
+    for i, c in never:  # no gradient yet, no weight decay: nothing moves them either way
+        assert all(torch.equal(a, b) for a, b in zip(block_weights(tmp_path / "s1", i, c),
+                                                     block_weights(tmp_path / "s2", i, c)))
+
+
+def test_unsampled_momentum_resumes_exactly(fake_cifar, tmp_path):
+    """Grads are not checkpointed: a resumed run zero-fills them again, so the blocks the first
+    step after the resume skips still move as in the uninterrupted run."""
+    flags = {"--epochs": 3, "--val_interval": 5, "--unsampled_momentum": None}
+    assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--stop_after": 4})) == 0
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
+    full_w = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    part_w = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)

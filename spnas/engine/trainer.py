@@ -98,6 +98,10 @@ class Task:
     model_args: dict = field(default_factory=dict)  # constructor kwargs, e.g. {"dropout": 0.2}
     select: str = "val_acc"                      # higher is better; picks best.pt
     find_unused_parameters: bool = False         # DDP: True when a step uses part of the model
+    # zero the grads rather than drop them, from the first step: the optimizer then also
+    # steps the parameters a step did not use (momentum, weight decay), as zero_grad() did
+    # before PyTorch 2.0
+    zero_grads: bool = False
     on_step_end: Callable[[int, RunLog], None] | None = None  # (step, the run's log)
     deploy: nn.Module | None = None              # a separate network shipped as "model" (an EMA)
     extra_state: Callable[[], dict] = field(default=lambda: {})
@@ -215,6 +219,11 @@ class Trainer:
         self.log.progress(self.total, self.step)
         window = _Window(self.device)
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        if self.task.zero_grads:  # on resume too: grads are not checkpointed
+            for group in self.opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
         model.train()
         try:
             while self.step < end:
@@ -228,7 +237,7 @@ class Trainer:
                 with autocast(self.device, run.amp):
                     logits = self.task.forward(model, images, step)
                     loss, extra = self.task.loss(logits, labels, step)
-                self.opt.zero_grad(set_to_none=True)
+                self.opt.zero_grad(set_to_none=not self.task.zero_grads)
                 loss.backward()
                 self.opt.step()
                 if self.task.on_step_end:

@@ -88,6 +88,6 @@ def train_supernet(cfg: TrainConfig) -> dict:
                                      validation_paths(space, seed, model_cfg.val_paths),
                                      model_cfg.recal_images),
         param_groups=param_groups(model, cfg.optim.weight_decay),
-        find_unused_parameters=True)
+        find_unused_parameters=True, zero_grads=model_cfg.unsampled_momentum)
     loader = train_loader(splits, cfg, device, dist_info)
     return Trainer(task, loader, cfg, run_dir_for(cfg.run), dist_info).fit()
