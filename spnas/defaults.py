@@ -23,10 +23,12 @@ from spnas.fields import from_flat
 
 @dataclass
 class SupernetStage(TrainConfig):
-    """``spnas train`` / ``spnas.train_supernet``: the SPOS supernet, the seed recipe's defaults."""
+    """``spnas train`` / ``spnas.train_supernet``: the SPOS supernet, with the defaults of the
+    original code's ``train_supernet.py`` (600 epochs, batch 96, lr 0.025, momentum 0.9, weight
+    decay 3e-4, which spnas applies and the original did not: README "spnas and the original")."""
 
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
-        epochs=600, batch_size=64, lr=0.025, weight_decay=3e-4))
+        epochs=600, batch_size=96, lr=0.025, weight_decay=3e-4))
     run: RunConfig = field(default_factory=lambda: RunConfig(exp_name="spos_supernet"))
     model: SupernetConfig = field(default_factory=SupernetConfig)
 
