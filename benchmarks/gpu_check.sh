@@ -89,6 +89,9 @@ if part faithful; then
     FSTEPS=2500; [ "$SMOKE" = 1 ] && FSTEPS=20
     step faithful 300 python3 benchmarks/bench_faithful.py --data "$CIFAR" --steps "$FSTEPS" \
         --keep "$RUNS/faithful"
+    # the same with momentum moving the unsampled blocks (the original's PyTorch 1.7.1)
+    step faithful-unsampled-momentum 300 python3 benchmarks/bench_faithful.py --data "$CIFAR" \
+        --steps "$FSTEPS" --unsampled_momentum --keep "$RUNS/faithful"
 fi
 
 # f. the fast recipe end to end (docs/recipes.md); about 10 minutes: run it alone, PARTS=fast
