@@ -95,15 +95,19 @@ CHANNELS_LAST_HELP = ("NHWC memory format; none = the device's default: on for t
                       "there), off for CUDA (NCHW, as the original code)")
 
 
+def channels_last_on(device, setting: bool | None) -> bool:
+    """The memory format on ``device`` (a ``torch.device``): ``setting``, or when none the
+    device's default, channels_last on the CPU only (see ``CHANNELS_LAST_HELP``)."""
+    return device.type == "cpu" if setting is None else setting
+
+
 class _MemoryFormat:
     """``channels_last_for(device)``, for the configs with a ``channels_last`` setting."""
 
     channels_last: bool | None
 
     def channels_last_for(self, device) -> bool:
-        """The memory format on ``device`` (a ``torch.device``): the setting, or when none the
-        device's default, channels_last on the CPU only (see ``CHANNELS_LAST_HELP``)."""
-        return device.type == "cpu" if self.channels_last is None else self.channels_last
+        return channels_last_on(device, self.channels_last)
 
 
 @dataclass
@@ -125,8 +129,8 @@ class RunConfig(_MemoryFormat, Checked):
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     deterministic: bool = opt(False, "deterministic algorithms on CUDA (slower)")
     cudnn_benchmark: bool = opt(False, "cuDNN autotuning on CUDA: each new convolution shape "
-                                "is timed first (23-43 s over a supernet's first paths on an "
-                                "H200), which may pick faster kernels; off, as the original "
+                                "is timed first (a warm-up of up to 23-43 s on an H200, "
+                                "issue #11), which may pick faster kernels; off, as the original "
                                 "code: cuDNN's own choice, no warm-up")
     cuda_graphs: bool = opt(False, "capture each block of a path once as a CUDA graph (forward "
                             "and backward) and replay it: fewer kernel launches per step; "
@@ -134,7 +138,7 @@ class RunConfig(_MemoryFormat, Checked):
                             "measured on a GPU (see README)")
     tensorboard: bool = opt(False, "also write the metrics (loss, accuracy, lr, images/s, "
                             "validation) as TensorBoard event files in the run folder's "
-                            "tensorboard/; needs pip install 'spnas[tensorboard]'")
+                            "tensorboard/; needs the tensorboard package")
     resume: bool = opt(False, "continue from the run folder's last.pt with the run's config.json: "
                        "flags not given are the run's, and only epochs, stop_after, print_freq, "
                        "val_interval, ckpt_interval, device, deterministic, cudnn_benchmark, cuda_graphs, "
@@ -361,7 +365,7 @@ class SearchRunConfig(_MemoryFormat, Checked):
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     tensorboard: bool = opt(False, "also write each candidate's accuracy, MACs, params (and "
                             "latency) as TensorBoard scalars in --out's tensorboard/, by "
-                            "candidate number; needs pip install 'spnas[tensorboard]'")
+                            "candidate number; needs the tensorboard package")
     resume: bool = opt(False, "continue the search recorded in --out (with the same settings)")
 
     def __post_init__(self) -> None:
@@ -374,7 +378,7 @@ class SearchRunConfig(_MemoryFormat, Checked):
 
 
 @dataclass
-class LatencyConfig(Checked):
+class LatencyConfig(_MemoryFormat, Checked):
     """``spnas latency-table``: time every (layer, choice) of a space on one device."""
 
     out: str = opt("latency.json", "the table (JSON)", metavar="FILE")
@@ -394,7 +398,7 @@ class LatencyConfig(Checked):
                         "0 = none", check="nonneg")
     warmup: int = opt(10, "untimed calls before each measurement", check="nonneg")
     repeats: int = opt(30, "timed calls; the median is kept", check="positive")
-    channels_last: bool = opt(True, "NHWC memory format")
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     overwrite: bool = opt(False, "replace an existing --out")
 
     def __post_init__(self) -> None:

@@ -292,8 +292,8 @@ def test_a_config_file_that_changes_a_resumed_run_is_refused(run, tmp_path, caps
 # ---- precision and memory format by device ---------------------------------------------------
 def test_training_and_search_default_to_fp32_nchw_on_cuda_and_channels_last_on_the_cpu():
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    for cfg in (C.RunConfig(), C.SearchRunConfig()):
-        assert cfg.amp is False and cfg.channels_last is None
+    for cfg in (C.RunConfig(), C.SearchRunConfig(), C.LatencyConfig()):
+        assert getattr(cfg, "amp", False) is False and cfg.channels_last is None
         assert cfg.channels_last_for(cpu) and not cfg.channels_last_for(cuda)
         for given in (True, False):  # a given setting holds on every device
             chosen = dataclasses.replace(cfg, channels_last=given)
@@ -301,6 +301,15 @@ def test_training_and_search_default_to_fp32_nchw_on_cuda_and_channels_last_on_t
     run = config_of("train", "--channels_last", "--amp").run
     assert run.channels_last is True and run.amp is True
     assert config_of("train").run.channels_last is None  # recorded as "the device's"
+
+
+def test_profile_times_in_the_devices_memory_format_unless_told():
+    from spnas.arch import Arch
+    from spnas.spaces.spos import spos_space
+    from spnas.stages.profile import profile_arch
+    arch = Arch.parse("k3 k5 x k7", spos_space(layers=4))
+    assert profile_arch(arch, batch=1, warmup=0, repeats=1)["channels_last"] is True  # the CPU's
+    assert profile_arch(arch, batch=1, warmup=0, repeats=1, channels_last=False)["channels_last"] is False
 
 
 PIPELINE_RECIPES = ("smoke.yaml", "spos_c10_fast.yaml", "spos_c10_original.yaml")
@@ -320,3 +329,15 @@ def test_every_shipped_pipeline_recipe_builds_its_stage_settings(name, tmp_path)
         assert supernet.run.channels_last and retrain.run.channels_last and search.channels_last
     else:
         assert not (supernet.run.amp or retrain.run.amp or search.amp or evaluate["amp"])
+
+
+def test_the_readme_lists_what_a_resume_may_change():
+    import re
+    from pathlib import Path
+
+    from spnas.resume import RESUMABLE
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sentence = re.search(r"Only\s+(`[^.]*?)\s+may change", readme)
+    assert sentence, "README: the 'Only ... may change' sentence of the Resume paragraph"
+    listed = set(re.findall(r"`(\w+)`", sentence.group(1)))
+    assert listed == set(RESUMABLE) - {"resume"}

@@ -7,7 +7,7 @@ import sys
 
 from spnas.cli.flags import check_positive
 from spnas.cli.generate import add_config_args, config_from_args, default_paren
-from spnas.config import DataConfig, RetrainConfig
+from spnas.config import CHANNELS_LAST_HELP, DataConfig, RetrainConfig
 from spnas.data.datasets import DATASETS
 from spnas.defaults import FinetuneStage, RetrainStage
 from spnas.errors import SpnasError
@@ -88,8 +88,8 @@ def add_profile_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="input side in pixels (default: 32, or 224 with --resize)")
     h.add_argument("--batch_size", type=int, default=128, help="the throughput batch")
     h.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    h.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC memory format")
+    h.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help=CHANNELS_LAST_HELP)
     h.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast on CUDA")
     h.add_argument("--warmup", type=int, default=10, help="untimed calls first")

@@ -45,7 +45,7 @@ def _measure_and_check(space: SpaceSpec, child, device: torch.device, cfg: Laten
                        log: Callable[[str], None]) -> LatencyTable:
     log(f"timing {space.describe()} on {device_description(device)}, batch {cfg.batch_size}")
     table = build_latency_table(space, child, device, cfg.batch_size, cfg.resolution, cfg.warmup,
-                                cfg.repeats, cfg.channels_last, progress=True)
+                                cfg.repeats, cfg.channels_last_for(device), progress=True)
     if cfg.calibrate:
         scale = calibrate_latency_table(table, child, device, cfg.calibrate, 1, cfg.warmup,
                                         cfg.repeats)

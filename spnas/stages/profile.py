@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from spnas.arch import Arch
+from spnas.config import channels_last_on
 from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import autocast
 from spnas.engine.latency import random_input, time_ms
@@ -19,9 +20,11 @@ from spnas.spaces import build_child
 
 def profile_arch(arch: Arch, num_classes: int = 10, resolution: int | None = None,
                  device: torch.device = torch.device("cpu"), batch: int = 128,
-                 channels_last: bool = True, amp: bool = False, warmup: int = 10,
+                 channels_last: bool | None = None, amp: bool = False, warmup: int = 10,
                  repeats: int = 30) -> dict:
-    """Count and time the standalone network of ``arch``; returns the figures."""
+    """Count and time the standalone network of ``arch``; returns the figures.
+    ``channels_last`` none: the device's default (``config.channels_last_on``)."""
+    channels_last = channels_last_on(device, channels_last)
     res = resolution or default_resolution(arch.space)
     net = build_child(arch, num_classes).eval()
     probe = torch.zeros(1, 3, res, res)
