@@ -70,7 +70,8 @@ def test_without_the_package_the_flag_is_a_one_line_hint(fake_cifar, tmp_path, m
     assert main(train_argv(fake_cifar, tmp_path, "no_tb", **{"--tensorboard": None})) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["spnas: error: --tensorboard needs the tensorboard package: pip install "
-                   "'spnas[tensorboard]' (or pip install tensorboard), or drop --tensorboard"]
+                   "tensorboard (or pip install -e '.[tensorboard]' in the spnas checkout), or "
+                   "drop --tensorboard"]
     assert not (tmp_path / "no_tb" / "last.pt").exists()
 
 

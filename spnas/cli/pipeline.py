@@ -26,7 +26,7 @@ def add_pipeline_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="TensorBoard event files in every training stage's and the search's "
-                        "folder (needs pip install 'spnas[tensorboard]')")
+                        "folder (needs the tensorboard package)")
     g.add_argument("--set", dest="settings", action="append", type=setting_arg, default=[],
                    metavar="[STAGE.]NAME=VALUE",
                    help="any other setting, e.g. supernet.epochs=2 or val_size=1000 (repeatable)")

@@ -37,8 +37,8 @@ def _clean(v):
     return v
 
 
-TENSORBOARD_HINT = ("--tensorboard needs the tensorboard package: pip install 'spnas[tensorboard]' "
-                    "(or pip install tensorboard), or drop --tensorboard")
+TENSORBOARD_HINT = ("--tensorboard needs the tensorboard package: pip install tensorboard (or "
+                    "pip install -e '.[tensorboard]' in the spnas checkout), or drop --tensorboard")
 
 
 def require_tensorboard():

@@ -37,7 +37,8 @@ from spnas.errors import SpnasError
 from spnas.stages.evaluate import checkpoint_data, load_child
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-ONNX_HINT = "pip install 'spnas[onnx]' (onnx, onnxscript, onnxruntime)"
+ONNX_HINT = ("pip install onnx onnxscript onnxruntime (or pip install -e '.[onnx]' in the spnas "
+             "checkout)")
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
