@@ -207,3 +207,36 @@ def test_unsampled_momentum_resumes_exactly(fake_cifar, tmp_path):
     full_w = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     part_w = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
+
+
+def test_a_run_stopped_between_last_and_best_writes_best_on_resume(fake_cifar, tmp_path, monkeypatch):
+    from spnas.engine.trainer import Trainer
+    flags = {"--epochs": 2, "--val_interval": 1}
+    assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
+    real_save = Trainer.save
+
+    def stop_before_best(self, name):
+        if name == "best.pt":
+            raise KeyboardInterrupt
+        real_save(self, name)
+    monkeypatch.setattr(Trainer, "save", stop_before_best)
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == 130
+    part = tmp_path / "part"
+    assert (part / "last.pt").is_file() and not (part / "best.pt").exists()
+    monkeypatch.setattr(Trainer, "save", real_save)
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
+    assert "wrote best.pt" in (part / "train.log").read_text()
+    full_b = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    part_b = torch.load(part / "best.pt", weights_only=True)
+    assert full_b["step"] == part_b["step"] and full_b["metrics"] == part_b["metrics"]
+    assert all(torch.equal(full_b["model"][k], part_b["model"][k]) for k in full_b["model"])
+
+
+def test_a_fresh_run_never_replaces_a_best_pt(fake_cifar, tmp_path, capsys):
+    argv = train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1})
+    assert main(argv) == 0
+    (tmp_path / "a" / "last.pt").unlink()
+    before = (tmp_path / "a" / "best.pt").read_bytes()
+    assert main(argv) == 2
+    assert "already holds a run (best.pt); it has no last.pt" in capsys.readouterr().err
+    assert (tmp_path / "a" / "best.pt").read_bytes() == before

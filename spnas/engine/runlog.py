@@ -227,10 +227,14 @@ _HELD: dict[Path, RunLock] = {}  # run folders this process has locked, by resol
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A fresh run must not overwrite a run; ``--resume`` needs that run's last.pt."""
+    """A fresh run must not overwrite a run's checkpoints; ``--resume`` needs its last.pt.
+    (Records without a checkpoint, of a run killed before its first one, are replaced.)"""
     last = run_dir / "last.pt"
-    if not resume and last.exists():
-        raise SpnasError(f"{run_dir} already holds a run; pass --resume to continue it, or "
+    held = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
+    if not resume and held:
+        how = ("pass --resume to continue it" if last.exists() else
+               "it has no last.pt to --resume from")
+        raise SpnasError(f"{run_dir} already holds a run ({', '.join(held)}); {how}, or "
                          "choose another --exp_name or --save_path")
     if resume and not last.is_file():
         raise SpnasError(f"checkpoint {last} not found: nothing to --resume in {run_dir}; "

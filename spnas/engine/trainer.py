@@ -169,11 +169,28 @@ class Trainer:
         self._load_weights(ckpt)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
-        self.best = float((ckpt.get("metrics") or {}).get("best", -math.inf))
+        metrics = ckpt.get("metrics") or {}
+        self.best = float(metrics.get("best", -math.inf))
+        self.last_val = {k: v for k, v in metrics.items() if k not in ("best", "select")}
         self.saved_step = self.step
         self.task.load_extra_state(ckpt.get("extra") or {})
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
+        self._catch_up_best()
+
+    def _catch_up_best(self) -> None:
+        """An improving validation writes last.pt, then best.pt; a run stopped between the
+        two has a best.pt older than last.pt's best (or none), and that best is last.pt's
+        own state, restored just now: write it as best.pt."""
+        path = self.dir / "best.pt"
+        if not self.dist.main or not math.isfinite(self.best):
+            return
+        if path.is_file() and float((load_checkpoint(path).get("metrics") or {}).get(
+                "best", -math.inf)) >= self.best:
+            return
+        self.save("best.pt")
+        self.log.info(f"wrote best.pt ({self.task.select} {self.best:.4f}, step {self.step}): "
+                      "the run had stopped before writing it")
 
     def _load_weights(self, ckpt: dict) -> None:
         t, trained = self.task, ckpt.get("train_model")
