@@ -43,6 +43,9 @@ def exclusive(path: str | Path) -> Iterator[None]:
 
 
 def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, then rename it over ``path``.
+    On any error the temporary file is removed and ``path`` is left as it was; an
+    ``OSError`` that names no file (a full disk on write or fsync) is given ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,8 +58,10 @@ def atomic_write(path: str | Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # write/fsync errors name no file
+            e.filename = str(path)
         raise
 
 

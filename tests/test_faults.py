@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import math
 import os
 import shutil
@@ -36,6 +37,7 @@ from test_train import train_argv
 import spnas.stages.train
 from spnas.cli import main
 from spnas.data.loading import DeviceLoader
+from spnas.engine.checkpoint import save_checkpoint
 
 # the run each case starts from: 3 steps (1 epoch), validated, last.pt = best.pt at step 3;
 # a case's argv has --epochs 2, so a resume that gets through trains steps 4..6
@@ -117,6 +119,26 @@ def disk_full(case: Case) -> list[str]:
     return case.argv(**{"--resume": None, "--epochs": 3})
 
 
+def disk_fills_in_torch_save(case: Case) -> list[str]:
+    """The disk has room for half of last.pt: a write inside torch.save fails (ENOSPC), and
+    torch's zip writer, closing, raises RuntimeError("unexpected pos ...") over it."""
+    free = [(case.run / "last.pt").stat().st_size // 2]
+    fdopen = os.fdopen
+
+    class Disk(io.FileIO):
+        def write(self, b):  # what fits, then ENOSPC, as write(2) does
+            if not free[0]:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            n = min(len(b), free[0])
+            free[0] -= n
+            return super().write(memoryview(b)[:n])
+
+    def full_fdopen(fd, mode="r", *args, **kwargs):
+        return io.BufferedWriter(Disk(fd, "wb")) if mode == "wb" else fdopen(fd, mode, *args, **kwargs)
+    case.monkeypatch.setattr(os, "fdopen", full_fdopen)
+    return case.argv(**{"--resume": None, "--epochs": 3})
+
+
 def NO_TEMP_LEFT(before, after):
     return KEPT(before, after) and not [k for k in after if k.endswith(".tmp")]
 
@@ -175,6 +197,8 @@ CASES = {
     # a full disk while writing a checkpoint: one line, the earlier checkpoints kept, no temp file
     "disk-full": (disk_full, 2, "the disk is full while writing ... last.pt (No space left on device); "
                   "free space", NO_TEMP_LEFT),
+    "disk-full-in-torch-save": (disk_fills_in_torch_save, 2, "the disk is full while writing ... "
+                                "last.pt (No space left on device); free space", NO_TEMP_LEFT),
     # 4: a live run's folder is refused; the copy's .lock (a finished run's) never blocks
     "locked": (held_lock, 2, "runs/run is in use by another run", SAME),
     # 5: the run folder is one plain folder name under --save_path
@@ -204,7 +228,7 @@ CASES = {
     "meta": ({"--device": "meta"}, 2, "--device meta: spnas runs on the CPU or CUDA GPUs", SAME),
     "cuda-1-of-1": (one_gpu, 2, "--device cuda:1: this machine has 1 CUDA device(s), cuda:0..cuda:0", SAME),
     "abbrev": ({"--epoch": 3}, 2, "unrecognized arguments: --epoch 3", SAME),
-    "fresh-over-run": ({"--resume": False}, 2, "already holds a run; pass --resume", SAME),
+    "fresh-over-run": ({"--resume": False}, 2, "already holds a run ... pass --resume", SAME),
 }
 
 
@@ -259,6 +283,19 @@ def test_fault(base, tmp_path, monkeypatch, capsys, setup, status, message, fold
     with open(case.run / ".lock", "a") as f:  # the command let go of the run folder
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
+
+def test_a_failed_checkpoint_save_the_disk_did_not_cause_stays_itself(tmp_path, monkeypatch):
+    def save(obj, f):
+        f.write(b"PK")
+        try:
+            raise ValueError("a tensor subclass")
+        except ValueError:
+            raise RuntimeError("not the disk") from None
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(RuntimeError, match="not the disk"):
+        save_checkpoint(tmp_path / "x.pt", {"kind": "supernet", "space": {}, "num_classes": 10,
+                                            "model": {}})
+    assert not list(tmp_path.iterdir())
 
 def test_seed_scripts_refuse_abbreviated_flags(tmp_path):
     sys.path.insert(0, str(ROOT / "run_scripts"))

@@ -40,13 +40,27 @@ FORMAT = "spnas-1"
 KINDS = ("supernet", "child", "superkernel")
 
 
-
-
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     missing = {"kind", "space", "num_classes", "model"} - payload.keys()
     if missing:
         raise ValueError(f"checkpoint payload lacks {sorted(missing)}")
-    atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
+    atomic_write(path, lambda f: _torch_save({"format": FORMAT, **payload}, f))
+
+
+def _torch_save(obj: dict, f) -> None:
+    """``torch.save``, raising the ``OSError`` of a failed write (ENOSPC...) as itself.
+
+    When a write fails, torch's zip writer still writes its end record on the way out and
+    that raises ``RuntimeError("[enforce fail at inline_container.cc] unexpected pos")``,
+    hiding the ``OSError`` as its ``__context__``. Other RuntimeErrors pass unchanged.
+    """
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
+        raise
 
 
 def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
