@@ -106,6 +106,9 @@ def base_type(hint):
 def _typed(name: str, value, f: dataclasses.Field, hint):
     """``value`` if it is of the setting's type (an int for a float becomes a float)."""
     kind = base_type(hint)
+    if value is None and kind in _KIND_NAMES and type(None) not in typing.get_args(hint):
+        raise SpnasError(f"{flag_of(name, f)} must be {_KIND_NAMES[kind]}, got none (null); "
+                         "give a value, or leave the setting out for its default")
     if value is None or kind not in _KIND_NAMES:
         return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

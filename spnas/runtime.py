@@ -64,15 +64,36 @@ class Dist:
         return self.rank == 0
 
 
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env_int(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(text)
+    except ValueError:
+        raise SpnasError(f"the environment variable {name}={text!r} is not a whole number; "
+                         "unset it, or launch with torchrun, which sets it") from None
+
+
 def world_size() -> int:
     """Processes of this run, as torchrun says (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", "1")
+    if world < 1:
+        raise SpnasError(f"the environment variable WORLD_SIZE={world} must be 1 or more; unset "
+                         "it, or launch with torchrun")
+    return world
 
 
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Read torchrun's environment; one process per GPU (NCCL) or CPU process (gloo)."""
     world = world_size()
-    d = Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    missing = [name for name in TORCHRUN_ENV if world > 1 and name not in os.environ]
+    if missing:
+        raise SpnasError(f"WORLD_SIZE={world} is set but {', '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not: this is not a torchrun "
+                         "launch; unset WORLD_SIZE, or start with torchrun --nproc_per_node N")
+    d = Dist(_env_int("RANK", "0"), world, _env_int("LOCAL_RANK", "0"))
     device = resolve_device(device_name, d.local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":

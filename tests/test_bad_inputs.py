@@ -224,6 +224,46 @@ def folder_with_a_file(path: Path) -> Path:
     return path
 
 
+def kept_classes(tmp: Path, *keep: str) -> Path:
+    """Image folders (20 train, 10 test images) with only the classes ``keep``."""
+    data = write_image_folders(tmp / "data", 20, 10)
+    for split in ("train", "test"):
+        for d in (data / split).iterdir():
+            if d.name not in keep:
+                shutil.rmtree(d)
+    return data
+
+
+def train_argv(tmp: Path, *flags: str) -> list[str]:
+    """A tiny supernet run on the fake CIFAR-10 in tmp/data, its folder tmp/run/a."""
+    return ["train", "--data_path", str(write_official(tmp / "data")), "--no-download",
+            "--layers", "2", "--num_steps", "1", "--epochs", "1", "--batch_size", "8",
+            "--val_size", "20", "--val_paths", "1", "--recal_images", "8",
+            "--save_path", str(tmp / "run"), "--exp_name", "a", *flags]
+
+
+def file_with(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def without_torchrun(monkeypatch, **env: str) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def resume_from(config_json: str, tmp: Path):
+    """``check_resume`` of a resumed run whose folder's config.json holds ``config_json``."""
+    from spnas.config import RunConfig
+    from spnas.engine.runlog import check_resume
+    file_with(tmp / "run" / "config.json", config_json.encode())
+    cfg = dataclasses.replace(TrainConfig(), run=RunConfig(resume=True))
+    return call(check_resume, cfg, tmp / "run")
+
+
 # ---- the table -------------------------------------------------------------------------
 @dataclasses.dataclass
 class Case:
@@ -422,6 +462,42 @@ CASES = [
         "--out", str(t / "eval")],
          1, "spnas: warning: the network's outputs are not finite (NaN or inf) on 100 of 100 images",
          watch="run", after=_valid_json_with_null_loss),
+    # paths, settings files and the environment
+    Case("one-class-folder", lambda t, m: load(kept_classes(t, "cat"), "folder"),
+         ERROR, "holds one class folder (cat); a classifier needs two or more"),
+    Case("save-path-is-a-file", lambda t, m: (file_with(t / "f.txt", b"mine"), train_argv(
+        t, "--save_path", str(t / "f.txt")))[1], ERROR,
+         "{tmp}/f.txt/a: a part of it is a file where a folder is needed"),
+    Case("data-path-is-a-file", lambda t, m: ["train", "--data_path", str(file_with(
+        t / "data", b"mine")), "--layers", "2", "--save_path", str(t / "run")], ERROR,
+         "{tmp}/data: a file is there where a folder is needed"),
+    Case("config-setting-null", lambda t, m: train_argv(t, "--config", str(file_with(
+        t / "c.yaml", b"momentum: null\n"))), ERROR,
+         "--momentum must be a number, got none (null)"),
+    Case("config-not-utf8", lambda t, m: train_argv(t, "--config", str(file_with(
+        t / "c.yaml", "lr: 0.1".encode("utf-16")))), ERROR, "c.yaml is not a UTF-8 text file"),
+    Case("resume-config-json-not-a-mapping", lambda t, m: resume_from("[1, 2]", t), ERROR,
+         "config.json is unreadable (it holds a list, not a mapping of settings)"),
+    Case("world-size-without-torchrun", lambda t, m: (without_torchrun(m, WORLD_SIZE="2"),
+                                                      train_argv(t))[1], ERROR,
+         "WORLD_SIZE=2 is set but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not"),
+    Case("world-size-not-a-number", lambda t, m: (without_torchrun(m, WORLD_SIZE="two"),
+                                                  train_argv(t))[1], ERROR,
+         "WORLD_SIZE='two' is not a whole number"),
+    Case("import-reference-not-a-torch-file", lambda t, m: [
+        "import-reference", str(file_with(t / "hw.pth", b"hello\n")), "--out", str(t / "x.pt")],
+         ERROR, "hw.pth is not a readable torch file (not a file torch.save wrote)"),
+    Case("evaluate-an-arch-file", lambda t, m: [
+        "evaluate", "--checkpoint", str(file_with(t / "s" / "best_arch.json", b"{}"))], ERROR,
+         "best_arch.json is a text file, not a checkpoint", watch="s"),
+    Case("retrain-arch-is-a-folder", lambda t, m: (file_with(t / "s" / "best_arch.json", b"{}"), [
+        "retrain", "--arch", str(t / "s"), "--data_path", str(t / "data")])[1], ERROR,
+         "--arch {tmp}/s is a folder; give an arch file in it (best_arch.json)", watch="s"),
+    Case("evaluate-data-with-other-classes", lambda t, m: [
+        "evaluate", "--checkpoint", str(child_checkpoint(t)), "--data_path",
+        str(kept_classes(t / "other", "cat", "dog")), "--dataset", "folder",
+        "--out", str(t / "eval")], ERROR, "classifies 10 classes, but folder under",
+         watch="run"),
 ]
 
 

@@ -161,3 +161,18 @@ def test_export_on_real_cifar_images(real_cifar, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript",
                  "--check_images", "64", "--tolerance", "1e-4"]) == 0
     assert "real images [64, 3, 32, 32]" in capsys.readouterr().out
+
+
+def test_resuming_a_run_with_another_command_is_refused(fake_cifar, tmp_path, capsys):
+    ckpt = save_child(tmp_path / "src.pt", busy_child(10), fake_cifar)
+    assert main(finetune_argv(fake_cifar, ckpt, tmp_path, "ft")) == 0
+    before = (tmp_path / "ft" / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(cli_argv("retrain", {"--arch": ARCH, "--layers": 4, "--data_path": fake_cifar,
+                                     "--val_size": 50,
+                                     "--save_path": tmp_path, "--exp_name": "ft",
+                                     "--resume": None, "--no-download": None})) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"spnas: error: {tmp_path / 'ft'} holds a run of spnas finetune (FinetuneConfig in "
+        "config.json), not of this command; resume it with spnas finetune --resume"]
+    assert (tmp_path / "ft" / "last.pt").read_bytes() == before

@@ -257,6 +257,11 @@ def needs(kind: str, *wanted: str) -> str:
     return f"holds a {kind} checkpoint; this command needs one of: {', '.join(wanted)}"
 
 
+def started_by(command: str, model_type: str) -> str:
+    return (f"{{run}} holds a run of spnas {command} ({model_type} in config.json), not of this "
+            f"command; resume it with spnas {command} --resume")
+
+
 WRONG_KIND = {  # id: (run the command is given, argv of (that run's folder, data, tmp), message)
     "evaluate-supernet": ("supernet", lambda r, d, t: [
         "evaluate", "--checkpoint", r / "last.pt", "--device", "cpu", "--out", t / "e"],
@@ -275,11 +280,11 @@ WRONG_KIND = {  # id: (run the command is given, argv of (that run's folder, dat
     "search-superkernel": ("superkernel", lambda r, d, t: search_argv(r, t / "s"),
                            needs("superkernel", "supernet")),
     "train-resume-a-retrain-run": ("retrained", lambda r, d, t: resume_argv("train", r),
-                                   "last.pt " + needs("child", "supernet")),
+                                   started_by("retrain", "RetrainConfig")),
     "train-resume-a-superkernel-run": ("superkernel", lambda r, d, t: resume_argv("train", r),
-                                       "last.pt " + needs("superkernel", "supernet")),
+                                       started_by("superkernel", "SuperkernelConfig")),
     "superkernel-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("superkernel", r),
-                                          "last.pt " + needs("supernet", "superkernel")),
+                                          started_by("train", "SupernetConfig")),
     "retrain-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("retrain", r),
                                       "--resume: {run} holds no retrain run to continue"),
     "finetune-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("finetune", r),

@@ -98,11 +98,16 @@ def run_guarded(fn, args) -> int:
         print("spnas: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.errno not in _STORAGE_ERRORS:
+        if e.errno in _STORAGE_ERRORS:
+            print(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing "
+                  f"{e.filename or 'a file'} ({e.strerror}); free space or write elsewhere "
+                  "(--save_path, --out); what was written before, checkpoints among them, is "
+                  "kept", file=sys.stderr)
+        elif e.errno in _PATH_ERRORS:
+            print(f"spnas: error: {e.filename or 'a path'}: {_PATH_ERRORS[e.errno]} "
+                  f"({e.strerror}); check --save_path, --out, --data_path", file=sys.stderr)
+        else:
             raise
-        print(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing {e.filename or 'a file'} "
-              f"({e.strerror}); free space or write elsewhere (--save_path, --out); what was "
-              "written before, checkpoints among them, is kept", file=sys.stderr)
         return 2
     finally:
         close_distributed()
@@ -111,6 +116,10 @@ def run_guarded(fn, args) -> int:
 
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+# a path given where the other kind of thing is
+_PATH_ERRORS = {errno.ENOTDIR: "a part of it is a file where a folder is needed",
+                errno.EEXIST: "a file is there where a folder is needed",
+                errno.EISDIR: "it is a folder where a file is needed"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,10 +137,12 @@ def read_recipe(path: str | Path) -> dict:
     PyYAML is imported only for .yaml/.yml files."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise SpnasError(f"{path}: cannot read it ({e.strerror or e}); give a YAML or JSON "
                          "file") from None
+    except UnicodeDecodeError:
+        raise SpnasError(f"{path} is not a UTF-8 text file; give a YAML or JSON file") from None
     if p.suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -194,9 +196,13 @@ def saved_run_settings(default, values: dict) -> dict:
         return {}  # the config's own check says what is wrong with it
     path = Path(values.get("save_path", run.save_path)).expanduser() / exp_name / "config.json"
     try:
-        saved = saved_settings(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    model = getattr(default, "model", None)
+    if not isinstance(data, dict) or data.get("model_type") not in (None, type(model).__name__):
+        return {}  # not a mapping, or another command's run: the trainer refuses it
+    saved = saved_settings(data)
     known = settings_of(default)
     return coerce_settings(default, {k: v for k, v in saved.items() if k in known})
 

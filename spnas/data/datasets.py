@@ -216,6 +216,9 @@ def _read_split_folder(root: Path, classes: list[str] | None, size: int):
     if not found:
         raise SpnasError(f"{root} holds no class folders; put each class's images in "
                          f"{root}/<class>/")
+    if len(found) == 1:
+        raise SpnasError(f"{root} holds one class folder ({found[0]}); a classifier needs two "
+                         f"or more: put each class's images in {root}/<class>/")
     files, labels = [], []
     for label, cls in enumerate(found):
         mine = [f for f in sorted((root / cls).iterdir())

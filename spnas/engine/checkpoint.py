@@ -38,6 +38,11 @@ from spnas.spaces.common import ChildNet
 
 FORMAT = "spnas-1"
 KINDS = ("supernet", "child", "superkernel")
+# what to do with a checkpoint a command does not take
+KIND_HINT = {"supernet": " (search it with spnas search, or give finetune --arch to take a "
+                         "path of it)",
+             "superkernel": " (retrain its arch.json with spnas retrain --arch)",
+             "child": " (a trained network: evaluate, export or finetune it)"}
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -71,6 +76,9 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     if not path.is_file():
         raise SpnasError(f"checkpoint {path} not found; give a .pt file or a run folder "
                          "that holds best.pt or last.pt")
+    if path.suffix in (".json", ".jsonl", ".yaml", ".yml"):
+        raise SpnasError(f"{path} is a text file, not a checkpoint; give a .pt file or a run "
+                         "folder (an arch file from a search trains with spnas retrain --arch)")
     try:
         _check_crcs(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -84,7 +92,7 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
         raise SpnasError(f"{path} is not an spnas checkpoint (format {FORMAT} expected)")
     if ckpt.get("kind") not in kinds:
         raise SpnasError(f"{path} holds a {ckpt.get('kind')} checkpoint; this command needs "
-                         f"one of: {', '.join(kinds)}")
+                         f"one of: {', '.join(kinds)}{KIND_HINT.get(str(ckpt.get('kind')), '')}")
     _check_fields(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt

@@ -311,6 +311,11 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig):
     return lock
 
 
+# the command that trains with each model config (a run folder's config.json names it)
+COMMAND_OF = {"SupernetConfig": "train", "RetrainConfig": "retrain",
+              "FinetuneConfig": "finetune", "SuperkernelConfig": "superkernel"}
+
+
 def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
     """Refuse a resume whose settings differ from the run's ``config.json`` outside
     ``resume.RESUMABLE`` (naming each); return the allowed changes, to be logged."""
@@ -319,9 +324,16 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
         return []
     try:
         saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"it holds a {type(saved).__name__}, not a mapping of settings")
     except (OSError, ValueError) as e:
         raise SpnasError(f"{path} is unreadable ({e}); it records the run's settings, "
                          "so the run can't be resumed safely") from None
+    started, mine = saved.get("model_type"), type(cfg.model).__name__
+    if started not in (None, mine):
+        command = COMMAND_OF.get(started, "the command that started it")
+        raise SpnasError(f"{run_dir} holds a run of spnas {command} ({started} in config.json), "
+                         f"not of this command; resume it with spnas {command} --resume")
     refused, allowed = resume_changes(cfg, saved)
     refuse_changes(refused, run_dir)
     return allowed

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from spnas.config import DataConfig
-from spnas.data.datasets import Splits
-from spnas.data.loading import build_transform, load_splits
+from spnas.data.datasets import Splits, load_dataset, make_splits
+from spnas.data.loading import build_transform
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
 from spnas.engine.plots import plot_confusion
@@ -56,11 +56,17 @@ def checkpoint_data(ckpt: dict, data_path: str | None = None,
 def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int) -> Splits:
     """Train/val/test as the run split them (its seed and val_size)."""
     seed = int(((ckpt.get("config") or {}).get("run") or {}).get("seed", 0))
-    splits = load_splits(data, seed)
-    if len(splits.classes) != num_classes:
+    ds = load_dataset(data.dataset, data.data_path, download_ok=data.download,
+                      image_size=data.image_size)
+    if ds.num_classes != num_classes:  # before the split, whose sizes would not fit either
         raise SpnasError(f"{ckpt['path']} classifies {num_classes} classes, but {data.dataset} "
-                         f"under {data.data_path} has {len(splits.classes)}; pass the "
+                         f"under {data.data_path} has {ds.num_classes}; pass the "
                          "--dataset/--data_path it was trained on")
+    if not 0 <= data.val_size < len(ds.train_x):
+        raise SpnasError(f"{ckpt['path']}'s run held out {data.val_size} training images, but "
+                         f"{data.dataset} under {data.data_path} has {len(ds.train_x)}; pass the "
+                         "--dataset/--data_path it was trained on")
+    splits = make_splits(ds, data.val_size, seed)
     check_class_names(ckpt, splits.classes, data)
     return splits
 

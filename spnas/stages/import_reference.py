@@ -100,9 +100,9 @@ def read_state(src: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
-            OSError) as e:
-        text = str(e).strip()
-        first = text.splitlines()[0][:160] if text else type(e).__name__
+            OSError, KeyError, AttributeError, IndexError) as e:  # the last: garbage pickles
+        text = "" if isinstance(e, (KeyError, AttributeError, IndexError)) else str(e).strip()
+        first = text.splitlines()[0][:160] if text else "not a file torch.save wrote"
         raise SpnasError(f"{src} is not a readable torch file ({first})") from None
     if not isinstance(state, dict):
         raise SpnasError(f"{src} holds a {type(state).__name__}, not a state_dict")

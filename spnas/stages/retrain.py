@@ -53,6 +53,11 @@ def load_arch(cfg: RetrainConfig, data: DataConfig) -> Arch:
     if not cfg.arch:
         raise SpnasError("--arch is required: an arch file (.json), tokens ('k3 k5 x ...') "
                          "or choice indices ('1,0,3,...')")
+    if Path(cfg.arch).expanduser().is_dir():
+        inside = sorted(p.name for p in Path(cfg.arch).expanduser().glob("*arch*.json"))
+        raise SpnasError(f"--arch {cfg.arch} is a folder; give an arch file in it"
+                         + (f" ({', '.join(inside)})" if inside else "")
+                         + ", tokens ('k3 k5 x ...') or choice indices ('1,0,3,...')")
     if is_arch_file(cfg.arch):
         arch = arch_from_text_or_file(cfg.arch, None)
         check_layout(arch, data, f"arch file {cfg.arch}")
