@@ -58,6 +58,7 @@ def test_resume_keeps_finished_stages_and_runs_the_stopped_one(smoke):
 @pytest.mark.parametrize("extra, message", [
     ((), "already holds this pipeline; pass --resume"),
     (("--resume", "--set", "supernet.lr=0.5"), "ran another recipe (supernet differ"),
+    (("--resume", "--set", "export.check_images=4"), "(export differ; see"),  # finished last
 ])
 def test_a_finished_pipeline_is_never_overwritten(smoke, capsys, extra, message):
     root, out = smoke
@@ -78,3 +79,75 @@ def test_recipe_mistakes_are_one_line_errors(tmp_path, fake_cifar, capsys, recip
     assert run(path, tmp_path / "out", fake_cifar) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("retrain.epochz=2", "recipe section 'retrain' has no setting epochz; see 'spnas retrain"),
+    ("retrain.epochs=abc", "retrain stage: setting epochs must be a whole number, got 'abc'"),
+    ("retrain.epochs=-1", "retrain stage: --epochs must be positive, got -1"),
+    ("search.max_flops=1M", "search stage: --max_flops 1M is below the cheapest arch"),
+    ("search.max_latency_ms=3", "search stage: --max_latency_ms needs --latency_table"),
+    ("val_sise=64", "top-level val_sise is no stage's setting (did you mean val_size?)"),
+    ("evaluate.split=tset", "evaluate stage: --split must be one of test, val, train"),
+    ("evaluate.batchsize=8", "section 'evaluate' has no setting batchsize; its settings: split"),
+    ("export.format=onnxx", "export stage: --format must be one of torchscript, onnx"),
+    ("export.tolerance=0", "export stage: --tolerance must be positive"),
+    ("retrain.arch=a.json", "sets arch, which the pipeline sets itself"),
+])
+def test_a_mistake_in_any_stage_fails_before_any_stage_runs(tmp_path, fake_cifar, capsys,
+                                                           setting, message):
+    out = tmp_path / "out"
+    assert run(ROOT / "recipes" / "smoke.yaml", out, fake_cifar, "--set", setting) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # no stage ran, no recipe.json: the fixed command starts afresh
+
+
+@pytest.mark.parametrize("recipe, message", [
+    ({"retrain": 5}, "recipe section 'retrain' must be a mapping of settings, got 5"),
+    ({"out": "x"}, "the recipe's top level sets out, which the pipeline sets itself"),
+    ({"supernet": {"epochs": 1}, "export": None}, None),  # an empty section
+])
+def test_the_settings_are_checked_when_the_pipeline_is_made(tmp_path, recipe, message):
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline
+    if message is None:
+        assert Pipeline(recipe, tmp_path).settings["supernet"].optim.epochs == 1
+        return
+    with pytest.raises(SpnasError, match=message):
+        Pipeline(recipe, tmp_path)
+
+
+@pytest.mark.parametrize("held", [["last.pt", "config.json"], None])  # a supernet run; no folder
+def test_resume_needs_a_pipeline_folder(tmp_path, fake_cifar, capsys, held):
+    out = tmp_path / "run"
+    for name in held or []:
+        out.mkdir(exist_ok=True)
+        (out / name).write_text("{}")
+    assert run(ROOT / "recipes" / "smoke.yaml", out, fake_cifar, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "holds no pipeline (no recipe.json): nothing to --resume" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (sorted(p.name for p in out.iterdir()) == sorted(held)) if held else not out.exists()
+
+
+def test_a_resume_may_change_only_stages_not_started(tmp_path, capsys):
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline
+    out = tmp_path / "p"
+    first = {"seed": 0, "supernet": {"epochs": 1}, "retrain": {"epochs": 1}}
+    Pipeline(first, out)._check_recipe()
+    (out / "supernet").mkdir()  # supernet started; search, retrain ... not yet
+    later = {**first, "retrain": {"epochs": 2}, "export": {"format": "onnx"}}
+    Pipeline(later, out, resume=True)._check_recipe()
+    assert "export, retrain changed since" in capsys.readouterr().out
+    assert json.loads((out / "recipe.json").read_text()) == later
+    for change, differ in [({"supernet": {"epochs": 2}}, "supernet"), ({"seed": 1}, "seed")]:
+        with pytest.raises(SpnasError, match=rf"ran another recipe \({differ} differ.* supernet "
+                                             "started with it"):
+            Pipeline({**later, **change}, out, resume=True)._check_recipe()
+    (out / "retrain").mkdir()  # retrain started: it, and every stage before it, are fixed now
+    with pytest.raises(SpnasError, match=r"\(search differ.* and search started with it"):
+        Pipeline({**later, "search": {"population": 3}}, out, resume=True)._check_recipe()
+    Pipeline({**later, "evaluate": {"batch_size": 50}}, out, resume=True)._check_recipe()
+    assert json.loads((out / "recipe.json").read_text())["evaluate"] == {"batch_size": 50}

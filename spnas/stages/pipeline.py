@@ -15,9 +15,13 @@ A recipe (YAML or JSON) holds settings by their flag names: top-level names
 apply to every stage that has a setting of that name (``data_path``,
 ``dataset``, ``seed``, ``device`` ...), and a section per stage sets that
 stage's own (``supernet: {epochs: 600, lr: 0.025}``). Flags given to
-``spnas pipeline`` override the recipe's top level. A finished stage leaves
+``spnas pipeline`` override the recipe's top level. Every stage's settings are
+built and checked before any stage runs or ``OUT/recipe.json`` is written, so a
+mistake anywhere fails at once. A finished stage leaves
 ``OUT/<stage>/done.json`` and is not run again; a stopped one resumes
-(training from ``last.pt``, search from ``candidates.jsonl``).
+(training from ``last.pt``, search from ``candidates.jsonl``). ``--resume`` needs
+a pipeline's folder, and a changed recipe is refused unless the changes touch
+only stages not started yet (no ``OUT/<stage>/``) or ``MACHINE_KEYS``.
 
 Under torchrun every process runs the supernet, search and retrain stages together
 (DDP, the search split across them); rank 0 alone writes the pipeline's own files
@@ -28,6 +32,7 @@ stage before the one before it is recorded.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import time
 from pathlib import Path
@@ -38,7 +43,7 @@ import torch
 from spnas.config import SearchRunConfig
 from spnas.defaults import RetrainStage, SupernetStage
 from spnas.errors import SpnasError
-from spnas.fields import coerce_settings, from_flat, settings_of
+from spnas.fields import Checked, coerce_settings, from_flat, opt, settings_of
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, init_distributed, rank0_first
 
@@ -46,8 +51,34 @@ from spnas.runtime import Dist, init_distributed, rank0_first
 MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
 EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
-EVALUATE_DEFAULTS = {"split": "test", "batch_size": 500, "device": "auto", "amp": False}
-EXPORT_DEFAULTS = {"format": "torchscript", "check_images": 64, "tolerance": 1e-3}
+# settings the pipeline gives its stages itself (folders, resume, what feeds each stage)
+PIPELINE_SETS = ("save_path", "exp_name", "resume", "checkpoint", "out", "arch")
+
+
+@dataclasses.dataclass
+class EvaluateSettings(Checked):
+    """The evaluate stage: ``spnas evaluate OUT/retrain``."""
+
+    split: str = opt("test", "the split evaluated", choices=("test", "val", "train"))
+    batch_size: int = opt(500, "images per forward", check="positive")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = opt(False, "bf16 autocast on CUDA")
+
+
+@dataclasses.dataclass
+class ExportSettings(Checked):
+    """The export stage: ``spnas export OUT/retrain``."""
+
+    format: str = opt("torchscript", "torchscript or onnx", choices=("torchscript", "onnx"))
+    check_images: int = opt(64, "test images the export is checked on", check="nonneg")
+    tolerance: float = opt(1e-3, "largest difference from PyTorch's outputs", check="positive")
+
+
+STAGE_DEFAULTS = {"supernet": SupernetStage, "search": SearchRunConfig, "retrain": RetrainStage,
+                  "evaluate": EvaluateSettings, "export": ExportSettings}
+EVALUATE_DEFAULTS = dataclasses.asdict(EvaluateSettings())
+EXPORT_DEFAULTS = dataclasses.asdict(ExportSettings())
+_COMMAND = {"supernet": "train", "search": "search", "retrain": "retrain"}
 
 
 def _settings_for(default, shared: dict, own: dict, stage: str):
@@ -55,27 +86,80 @@ def _settings_for(default, shared: dict, own: dict, stage: str):
     known = settings_of(default)
     unknown = sorted(set(own) - set(known))
     if unknown:
-        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}; "
-                         f"see 'spnas {_COMMAND[stage]} --help' for its settings")
+        where = (f"see 'spnas {_COMMAND[stage]} --help' for its settings" if stage in _COMMAND
+                 else f"its settings: {', '.join(known)}")
+        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}; {where}")
     values = {k: v for k, v in shared.items() if k in known}
     values.update(own)
-    return from_flat(default, coerce_settings(default, values))
-
-
-_COMMAND = {"supernet": "train", "search": "search", "retrain": "retrain"}
+    try:
+        return from_flat(default, coerce_settings(default, values))
+    except SpnasError as e:
+        raise SpnasError(f"{stage} stage: {e}") from None
 
 
 def _small(defaults: dict, shared: dict, own: dict, stage: str) -> dict:
-    unknown = sorted(set(own) - set(defaults))
+    """The settings of the evaluate or export stage as a dict (``defaults`` as the base)."""
+    return dataclasses.asdict(_settings_for(STAGE_DEFAULTS[stage](**defaults), shared, own, stage))
+
+
+def stage_names() -> dict[str, set[str]]:
+    """{stage: the names of its settings}."""
+    return {stage: set(settings_of(make())) for stage, make in STAGE_DEFAULTS.items()}
+
+
+def stage_settings(shared: dict, own: dict[str, dict]) -> dict[str, Any]:
+    """{stage: its settings, built and checked}: any mistake is a ``SpnasError`` here."""
+    names = stage_names()
+    every = set().union(*names.values())
+    unknown = sorted(set(shared) - every)
     if unknown:
-        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}; "
-                         f"its settings: {', '.join(defaults)}")
-    return {**defaults, **{k: v for k, v in shared.items() if k in defaults}, **own}
+        near = sorted({m for k in unknown for m in difflib.get_close_matches(k, every, n=1)})
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise SpnasError(f"the recipe's top-level {', '.join(unknown)} is no stage's setting{hint}; "
+                         "top-level names are settings of a stage (see 'spnas train --help', "
+                         "'spnas search --help', 'spnas retrain --help', docs/recipes.md)")
+    for stage, values in (("top level", shared), *own.items()):
+        ours = sorted(set(values) & set(PIPELINE_SETS))
+        if ours:
+            where = "the recipe's top level" if stage == "top level" else f"recipe section '{stage}'"
+            raise SpnasError(f"{where} sets {', '.join(ours)}, which the pipeline sets itself "
+                             "(each stage's folder and input); drop it")
+    return {stage: _settings_for(make(), shared, own[stage], stage)
+            for stage, make in STAGE_DEFAULTS.items()}
+
+
+def check_budget_early(settings: dict[str, Any]) -> None:
+    """Refuse a search budget below the cheapest arch of the supernet's space before the
+    supernet trains (the search checks it again). CIFAR only: a folder's classes are
+    known once it is read."""
+    search, supernet = settings["search"], settings["supernet"]
+    if search.search.max_flops is None and search.search.max_params is None:
+        return
+    classes = supernet.data.classes or {"cifar10": 10, "cifar100": 100}.get(supernet.data.dataset)
+    if classes is None:
+        return
+    from spnas.engine.evolution import Budget
+    from spnas.engine.runlog import RunLog
+    from spnas.stages.search import check_budget, cost_model
+    from spnas.stages.train import supernet_space
+    quiet = RunLog(".", enabled=False)
+    resolution = 224 if supernet.data.resize else 32
+    costs = cost_model(supernet_space(supernet.model, supernet.data), classes, resolution, None,
+                       quiet)
+    try:
+        check_budget(costs, Budget(search.search.max_flops, search.search.max_params), resolution,
+                     quiet)
+    except SpnasError as e:
+        raise SpnasError(f"search stage: {e}") from None
 
 
 def split_recipe(recipe: dict) -> tuple[dict, dict[str, dict]]:
     """(shared settings, {stage: its own settings}); unknown sections are refused."""
-    shared = {k: v for k, v in recipe.items() if not isinstance(v, dict)}
+    for stage in STAGES:
+        if recipe.get(stage) is not None and not isinstance(recipe[stage], dict):
+            raise SpnasError(f"recipe section '{stage}' must be a mapping of settings, got "
+                             f"{recipe[stage]!r}")
+    shared = {k: v for k, v in recipe.items() if not isinstance(v, dict) and k not in STAGES}
     sections = {k: v for k, v in recipe.items() if isinstance(v, dict)}
     unknown = sorted(set(sections) - set(STAGES))
     if unknown:
@@ -90,6 +174,7 @@ class Pipeline:
     def __init__(self, recipe: dict, out: str | Path, resume: bool = False):
         self.out, self.resume = Path(out), resume
         self.shared, self.own = split_recipe(recipe)
+        self.settings = stage_settings(self.shared, self.own)  # checked before anything runs
         self.recipe = recipe
         self.times: dict[str, float] = {}
         self.results: dict[str, Any] = {}
@@ -113,23 +198,50 @@ class Pipeline:
         return rank0_first(fn, self.dist, self.device)
 
     def _check_recipe(self) -> None:
-        started = self.out.exists() and any(self.out.iterdir())
-        if started and not self.resume and not (self.out / "recipe.json").exists():
-            raise SpnasError(f"{self.out} is not empty and holds no pipeline; choose another --out")
         path = self.out / "recipe.json"
-        if path.exists():
-            before = json.loads(path.read_text())
-            changed = sorted(k for k in before.keys() | self.recipe.keys()
-                             if k not in MACHINE_KEYS and before.get(k) != _jsonable(self.recipe.get(k)))
-            if changed:
-                raise SpnasError(f"{self.out} ran another recipe ({', '.join(changed)} differ; see "
-                                 f"{path}); resume with the same recipe and settings, or choose "
-                                 "another --out")
-            if not self.resume:
-                raise SpnasError(f"{self.out} already holds this pipeline; pass --resume to "
-                                 "continue it, or choose another --out")
+        if not self.done_path("search").exists():
+            check_budget_early(self.settings)
+        if not path.is_file():
+            if self.resume:
+                raise SpnasError(f"{self.out} holds no pipeline (no recipe.json): nothing to "
+                                 "--resume; start without --resume, or check --out")
+            if self.out.exists() and any(self.out.iterdir()):
+                raise SpnasError(f"{self.out} is not empty and holds no pipeline; choose another --out")
+        else:
+            self._compare(path)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(self.recipe, indent=2, default=str) + "\n")
+
+    def _compare(self, path: Path) -> None:
+        """Refuse a recipe that changes a started stage's settings; log changes to later ones."""
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = None
+        if not isinstance(before, dict):
+            raise SpnasError(f"{path} is not a pipeline's recipe (a JSON mapping); choose "
+                             "another --out")
+        changed = sorted(k for k in before.keys() | self.recipe.keys()
+                         if k not in MACHINE_KEYS and before.get(k) != _jsonable(self.recipe.get(k)))
+        names = stage_names()
+        touched = {k: {k} if k in STAGES else {s for s in STAGES if k in names[s]} for k in changed}
+        ran = [i for i, s in enumerate(STAGES) if (self.out / s).exists()]
+        started = set(STAGES[:max(ran) + 1]) if ran else set()  # and every stage before one
+        refused = [k for k in changed if touched[k] & started]
+        if refused:
+            hit = sorted(set().union(*(touched[k] for k in refused)) & started, key=STAGES.index)
+            raise SpnasError(f"{self.out} ran another recipe ({', '.join(refused)} differ; see "
+                             f"{path}) and {', '.join(hit)} started with it (it or a later stage has "
+                             "its folder); resume with the same settings (only stages not "
+                             "started yet may change), or choose another --out")
+        if not self.resume:
+            raise SpnasError(f"{self.out} already holds this pipeline; pass --resume to "
+                             "continue it, or choose another --out")
+        if changed:
+            later = sorted(set().union(*touched.values()), key=STAGES.index)
+            print(f"pipeline: {', '.join(changed)} changed since {path}; taken: "
+                  f"{', '.join(later) + ' not started yet' if later else 'no stage has it'}",
+                  flush=True)
 
     def _stage(self, stage: str) -> None:
         done = self.done_path(stage)
@@ -151,46 +263,47 @@ class Pipeline:
 
     # -- the stages
     def _train_cfg(self, default, stage: str):
-        cfg = _settings_for(default, self.shared, self.own[stage], stage)
+        """``default`` with the recipe's settings for ``stage``, run in ``OUT/<stage>/``."""
+        return self._placed(_settings_for(default, self.shared, self.own[stage], stage), stage)
+
+    def _placed(self, cfg, stage: str):
         run = dataclasses.replace(cfg.run, save_path=str(self.out), exp_name=stage,
                                   resume=(self.out / stage / "last.pt").exists())
         return dataclasses.replace(cfg, run=run)
 
     def _run_supernet(self) -> dict:
         from spnas.stages.train import train_supernet
-        r = train_supernet(self._train_cfg(SupernetStage(), "supernet"))
+        r = train_supernet(self._placed(self.settings["supernet"], "supernet"))
         return _jsonable(r)
 
     def _run_search(self) -> dict:
         from spnas.stages.search import search_supernet
-        cfg = _settings_for(SearchRunConfig(), self.shared, self.own["search"], "search")
         out = self.out / "search"
-        cfg = dataclasses.replace(cfg, checkpoint=str(self.out / "supernet"), out=str(out),
-                                  resume=(out / "candidates.jsonl").exists())
+        cfg = dataclasses.replace(self.settings["search"], checkpoint=str(self.out / "supernet"),
+                                  out=str(out), resume=(out / "candidates.jsonl").exists())
         top = search_supernet(cfg)
         return {"best_arch": str(top[0].arch), "val_acc": top[0].fitness, **top[0].cost,
                 "arch_file": str(out / "best_arch.json")}
 
     def _run_retrain(self) -> dict:
         from spnas.stages.retrain import retrain
-        cfg = self._train_cfg(RetrainStage(), "retrain")
+        cfg = self._placed(self.settings["retrain"], "retrain")
         model = dataclasses.replace(cfg.model, arch=str(self.out / "search" / "best_arch.json"))
         return _jsonable(retrain(dataclasses.replace(cfg, model=model)))
 
     def _run_evaluate(self) -> dict:
         from spnas.stages.evaluate import evaluate_checkpoint
-        s = _small(EVALUATE_DEFAULTS, self.shared, self.own["evaluate"], "evaluate")
-        r = evaluate_checkpoint(self.out / "retrain", s["split"], self.shared.get("data_path"),
-                                None, self.out / "evaluate", s["batch_size"], s["device"],
-                                s["amp"])
+        s = self.settings["evaluate"]
+        r = evaluate_checkpoint(self.out / "retrain", s.split, self.shared.get("data_path"),
+                                None, self.out / "evaluate", s.batch_size, s.device, s.amp)
         return {k: r[k] for k in ("top1", "top5", "loss", "n", "split", "checkpoint")}
 
     def _run_export(self) -> dict:
         from spnas.stages.export import export_checkpoint
-        s = _small(EXPORT_DEFAULTS, self.shared, self.own["export"], "export")
-        ext = "onnx" if s["format"] == "onnx" else "torchscript.pt"
-        r = export_checkpoint(self.out / "retrain", s["format"], self.out / "export" / f"model.{ext}",
-                              self.shared.get("data_path"), s["check_images"], s["tolerance"],
+        s = self.settings["export"]
+        ext = "onnx" if s.format == "onnx" else "torchscript.pt"
+        r = export_checkpoint(self.out / "retrain", s.format, self.out / "export" / f"model.{ext}",
+                              self.shared.get("data_path"), s.check_images, s.tolerance,
                               overwrite=True)
         return _jsonable(r)
 
