@@ -151,6 +151,9 @@ class SupernetConfig(Checked):
     layers: int = opt(20, "choice layers (the first N of the space's 20)", check="positive")
     num_choices: int = opt(4, "blocks per layer (the first K of k3 k5 k7 x)", check="positive")
     val_paths: int = opt(3, "fixed seeded paths averaged for supernet validation", check="positive")
+    val_recal: bool = opt(True, "validate --val_paths fixed paths, each with its BN recalibrated; "
+                          "off: one random path per validation batch of --batch_size images, "
+                          "with the BN statistics training left, as the original code validated")
     recal_images: int = opt(1024, "training images for BN recalibration of each validation path",
                             unit="images", check="positive")
     unsampled_momentum: bool = opt(False, "keep the gradients of blocks a step did not sample as "

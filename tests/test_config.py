@@ -331,6 +331,7 @@ def test_every_shipped_pipeline_recipe_builds_its_stage_settings(name, tmp_path)
         assert not (supernet.run.amp or retrain.run.amp or search.amp or evaluate["amp"])
     # the original's recipe as its published run: PyTorch 1.7.1's zero-filled gradients
     assert supernet.model.unsampled_momentum is (name == "spos_c10_original.yaml")
+    assert supernet.model.val_recal is (name != "spos_c10_original.yaml")  # its validation too
 
 
 def test_the_readme_lists_what_a_resume_may_change():

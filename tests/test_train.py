@@ -240,3 +240,28 @@ def test_a_fresh_run_never_replaces_a_best_pt(fake_cifar, tmp_path, capsys):
     assert main(argv) == 2
     assert "already holds a run (best.pt); it has no last.pt" in capsys.readouterr().err
     assert (tmp_path / "a" / "best.pt").read_bytes() == before
+
+
+def test_validation_as_the_original_one_random_path_per_batch(fake_cifar, tmp_path):
+    """--no-val_recal: each batch of --batch_size validation images through its own seeded
+    path, with the BN statistics training left (none recalibrated), as the original did."""
+    import random
+
+    from spnas.arch import Arch
+    from spnas.config import DataConfig, derive_seed
+    from spnas.data.loading import build_transform, load_splits
+    assert main(train_argv(fake_cifar, tmp_path, "orig", **{"--epochs": 1,
+                                                            "--no-val_recal": None})) == 0
+    val = [r for r in read_metrics(tmp_path / "orig") if r["type"] == "val"][-1]
+    assert "val_acc_min" not in val  # not the mean over fixed paths
+    ckpt = load_checkpoint(tmp_path / "orig" / "last.pt")
+    net = model_from_checkpoint(ckpt).eval()
+    data = DataConfig(data_path=str(fake_cifar), val_size=50, download=False)
+    x, y = load_splits(data, 0).val
+    t = build_transform(data, channels_last=True)
+    rng = random.Random(derive_seed(0, "validation batch paths", val["step"]))
+    space = spos_space(4, 4)
+    with torch.no_grad():
+        right = sum(int((net(t.plain(x[i:i + 16]), Arch.sample(space, rng)).argmax(1)
+                         == y[i:i + 16]).sum()) for i in range(0, len(x), 16))
+    assert val["val_acc"] == pytest.approx(right / len(x))

@@ -32,6 +32,23 @@ def validation_paths(space: SpaceSpec, seed: int, n: int) -> list[Arch]:
     return [Arch.sample(space, rng) for _ in range(n)]
 
 
+def random_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device,
+                          space: SpaceSpec):
+    """The original code's validation of a supernet: each batch of ``batch_size`` validation
+    images through a path of its own (seeded by the step and the batch), with the BN
+    statistics as training left them."""
+    transform = build_transform(cfg.data, cfg.run.channels_last_for(device))
+    val_x, val_y = splits.val
+
+    def validate(model, step):
+        rng = random.Random(derive_seed(cfg.run.seed, "validation batch paths", step))
+        fwd = lambda m, x: m(x, Arch.sample(space, rng))  # noqa: E731  (one call per batch)
+        r = evaluate(model, fwd, val_x, val_y, transform, len(splits.classes),
+                     cfg.optim.batch_size, device, cfg.run.amp)
+        return {"val_acc": r["acc"], "val_loss": r["loss"]}
+    return validate
+
+
 def make_path_validator(splits: Splits, cfg: TrainConfig, device: torch.device, paths: list[Arch],
                         recal_images: int):
     """Validation of a supernet: mean over fixed paths, each with its BN recalibrated."""
@@ -86,7 +103,8 @@ def train_supernet(cfg: TrainConfig) -> dict:
         loss=cross_entropy_loss(cfg.optim.label_smoothing),
         validate=make_path_validator(splits, cfg, device,
                                      validation_paths(space, seed, model_cfg.val_paths),
-                                     model_cfg.recal_images),
+                                     model_cfg.recal_images) if model_cfg.val_recal else
+        random_path_validator(splits, cfg, device, space),
         param_groups=param_groups(model, cfg.optim.weight_decay),
         find_unused_parameters=True, zero_grads=model_cfg.unsampled_momentum)
     loader = train_loader(splits, cfg, device, dist_info)
