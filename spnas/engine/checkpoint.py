@@ -87,7 +87,8 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
         text = str(e).strip()
         first = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
         raise SpnasError(f"checkpoint {path} is corrupt or truncated ({first}); "
-                         "use another one (the run folder keeps last.pt and best.pt)") from None
+                         "use another one (a run folder keeps last.pt and best.pt; to resume "
+                         "from best.pt, copy it over last.pt)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise SpnasError(f"{path} is not an spnas checkpoint (format {FORMAT} expected)")
     if ckpt.get("kind") not in kinds:
