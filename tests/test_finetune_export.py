@@ -176,3 +176,23 @@ def test_resuming_a_run_with_another_command_is_refused(fake_cifar, tmp_path, ca
         f"spnas: error: {tmp_path / 'ft'} holds a run of spnas finetune (FinetuneConfig in "
         "config.json), not of this command; resume it with spnas finetune --resume"]
     assert (tmp_path / "ft" / "last.pt").read_bytes() == before
+
+
+def test_evaluating_other_data_writes_beside_the_runs_own_evaluation(fake_cifar, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from spnas.stages.evaluate import evaluate_checkpoint
+    net = busy_child(10)
+    config = TrainConfig(dataclasses.replace(DataConfig(), data_path=str(fake_cifar), val_size=0,
+                                             download=False)).to_dict()
+    ckpt = tmp_path / "run" / "best.pt"
+    save_checkpoint(ckpt, {"kind": "child", "space": net.arch.space.to_dict(), "arch": str(net.arch),
+                           "num_classes": 10, "model_args": {"dropout": 0.1},
+                           "model": net.state_dict(), "config": config})
+    own = evaluate_checkpoint(ckpt, device_name="cpu")
+    copy = shutil.copytree(fake_cifar, tmp_path / "copy")
+    other = evaluate_checkpoint(ckpt, data_path=str(copy), device_name="cpu")
+    assert Path(own["out"]) == tmp_path / "run" / "eval_best_test"
+    assert Path(other["out"]) == tmp_path / "run" / "eval_best_test_cifar10_copy"
+    assert (Path(own["out"]) / "evaluation.json").is_file()

@@ -94,7 +94,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     """Top-1, top-5, loss, per-class accuracy and confusion matrix of a child checkpoint.
 
     Writes ``evaluation.json`` and ``confusion.png`` to ``out_dir`` (default: a
-    folder ``eval_<checkpoint>_<split>`` beside the checkpoint) and returns the numbers.
+    folder ``eval_<checkpoint>_<split>`` beside the checkpoint, with ``_<dataset>_<data
+    folder>`` added for data other than the run's) and returns the numbers.
     """
     if split not in SPLITS:
         raise SpnasError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -113,7 +114,11 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     r = evaluate(net.to(device), forward, x, y, build_transform(data, False),
                  ckpt["num_classes"], batch_size, device, amp)
     ckpt_path = Path(ckpt["path"])
-    out = Path(out_dir) if out_dir else ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}"
+    trained_on = checkpoint_data(ckpt)
+    other = ((data.dataset, data.data_path) != (trained_on.dataset, trained_on.data_path)
+             and f"_{data.dataset}_{Path(data.data_path).name}")
+    out = (Path(out_dir) if out_dir else
+           ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}{other or ''}")
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "step": ckpt.get("step"),
               "dataset": data.dataset, "split": split, "n": r["n"],
