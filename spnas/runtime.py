@@ -64,7 +64,8 @@ class Dist:
         return self.rank == 0
 
 
-TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# what env:// needs beside WORLD_SIZE (torchrun sets these and LOCAL_RANK; so may SLURM scripts)
+LAUNCH_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _env_int(name: str, default: str) -> int:
@@ -88,12 +89,14 @@ def world_size() -> int:
 def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     """Read torchrun's environment; one process per GPU (NCCL) or CPU process (gloo)."""
     world = world_size()
-    missing = [name for name in TORCHRUN_ENV if world > 1 and name not in os.environ]
+    missing = [name for name in LAUNCH_ENV if world > 1 and name not in os.environ]
     if missing:
         raise SpnasError(f"WORLD_SIZE={world} is set but {', '.join(missing)} "
-                         f"{'is' if len(missing) == 1 else 'are'} not: this is not a torchrun "
-                         "launch; unset WORLD_SIZE, or start with torchrun --nproc_per_node N")
-    d = Dist(_env_int("RANK", "0"), world, _env_int("LOCAL_RANK", "0"))
+                         f"{'is' if len(missing) == 1 else 'are'} not, so the processes cannot "
+                         "meet; unset WORLD_SIZE, or start with torchrun --nproc_per_node N "
+                         "(or have your launcher set them)")
+    local = "LOCAL_RANK" if "LOCAL_RANK" in os.environ else "SLURM_LOCALID"
+    d = Dist(_env_int("RANK", "0"), world, _env_int(local, "0"))
     device = resolve_device(device_name, d.local_rank)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":

@@ -249,7 +249,7 @@ def file_with(path: Path, content: bytes) -> Path:
 
 
 def without_torchrun(monkeypatch, **env: str) -> None:
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_LOCALID"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -480,7 +480,7 @@ CASES = [
          "config.json is unreadable (it holds a list, not a mapping of settings)"),
     Case("world-size-without-torchrun", lambda t, m: (without_torchrun(m, WORLD_SIZE="2"),
                                                       train_argv(t))[1], ERROR,
-         "WORLD_SIZE=2 is set but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not"),
+         "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not, so the processes"),
     Case("world-size-not-a-number", lambda t, m: (without_torchrun(m, WORLD_SIZE="two"),
                                                   train_argv(t))[1], ERROR,
          "WORLD_SIZE='two' is not a whole number"),

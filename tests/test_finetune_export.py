@@ -194,5 +194,8 @@ def test_evaluating_other_data_writes_beside_the_runs_own_evaluation(fake_cifar,
     copy = shutil.copytree(fake_cifar, tmp_path / "copy")
     other = evaluate_checkpoint(ckpt, data_path=str(copy), device_name="cpu")
     assert Path(own["out"]) == tmp_path / "run" / "eval_best_test"
-    assert Path(other["out"]) == tmp_path / "run" / "eval_best_test_cifar10_copy"
+    assert Path(other["out"]).parent == tmp_path / "run"
+    assert Path(other["out"]).name.startswith("eval_best_test_cifar10_copy_")
+    same = evaluate_checkpoint(ckpt, data_path=str(fake_cifar) + "/.", device_name="cpu")
+    assert Path(same["out"]) == Path(own["out"])  # the run's own data, however it is written
     assert (Path(own["out"]) / "evaluation.json").is_file()

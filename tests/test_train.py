@@ -209,7 +209,9 @@ def test_unsampled_momentum_resumes_exactly(fake_cifar, tmp_path):
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
 
 
-def test_a_run_stopped_between_last_and_best_writes_best_on_resume(fake_cifar, tmp_path, monkeypatch):
+@pytest.mark.parametrize("left", ["none", "damaged"])
+def test_a_run_stopped_between_last_and_best_writes_best_on_resume(fake_cifar, tmp_path, monkeypatch,
+                                                                  left):
     from spnas.engine.trainer import Trainer
     flags = {"--epochs": 2, "--val_interval": 1}
     assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
@@ -223,6 +225,8 @@ def test_a_run_stopped_between_last_and_best_writes_best_on_resume(fake_cifar, t
     assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == 130
     part = tmp_path / "part"
     assert (part / "last.pt").is_file() and not (part / "best.pt").exists()
+    if left == "damaged":  # an unreadable best.pt is no better than none
+        (part / "best.pt").write_bytes(b"not a checkpoint")
     monkeypatch.setattr(Trainer, "save", real_save)
     assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
     assert "wrote best.pt" in (part / "train.log").read_text()

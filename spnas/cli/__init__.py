@@ -105,7 +105,8 @@ def run_guarded(fn, args) -> int:
                   "kept", file=sys.stderr)
         elif e.errno in _PATH_ERRORS:
             print(f"spnas: error: {e.filename or 'a path'}: {_PATH_ERRORS[e.errno]} "
-                  f"({e.strerror}); check --save_path, --out, --data_path", file=sys.stderr)
+                  f"({e.strerror}); check the path given for it (--save_path, --out, "
+                  "--data_path, ...)", file=sys.stderr)
         else:
             raise
         return 2

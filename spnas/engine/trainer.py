@@ -185,8 +185,11 @@ class Trainer:
         path = self.dir / "best.pt"
         if not self.dist.main or not math.isfinite(self.best):
             return
-        if path.is_file() and float((load_checkpoint(path).get("metrics") or {}).get(
-                "best", -math.inf)) >= self.best:
+        try:
+            kept = float((load_checkpoint(path).get("metrics") or {}).get("best", -math.inf))
+        except SpnasError:  # missing or unreadable: last.pt holds the best, write it again
+            kept = -math.inf
+        if kept >= self.best:
             return
         self.save("best.pt")
         self.log.info(f"wrote best.pt ({self.task.select} {self.best:.4f}, step {self.step}): "

@@ -13,6 +13,7 @@ command warns and exits with status 1.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -51,6 +52,16 @@ def checkpoint_data(ckpt: dict, data_path: str | None = None,
     if dataset:
         data.dataset = dataset
     return data
+
+
+def _other_data(ckpt: dict, data: DataConfig) -> str:
+    """'' for the run's own data; else ``_<dataset>_<folder name>_<hash of its path>``."""
+    def where(d: DataConfig) -> tuple[str, Path]:
+        return d.dataset, Path(d.data_path).expanduser().resolve()
+    dataset, path = where(data)
+    if (dataset, path) == where(checkpoint_data(ckpt)):
+        return ""
+    return f"_{dataset}_{path.name or 'data'}_{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
 def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int) -> Splits:
@@ -114,11 +125,8 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
     r = evaluate(net.to(device), forward, x, y, build_transform(data, False),
                  ckpt["num_classes"], batch_size, device, amp)
     ckpt_path = Path(ckpt["path"])
-    trained_on = checkpoint_data(ckpt)
-    other = ((data.dataset, data.data_path) != (trained_on.dataset, trained_on.data_path)
-             and f"_{data.dataset}_{Path(data.data_path).name}")
     out = (Path(out_dir) if out_dir else
-           ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}{other or ''}")
+           ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}{_other_data(ckpt, data)}")
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "step": ckpt.get("step"),
               "dataset": data.dataset, "split": split, "n": r["n"],
