@@ -487,6 +487,9 @@ CASES = [
     Case("import-reference-not-a-torch-file", lambda t, m: [
         "import-reference", str(file_with(t / "hw.pth", b"hello\n")), "--out", str(t / "x.pt")],
          ERROR, "hw.pth is not a readable torch file (not a file torch.save wrote)"),
+    Case("evaluate-bytes-that-are-no-checkpoint", lambda t, m: [
+        "evaluate", "--checkpoint", str(file_with(t / "s" / "best.pt", b"hello\n"))], ERROR,
+         "best.pt is corrupt or truncated (not a file torch.save wrote)", watch="s"),
     Case("evaluate-an-arch-file", lambda t, m: [
         "evaluate", "--checkpoint", str(file_with(t / "s" / "best_arch.json", b"{}"))], ERROR,
          "best_arch.json is a text file, not a checkpoint", watch="s"),

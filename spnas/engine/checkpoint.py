@@ -45,6 +45,21 @@ KIND_HINT = {"supernet": " (search it with spnas search, or give finetune --arch
              "child": " (a trained network: evaluate, export or finetune it)"}
 
 
+# What torch.load raises on a file it cannot read: a damaged or truncated zip, a stray
+# pickle, or bytes that are no pickle at all (these fail inside the unpickler, e.g. KeyError).
+_NOT_A_PICKLE = (KeyError, AttributeError, IndexError)
+UNREADABLE = (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
+              OSError, *_NOT_A_PICKLE)
+
+
+def unreadable_reason(e: BaseException) -> str:
+    """One line saying why torch.load (or the CRC check) could not read a file (``UNREADABLE``)."""
+    if isinstance(e, _NOT_A_PICKLE):
+        return "not a file torch.save wrote"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     missing = {"kind", "space", "num_classes", "model"} - payload.keys()
     if missing:
@@ -82,10 +97,8 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     try:
         _check_crcs(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
-            OSError) as e:
-        text = str(e).strip()
-        first = text.splitlines()[0].split(". ")[0][:160] if text else type(e).__name__
+    except UNREADABLE as e:
+        first = unreadable_reason(e).split(". ")[0][:160]
         raise SpnasError(f"checkpoint {path} is corrupt or truncated ({first}); "
                          "use another one (a run folder keeps last.pt and best.pt; to resume "
                          "from best.pt, copy it over last.pt)") from None

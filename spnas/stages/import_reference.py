@@ -41,9 +41,7 @@ holds images the supernet trained on.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +49,7 @@ import torch
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, RetrainConfig, SupernetConfig
-from spnas.engine.checkpoint import FORMAT, save_checkpoint
+from spnas.engine.checkpoint import FORMAT, UNREADABLE, save_checkpoint, unreadable_reason
 from spnas.errors import SpnasError
 from spnas.spaces import make_space
 from spnas.spaces.spos import KERNELS, TOKENS, WIDTHS, XCEPTION, SposNet, SposSupernet
@@ -99,11 +97,8 @@ def read_state(src: Path) -> dict[str, torch.Tensor]:
         raise SpnasError(f"{src} not found; give the .pth file the original code saved")
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError,
-            OSError, KeyError, AttributeError, IndexError) as e:  # the last: garbage pickles
-        text = "" if isinstance(e, (KeyError, AttributeError, IndexError)) else str(e).strip()
-        first = text.splitlines()[0][:160] if text else "not a file torch.save wrote"
-        raise SpnasError(f"{src} is not a readable torch file ({first})") from None
+    except UNREADABLE as e:
+        raise SpnasError(f"{src} is not a readable torch file ({unreadable_reason(e)[:160]})") from None
     if not isinstance(state, dict):
         raise SpnasError(f"{src} holds a {type(state).__name__}, not a state_dict")
     if state.get("format") == FORMAT:
