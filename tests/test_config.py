@@ -318,17 +318,16 @@ PIPELINE_RECIPES = ("smoke.yaml", "spos_c10_fast.yaml", "spos_c10_original.yaml"
 @pytest.mark.parametrize("name", PIPELINE_RECIPES)
 def test_every_shipped_pipeline_recipe_builds_its_stage_settings(name, tmp_path):
     from spnas.cli.generate import read_recipe
-    from spnas.stages.pipeline import EVALUATE_DEFAULTS, Pipeline, _settings_for, _small
+    from spnas.stages.pipeline import Pipeline
     pipe = Pipeline(read_recipe(ROOT / "recipes" / name), tmp_path)
-    supernet = pipe._train_cfg(D.SupernetStage(), "supernet")
-    retrain = pipe._train_cfg(D.RetrainStage(), "retrain")
-    search = _settings_for(C.SearchRunConfig(), pipe.shared, pipe.own["search"], "search")
-    evaluate = _small(EVALUATE_DEFAULTS, pipe.shared, pipe.own["evaluate"], "evaluate")
+    supernet, retrain = pipe.settings["supernet"], pipe.settings["retrain"]
+    search, evaluate = pipe.settings["search"], pipe.settings["evaluate"]
+    assert isinstance(supernet, D.SupernetStage) and isinstance(retrain, D.RetrainStage)
     if name == "spos_c10_fast.yaml":  # sized from speeds measured with bf16 + channels_last
-        assert supernet.run.amp and retrain.run.amp and search.amp and evaluate["amp"]
+        assert supernet.run.amp and retrain.run.amp and search.amp and evaluate.amp
         assert supernet.run.channels_last and retrain.run.channels_last and search.channels_last
     else:
-        assert not (supernet.run.amp or retrain.run.amp or search.amp or evaluate["amp"])
+        assert not (supernet.run.amp or retrain.run.amp or search.amp or evaluate.amp)
     # the original's recipe as its published run: PyTorch 1.7.1's zero-filled gradients
     assert supernet.model.unsampled_momentum is (name == "spos_c10_original.yaml")
     assert supernet.model.val_recal is (name != "spos_c10_original.yaml")  # its validation too

@@ -77,14 +77,13 @@ def test_without_the_package_the_flag_is_a_one_line_hint(fake_cifar, tmp_path, m
 
 def test_pipeline_flag_reaches_the_training_stages_and_the_search(tmp_path):
     from spnas.cli import build_parser
-    from spnas.config import SearchRunConfig
-    from spnas.defaults import RetrainStage, SupernetStage
-    from spnas.stages.pipeline import Pipeline, _settings_for
+    from spnas.stages.pipeline import Pipeline
     argv = ["pipeline", "--config", "r.yaml", "--out", str(tmp_path)]
     assert build_parser().parse_args(argv).tensorboard is None  # not given: the recipe's
     assert build_parser().parse_args(argv + ["--tensorboard"]).tensorboard is True
     p = Pipeline({"tensorboard": True}, tmp_path / "p")
-    assert p._train_cfg(SupernetStage(), "supernet").run.tensorboard
-    assert p._train_cfg(RetrainStage(), "retrain").run.tensorboard
-    assert _settings_for(SearchRunConfig(), p.shared, p.own["search"], "search").tensorboard
-    assert not Pipeline({}, tmp_path / "q")._train_cfg(SupernetStage(), "supernet").run.tensorboard
+    assert p._placed(p.settings["supernet"], "supernet").run.tensorboard
+    assert p._placed(p.settings["retrain"], "retrain").run.tensorboard
+    assert p.settings["search"].tensorboard
+    q = Pipeline({}, tmp_path / "q")
+    assert not q._placed(q.settings["supernet"], "supernet").run.tensorboard

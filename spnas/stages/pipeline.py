@@ -76,8 +76,6 @@ class ExportSettings(Checked):
 
 STAGE_DEFAULTS = {"supernet": SupernetStage, "search": SearchRunConfig, "retrain": RetrainStage,
                   "evaluate": EvaluateSettings, "export": ExportSettings}
-EVALUATE_DEFAULTS = dataclasses.asdict(EvaluateSettings())
-EXPORT_DEFAULTS = dataclasses.asdict(ExportSettings())
 _COMMAND = {"supernet": "train", "search": "search", "retrain": "retrain"}
 
 
@@ -95,11 +93,6 @@ def _settings_for(default, shared: dict, own: dict, stage: str):
         return from_flat(default, coerce_settings(default, values))
     except SpnasError as e:
         raise SpnasError(f"{stage} stage: {e}") from None
-
-
-def _small(defaults: dict, shared: dict, own: dict, stage: str) -> dict:
-    """The settings of the evaluate or export stage as a dict (``defaults`` as the base)."""
-    return dataclasses.asdict(_settings_for(STAGE_DEFAULTS[stage](**defaults), shared, own, stage))
 
 
 def stage_names() -> dict[str, set[str]]:
@@ -262,10 +255,6 @@ class Pipeline:
             {"result": result, "seconds": seconds}, indent=1, default=str) + "\n"))
 
     # -- the stages
-    def _train_cfg(self, default, stage: str):
-        """``default`` with the recipe's settings for ``stage``, run in ``OUT/<stage>/``."""
-        return self._placed(_settings_for(default, self.shared, self.own[stage], stage), stage)
-
     def _placed(self, cfg, stage: str):
         run = dataclasses.replace(cfg.run, save_path=str(self.out), exp_name=stage,
                                   resume=(self.out / stage / "last.pt").exists())
