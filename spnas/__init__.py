@@ -6,6 +6,7 @@ The package is its API: each stage is one call taking its stage dataclass::
     spnas.train_supernet(spnas.SupernetStage())          # spnas train
     spnas.search(spnas.SearchRunConfig(checkpoint="checkpoints/spos_supernet"))
     spnas.retrain(spnas.RetrainStage())                  # spnas retrain
+    spnas.evaluate(spnas.EvaluateConfig(checkpoint="checkpoints/retrain"))
     spnas.pipeline("recipes/smoke.yaml", "runs/smoke", overrides={"data_path": "data"})
 
 Layout (the flow of data): ``config``, ``fields``, ``arch``, ``runtime``,
@@ -16,7 +17,7 @@ counting and latency, the search algorithms) -> ``stages/`` (one module per
 command) -> ``cli/``.
 """
 from .arch import Arch, ArchError, SpaceSpec
-from .config import SearchRunConfig
+from .config import EvaluateConfig, ExportConfig, ProfileConfig, SearchRunConfig
 from .defaults import FinetuneStage, RetrainStage, SuperkernelStage, SupernetStage
 from .errors import SpnasError
 
@@ -30,6 +31,7 @@ _STAGES = {  # name -> (module, attribute), imported on first use (torch-heavy)
     "finetune": ("spnas.stages.finetune", "finetune"),
     "evaluate": ("spnas.stages.evaluate", "evaluate_checkpoint"),
     "export": ("spnas.stages.export", "export_checkpoint"),
+    "profile": ("spnas.stages.profile", "profile"),
     "pipeline": ("spnas.stages.pipeline", "pipeline"),
 }
 
@@ -42,5 +44,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'spnas' has no attribute {name!r}")
 
 
-__all__ = ["Arch", "ArchError", "FinetuneStage", "RetrainStage", "SearchRunConfig", "SpaceSpec",
-           "SpnasError", "SuperkernelStage", "SupernetStage", "__version__", *_STAGES]
+__all__ = ["Arch", "ArchError", "EvaluateConfig", "ExportConfig", "FinetuneStage", "ProfileConfig",
+           "RetrainStage", "SearchRunConfig", "SpaceSpec", "SpnasError", "SuperkernelStage",
+           "SupernetStage", "__version__", *_STAGES]

@@ -164,13 +164,19 @@ class SupernetConfig(Checked):
 
 
 @dataclass
-class RetrainConfig(Checked):
+class ArchConfig(Checked):
+    """Which network: an arch file or string, and the space a string is read in."""
+
     arch: str = opt("", "the network: an arch file (.json), tokens ('k5 k3 x ...') or "
                     "choice indices ('1,0,3,...')", default_text="required")
     space: str = opt("spos", "space of an arch string (an arch file names its own)",
                      choices=("spos", "mbconv"))
     layers: int = opt(20, "searchable layers of the spos space", check="positive")
     num_choices: int = opt(4, "blocks per layer of the spos space", check="positive")
+
+
+@dataclass
+class RetrainConfig(ArchConfig):
     dropout: float = opt(0.0, "dropout before the classifier", unit="probability",
                          check="fraction")
     ema: bool = opt(False, "validate and ship an exponential moving average of the weights")
@@ -411,3 +417,57 @@ class LatencyConfig(_MemoryFormat, Checked):
                              "space; drop one of them")
 
 
+CHECKPOINT_HELP = "a child checkpoint (.pt), or its run folder (best.pt)"
+
+
+@dataclass
+class EvaluateConfig(Checked):
+    """``spnas evaluate`` / ``spnas.evaluate``: a trained network on a split of its data (or
+    of other data with the same classes)."""
+
+    checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required")
+    split: str = opt("test", "the split evaluated; val: the held-out split the run validated on",
+                     choices=("test", "val", "train"))
+    data_path: str | None = opt(None, "where the data is; none = the run's")
+    dataset: str | None = opt(None, "the dataset; none = the run's", choices=DATASETS)
+    out: str | None = opt(None, "folder for evaluation.json and confusion.png; none = "
+                          "eval_<checkpoint>_<split> beside the checkpoint (with the dataset and "
+                          "data folder added for data other than the run's)")
+    batch_size: int = opt(500, "images per forward", check="positive")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = opt(False, "bf16 autocast on CUDA; off: fp32")
+
+
+@dataclass
+class ExportConfig(Checked):
+    """``spnas export`` / ``spnas.export``: ONNX or TorchScript, loaded back and checked."""
+
+    checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required")
+    format: str = opt("onnx", "the file format (onnx needs the onnx package)",
+                      choices=("onnx", "torchscript"))
+    out: str | None = opt(None, "the file to write, or an existing folder (or one ending in /) "
+                          "to write <name>.onnx / <name>.torchscript.pt into; a folder is never "
+                          "replaced; none = beside the checkpoint")
+    data_path: str | None = opt(None, "where the data is; none = the run's")
+    check_images: int = opt(64, "test images compared with PyTorch; 0 = random inputs only",
+                            unit="images", check="nonneg")
+    tolerance: float = opt(1e-3, "largest absolute difference of the logits allowed",
+                           check="positive")
+    overwrite: bool = opt(False, "replace an existing file (never a folder)")
+
+
+@dataclass
+class ProfileConfig(ArchConfig):
+    """``spnas profile``: parameters, MACs and measured latency of an architecture."""
+
+    resize: bool = opt(False, "the imagenet layout (224x224 input)")
+    classes: int = opt(10, "classes of the classifier", check="positive")
+    resolution: int | None = opt(None, "input side; none = 32, or 224 with --resize",
+                                 unit="pixels", check="positive", group="measurement")
+    batch_size: int = opt(128, "the throughput batch", check="positive", group="measurement")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N", group="measurement")
+    channels_last: bool | None = opt(None, CHANNELS_LAST_HELP, group="measurement")
+    amp: bool = opt(False, "bf16 autocast on CUDA", group="measurement")
+    warmup: int = opt(10, "untimed calls first", check="nonneg", group="measurement")
+    repeats: int = opt(30, "timed calls (the median is shown)", check="positive",
+                       group="measurement")

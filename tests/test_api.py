@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 
 import spnas
-from spnas.stages import finetune, pipeline, retrain, search, superkernel, train
+from spnas.stages import evaluate, export, finetune, pipeline, profile, retrain, search, superkernel, train
 
 
 @pytest.mark.parametrize("name, function", [
     ("train_supernet", train.train_supernet), ("search", search.search_supernet),
     ("superkernel", superkernel.search_superkernel), ("retrain", retrain.retrain),
-    ("finetune", finetune.finetune), ("pipeline", pipeline.pipeline)])
+    ("finetune", finetune.finetune), ("pipeline", pipeline.pipeline),
+    ("evaluate", evaluate.evaluate_checkpoint), ("export", export.export_checkpoint),
+    ("profile", profile.profile)])
 def test_every_stage_is_a_call_on_the_package(name, function):
     assert getattr(spnas, name) is function and name in spnas.__all__
 
@@ -20,6 +22,16 @@ def test_every_stage_is_a_call_on_the_package(name, function):
 def test_stage_dataclasses_hold_each_commands_defaults():
     assert (spnas.SupernetStage().optim.lr, spnas.RetrainStage().optim.lr) == (0.025, 0.1)
     assert spnas.SuperkernelStage().optim.label_smoothing == 0.1
+
+
+def test_profile_takes_its_dataclass_as_the_command_takes_its_flags(capsys):
+    from spnas.cli import main
+    arch = "k3 " * 19 + "x"
+    r = spnas.profile(spnas.ProfileConfig(arch=arch, classes=100, warmup=0, repeats=1, batch_size=2))
+    assert main(["profile", "--arch", arch, "--classes", "100", "--warmup", "0", "--repeats", "1",
+                 "--batch_size", "2"]) == 0
+    assert (r["num_classes"], r["resolution"]) == (100, 32)
+    assert f"{r['params']:,}" in capsys.readouterr().out
 
 
 def test_one_version():

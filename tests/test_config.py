@@ -27,7 +27,8 @@ from spnas.fields import leaf_fields, to_flat
 
 STAGES = {"train": D.SupernetStage, "retrain": D.RetrainStage, "finetune": D.FinetuneStage,
           "superkernel": D.SuperkernelStage, "search": C.SearchRunConfig,
-          "latency-table": C.LatencyConfig}
+          "latency-table": C.LatencyConfig, "evaluate": C.EvaluateConfig,
+          "export": C.ExportConfig, "profile": C.ProfileConfig}
 
 
 def parse(command: str, *argv):

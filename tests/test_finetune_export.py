@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import warnings
 
 import pytest
@@ -7,7 +8,7 @@ from conftest import cli_argv
 
 from spnas.arch import Arch
 from spnas.cli import main
-from spnas.config import DataConfig, TrainConfig
+from spnas.config import DataConfig, EvaluateConfig, TrainConfig
 from spnas.engine.checkpoint import load_checkpoint, save_checkpoint
 from spnas.spaces import SposSupernet, build_child
 from spnas.spaces.spos import spos_space
@@ -30,9 +31,9 @@ def busy_child(num_classes: int, seed: int = 0, dropout: float = 0.1):
     return net.eval()
 
 
-def save_child(path, net, data_path, seed=0):
+def save_child(path, net, data_path, seed=0, val_size=5000):
     config = TrainConfig(dataclasses.replace(DataConfig(), data_path=str(data_path),
-                                             download=False)).to_dict()
+                                             download=False, val_size=val_size)).to_dict()
     config["run"]["seed"] = seed
     save_checkpoint(path, {"kind": "child", "space": net.arch.space.to_dict(),
                            "arch": str(net.arch), "num_classes": net.classifier.out_features,
@@ -156,6 +157,22 @@ def test_export_refuses_a_mismatch_and_writes_nothing(fake_cifar, tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "data"]
 
 
+def test_export_and_evaluate_read_config_files_as_every_command(fake_cifar, tmp_path, capsys):
+    ckpt = save_child(tmp_path / "best.pt", busy_child(10), fake_cifar, val_size=50)
+    settings = tmp_path / "export.json"
+    settings.write_text(json.dumps({"format": "torchscript", "check_images": 0}))
+    assert main(["export", "--checkpoint", str(ckpt), "--config", str(settings)]) == 0
+    assert "real images" not in capsys.readouterr().out  # check_images 0 came from the file
+    assert (tmp_path / "best.torchscript.pt").is_file()  # and the format
+    settings.write_text(json.dumps({"split": "val", "batch_size": 7, "device": "cpu"}))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--config", str(settings),
+                 "--split", "test"]) == 0  # the flag wins over the file
+    assert json.loads((tmp_path / "eval_best_test" / "evaluation.json").read_text())["split"] == "test"
+    settings.write_text(json.dumps({"batchsize": 7}))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--config", str(settings)]) == 2
+    assert "no setting named batchsize for 'spnas evaluate'" in capsys.readouterr().err
+
+
 def test_export_on_real_cifar_images(real_cifar, tmp_path, capsys):
     ckpt = save_child(tmp_path / "best.pt", busy_child(10), real_cifar)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript",
@@ -190,12 +207,13 @@ def test_evaluating_other_data_writes_beside_the_runs_own_evaluation(fake_cifar,
     save_checkpoint(ckpt, {"kind": "child", "space": net.arch.space.to_dict(), "arch": str(net.arch),
                            "num_classes": 10, "model_args": {"dropout": 0.1},
                            "model": net.state_dict(), "config": config})
-    own = evaluate_checkpoint(ckpt, device_name="cpu")
+    own = evaluate_checkpoint(EvaluateConfig(checkpoint=str(ckpt), device="cpu"))
     copy = shutil.copytree(fake_cifar, tmp_path / "copy")
-    other = evaluate_checkpoint(ckpt, data_path=str(copy), device_name="cpu")
+    other = evaluate_checkpoint(EvaluateConfig(checkpoint=str(ckpt), data_path=str(copy), device="cpu"))
     assert Path(own["out"]) == tmp_path / "run" / "eval_best_test"
     assert Path(other["out"]).parent == tmp_path / "run"
     assert Path(other["out"]).name.startswith("eval_best_test_cifar10_copy_")
-    same = evaluate_checkpoint(ckpt, data_path=str(fake_cifar) + "/.", device_name="cpu")
+    same = evaluate_checkpoint(EvaluateConfig(checkpoint=str(ckpt), data_path=str(fake_cifar) + "/.",
+                                              device="cpu"))
     assert Path(same["out"]) == Path(own["out"])  # the run's own data, however it is written
     assert (Path(own["out"]) / "evaluation.json").is_file()

@@ -82,15 +82,19 @@ def test_recipe_mistakes_are_one_line_errors(tmp_path, fake_cifar, capsys, recip
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("retrain.epochz=2", "recipe section 'retrain' has no setting epochz; see 'spnas retrain"),
+    ("retrain.epochz=2", "recipe section 'retrain' has no setting epochz (did you mean epochs?); "
+                         "see 'spnas retrain --help'"),
     ("retrain.epochs=abc", "retrain stage: setting epochs must be a whole number, got 'abc'"),
     ("retrain.epochs=-1", "retrain stage: --epochs must be positive, got -1"),
     ("search.max_flops=1M", "search stage: --max_flops 1M is below the cheapest arch"),
     ("search.max_latency_ms=3", "search stage: --max_latency_ms needs --latency_table"),
     ("val_sise=64", "top-level val_sise is no stage's setting (did you mean val_size?)"),
     ("evaluate.split=tset", "evaluate stage: --split must be one of test, val, train"),
-    ("evaluate.batchsize=8", "section 'evaluate' has no setting batchsize; its settings: split"),
-    ("export.format=onnxx", "export stage: --format must be one of torchscript, onnx"),
+    ("evaluate.batchsize=8", "section 'evaluate' has no setting batchsize (did you mean "
+                             "batch_size?); see 'spnas evaluate --help'"),
+    ("export.format=onnxx", "export stage: --format must be one of onnx, torchscript"),
+    ("export.overwrite=true", "sets overwrite, which the pipeline sets itself"),
+    ("evaluate.checkpoint=a.pt", "sets checkpoint, which the pipeline sets itself"),
     ("export.tolerance=0", "export stage: --tolerance must be positive"),
     ("retrain.arch=a.json", "sets arch, which the pipeline sets itself"),
 ])

@@ -1,4 +1,4 @@
-"""Checks of the hand-written flags (evaluate, export, profile, import-reference).
+"""Checks of the hand-written flags (import-reference).
 
 The stages' flags are generated from their dataclasses (``generate``), whose
 fields check themselves (``fields.Checked``).

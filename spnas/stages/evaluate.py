@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spnas.config import DataConfig
+from spnas.config import CHECKPOINT_HELP, DataConfig, EvaluateConfig
 from spnas.data.datasets import Splits, load_dataset, make_splits
 from spnas.data.loading import build_transform
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -31,11 +31,11 @@ from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.runtime import resolve_device
 
-SPLITS = ("test", "val", "train")
-
 
 def load_child(path: str | Path) -> tuple[dict, nn.Module]:
     """A child checkpoint and its network, rebuilt from the checkpoint alone (eval mode)."""
+    if not str(path):
+        raise SpnasError(f"--checkpoint is required: {CHECKPOINT_HELP}")
     ckpt = load_checkpoint(path, kinds=("child",))
     return ckpt, model_from_checkpoint(ckpt).eval()
 
@@ -98,22 +98,18 @@ def check_class_names(ckpt: dict, classes, data: DataConfig) -> None:
                      "data it was trained on, or fine-tune it (spnas finetune)")
 
 
-def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | None = None,
-                        dataset: str | None = None, out_dir: str | Path | None = None,
-                        batch_size: int = 500, device_name: str = "auto",
-                        amp: bool = False) -> dict:
+def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     """Top-1, top-5, loss, per-class accuracy and confusion matrix of a child checkpoint.
 
-    Writes ``evaluation.json`` and ``confusion.png`` to ``out_dir`` (default: a
+    Writes ``evaluation.json`` and ``confusion.png`` to ``cfg.out`` (default: a
     folder ``eval_<checkpoint>_<split>`` beside the checkpoint, with ``_<dataset>_<data
     folder>`` added for data other than the run's) and returns the numbers.
     """
-    if split not in SPLITS:
-        raise SpnasError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    ckpt, net = load_child(path)
-    data = checkpoint_data(ckpt, data_path, dataset)
+    split = cfg.split
+    ckpt, net = load_child(cfg.checkpoint)
+    data = checkpoint_data(ckpt, cfg.data_path, cfg.dataset)
     splits = checkpoint_splits(ckpt, data, ckpt["num_classes"])
-    device = resolve_device(device_name)
+    device = resolve_device(cfg.device)
     x, y = getattr(splits, split)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
 
@@ -123,9 +119,9 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data_path: str | 
         return logits
 
     r = evaluate(net.to(device), forward, x, y, build_transform(data, False),
-                 ckpt["num_classes"], batch_size, device, amp)
+                 ckpt["num_classes"], cfg.batch_size, device, cfg.amp)
     ckpt_path = Path(ckpt["path"])
-    out = (Path(out_dir) if out_dir else
+    out = (Path(cfg.out).expanduser() if cfg.out else
            ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}{_other_data(ckpt, data)}")
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "step": ckpt.get("step"),

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spnas.config import ExportConfig
 from spnas.data.datasets import load_dataset
 from spnas.data.loading import build_transform
 from spnas.engine.checkpoint import checkpoint_space
@@ -108,22 +109,19 @@ def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) 
 
 
 @torch.no_grad()
-def export_checkpoint(path: str | Path, fmt: str, out: str | Path | None = None,
-                      data_path: str | None = None, images: int = 64, tolerance: float = 1e-3,
-                      overwrite: bool = False) -> dict:
+def export_checkpoint(cfg: ExportConfig) -> dict:
     """Export a child checkpoint's network; returns the file and the largest differences."""
-    if fmt not in EXPORTERS:
-        raise SpnasError(f"--format must be one of {', '.join(EXPORTERS)}, got {fmt!r}")
-    ckpt, net = load_child(path)
+    fmt, out, tolerance = cfg.format, cfg.out, cfg.tolerance
+    ckpt, net = load_child(cfg.checkpoint)
     target = export_target(Path(ckpt["path"]), fmt, out)
     if target.is_dir():
         raise SpnasError(f"{target} is a folder; give --out a file name, or a folder to "
                          "write into that holds no folder of that name")
     if target.exists() and target.resolve() == Path(ckpt["path"]).resolve():
         raise SpnasError(f"--out {target} is the checkpoint itself; choose another --out")
-    if target.exists() and not overwrite:
+    if target.exists() and not cfg.overwrite:
         raise SpnasError(f"{target} already exists; pass --overwrite to replace it or choose --out")
-    inputs = check_inputs(ckpt, images, data_path)
+    inputs = check_inputs(ckpt, cfg.check_images, cfg.data_path)
     export, load = EXPORTERS[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -35,15 +35,16 @@ import dataclasses
 import difflib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spnas.config import SearchRunConfig
+from spnas.config import EvaluateConfig, ExportConfig, SearchRunConfig
 from spnas.defaults import RetrainStage, SupernetStage
 from spnas.errors import SpnasError
-from spnas.fields import Checked, coerce_settings, from_flat, opt, settings_of
+from spnas.fields import coerce_settings, from_flat, settings_of
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, init_distributed, rank0_first
 
@@ -52,31 +53,19 @@ MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
 EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
 # settings the pipeline gives its stages itself (folders, resume, what feeds each stage)
-PIPELINE_SETS = ("save_path", "exp_name", "resume", "checkpoint", "out", "arch")
+PIPELINE_SETS = ("save_path", "exp_name", "resume", "checkpoint", "out", "arch", "overwrite")
 
 
-@dataclasses.dataclass
-class EvaluateSettings(Checked):
-    """The evaluate stage: ``spnas evaluate OUT/retrain``."""
-
-    split: str = opt("test", "the split evaluated", choices=("test", "val", "train"))
-    batch_size: int = opt(500, "images per forward", check="positive")
-    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    amp: bool = opt(False, "bf16 autocast on CUDA")
+def _export_default() -> ExportConfig:
+    """The export stage's settings: ``spnas export``'s, but TorchScript, which needs no extra
+    package (``format: onnx`` in the recipe's export section for ONNX)."""
+    return ExportConfig(format="torchscript")
 
 
-@dataclasses.dataclass
-class ExportSettings(Checked):
-    """The export stage: ``spnas export OUT/retrain``."""
-
-    format: str = opt("torchscript", "torchscript or onnx", choices=("torchscript", "onnx"))
-    check_images: int = opt(64, "test images the export is checked on", check="nonneg")
-    tolerance: float = opt(1e-3, "largest difference from PyTorch's outputs", check="positive")
-
-
-STAGE_DEFAULTS = {"supernet": SupernetStage, "search": SearchRunConfig, "retrain": RetrainStage,
-                  "evaluate": EvaluateSettings, "export": ExportSettings}
-_COMMAND = {"supernet": "train", "search": "search", "retrain": "retrain"}
+STAGE_DEFAULTS: dict[str, Callable[[], Any]] = {
+    "supernet": SupernetStage, "search": SearchRunConfig, "retrain": RetrainStage,
+    "evaluate": EvaluateConfig, "export": _export_default}
+_COMMAND = {"supernet": "train"}  # the command of each stage, where its name differs
 
 
 def _settings_for(default, shared: dict, own: dict, stage: str):
@@ -84,15 +73,21 @@ def _settings_for(default, shared: dict, own: dict, stage: str):
     known = settings_of(default)
     unknown = sorted(set(own) - set(known))
     if unknown:
-        where = (f"see 'spnas {_COMMAND[stage]} --help' for its settings" if stage in _COMMAND
-                 else f"its settings: {', '.join(known)}")
-        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}; {where}")
+        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}"
+                         f"{_near(unknown, known)}; see 'spnas {_COMMAND.get(stage, stage)} "
+                         "--help' for its settings")
     values = {k: v for k, v in shared.items() if k in known}
     values.update(own)
     try:
         return from_flat(default, coerce_settings(default, values))
     except SpnasError as e:
         raise SpnasError(f"{stage} stage: {e}") from None
+
+
+def _near(unknown: list[str], names) -> str:
+    """' (did you mean lr?)' for the known names closest to the unknown ones, or ''."""
+    near = sorted({m for k in unknown for m in difflib.get_close_matches(k, list(names), n=1)})
+    return f" (did you mean {', '.join(near)}?)" if near else ""
 
 
 def stage_names() -> dict[str, set[str]]:
@@ -106,9 +101,8 @@ def stage_settings(shared: dict, own: dict[str, dict]) -> dict[str, Any]:
     every = set().union(*names.values())
     unknown = sorted(set(shared) - every)
     if unknown:
-        near = sorted({m for k in unknown for m in difflib.get_close_matches(k, every, n=1)})
-        hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise SpnasError(f"the recipe's top-level {', '.join(unknown)} is no stage's setting{hint}; "
+        raise SpnasError(f"the recipe's top-level {', '.join(unknown)} is no stage's setting"
+                         f"{_near(unknown, every)}; "
                          "top-level names are settings of a stage (see 'spnas train --help', "
                          "'spnas search --help', 'spnas retrain --help', docs/recipes.md)")
     for stage, values in (("top level", shared), *own.items()):
@@ -282,19 +276,18 @@ class Pipeline:
 
     def _run_evaluate(self) -> dict:
         from spnas.stages.evaluate import evaluate_checkpoint
-        s = self.settings["evaluate"]
-        r = evaluate_checkpoint(self.out / "retrain", s.split, self.shared.get("data_path"),
-                                None, self.out / "evaluate", s.batch_size, s.device, s.amp)
+        cfg = dataclasses.replace(self.settings["evaluate"], checkpoint=str(self.out / "retrain"),
+                                  out=str(self.out / "evaluate"))
+        r = evaluate_checkpoint(cfg)
         return {k: r[k] for k in ("top1", "top5", "loss", "n", "split", "checkpoint")}
 
     def _run_export(self) -> dict:
         from spnas.stages.export import export_checkpoint
         s = self.settings["export"]
         ext = "onnx" if s.format == "onnx" else "torchscript.pt"
-        r = export_checkpoint(self.out / "retrain", s.format, self.out / "export" / f"model.{ext}",
-                              self.shared.get("data_path"), s.check_images, s.tolerance,
-                              overwrite=True)
-        return _jsonable(r)
+        cfg = dataclasses.replace(s, checkpoint=str(self.out / "retrain"),
+                                  out=str(self.out / "export" / f"model.{ext}"), overwrite=True)
+        return _jsonable(export_checkpoint(cfg))
 
 
 def _jsonable(obj):

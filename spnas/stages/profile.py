@@ -10,12 +10,20 @@ from __future__ import annotations
 import torch
 
 from spnas.arch import Arch
-from spnas.config import channels_last_on
+from spnas.config import DataConfig, ProfileConfig, channels_last_on
 from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import autocast
 from spnas.engine.latency import random_input, time_ms
-from spnas.runtime import device_description, place
+from spnas.runtime import device_description, place, resolve_device
 from spnas.spaces import build_child
+
+
+def profile(cfg: ProfileConfig) -> dict:
+    """``spnas profile``: the figures of ``profile_arch`` for the network ``cfg`` names."""
+    from spnas.stages.retrain import load_arch
+    arch = load_arch(cfg, DataConfig(resize=cfg.resize))
+    return profile_arch(arch, cfg.classes, cfg.resolution, resolve_device(cfg.device),
+                        cfg.batch_size, cfg.channels_last, cfg.amp, cfg.warmup, cfg.repeats)
 
 
 def profile_arch(arch: Arch, num_classes: int = 10, resolution: int | None = None,

@@ -25,7 +25,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from spnas.arch import Arch, arch_from_text_or_file
-from spnas.config import DataConfig, RetrainConfig, RunConfig, TrainConfig
+from spnas.config import ArchConfig, DataConfig, RetrainConfig, RunConfig, TrainConfig
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, train_loader
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -48,7 +48,7 @@ def is_arch_file(text: str) -> bool:
     return text.endswith(".json") or Path(text).is_file()
 
 
-def load_arch(cfg: RetrainConfig, data: DataConfig) -> Arch:
+def load_arch(cfg: ArchConfig, data: DataConfig) -> Arch:
     """``--arch``: an arch file, or a string/indices of the space the flags describe."""
     if not cfg.arch:
         raise SpnasError("--arch is required: an arch file (.json), tokens ('k3 k5 x ...') "
@@ -66,12 +66,12 @@ def load_arch(cfg: RetrainConfig, data: DataConfig) -> Arch:
                                                        **space_options(cfg)))
 
 
-def space_options(cfg: RetrainConfig) -> dict:
+def space_options(cfg: ArchConfig) -> dict:
     """The options of ``cfg.space`` that --layers and --num_choices give: the spos space's
     size; the mbconv space has none (20 layers of k3e3 k3e6 k5e3 k5e6 skip)."""
     if cfg.space == "spos":
         return {"layers": cfg.layers, "num_choices": cfg.num_choices}
-    default = RetrainConfig()
+    default = ArchConfig()
     if (cfg.layers, cfg.num_choices) != (default.layers, default.num_choices):
         raise SpnasError(f"--layers and --num_choices size the spos space; --space {cfg.space} "
                          "has a fixed size, drop them")
