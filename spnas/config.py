@@ -443,7 +443,8 @@ class ExportConfig(Checked):
     """``spnas export`` / ``spnas.export``: ONNX or TorchScript, loaded back and checked."""
 
     checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required")
-    format: str = opt("onnx", "the file format (onnx needs the onnx package)",
+    format: str = opt("onnx", "the file format (onnx needs the onnx extra: onnx, onnxscript "
+                      "and onnxruntime)",
                       choices=("onnx", "torchscript"))
     out: str | None = opt(None, "the file to write, or an existing folder (or one ending in /) "
                           "to write <name>.onnx / <name>.torchscript.pt into; a folder is never "

@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import os
 import typing
 from dataclasses import MISSING, field
 from typing import Any
@@ -111,6 +112,8 @@ def _typed(name: str, value, f: dataclasses.Field, hint):
                          "give a value, or leave the setting out for its default")
     if value is None or kind not in _KIND_NAMES:
         return value
+    if kind is str and isinstance(value, os.PathLike):  # a Path for a file or folder setting
+        value = os.fspath(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     ok = (isinstance(value, bool) if kind is bool else

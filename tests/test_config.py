@@ -131,6 +131,16 @@ BAD = [
      "--dropout must be in [0, 1), got 1.0"),
     (lambda: C.LatencyConfig(calibrate=-1), ["latency-table", "--calibrate", "-1"],
      "--calibrate must be 0 or more, got -1"),
+    (lambda: C.EvaluateConfig(checkpoint="x", batch_size=0),
+     ["evaluate", "--checkpoint", "x", "--batch_size", "0"], "--batch_size must be positive, got 0"),
+    (lambda: C.ExportConfig(checkpoint="x", check_images=-1),
+     ["export", "--checkpoint", "x", "--check_images", "-1"], "--check_images must be 0 or more"),
+    (lambda: C.ExportConfig(checkpoint="x", tolerance=float("inf")),
+     ["export", "--checkpoint", "x", "--tolerance", "inf"], "--tolerance must be a finite number"),
+    (lambda: C.ProfileConfig(arch="x", warmup=-1), ["profile", "--arch", "x", "--warmup", "-1"],
+     "--warmup must be 0 or more, got -1"),
+    (lambda: C.ProfileConfig(arch="x", resolution=0), ["profile", "--arch", "x", "--resolution", "0"],
+     "--resolution must be positive, got 0"),
     (lambda: C.LatencyConfig(options={"layers": 2}, checkpoint="x.pt"),
      ["latency-table", "--option", "layers=2", "--checkpoint", "x.pt"],
      "--option and --checkpoint do not mix"),
@@ -304,6 +314,39 @@ def test_training_and_search_default_to_fp32_nchw_on_cuda_and_channels_last_on_t
     assert config_of("train").run.channels_last is None  # recorded as "the device's"
 
 
+def test_the_pipelines_evaluate_and_export_read_the_retrained_networks_data(tmp_path):
+    from spnas.stages.pipeline import Pipeline
+    recipe = {"dataset": "cifar100", "data_path": "top", "device": "cpu", "batch_size": 32,
+              "retrain": {"dataset": "cifar10", "data_path": "elsewhere"}}
+    pipe = Pipeline(recipe, tmp_path)
+    evaluate, export = pipe.settings["evaluate"], pipe.settings["export"]
+    assert evaluate.dataset is None  # the checkpoint's: retrain's cifar10, not the top level's
+    assert pipe._data_path(evaluate) == pipe._data_path(export) == "elsewhere"
+    assert (evaluate.device, evaluate.batch_size) == ("cpu", 32)  # the rest is shared
+    assert export.format == "torchscript"  # no extra package needed, unlike spnas export's onnx
+    own = Pipeline({**recipe, "evaluate": {"data_path": "mine", "dataset": "cifar10"}}, tmp_path)
+    assert (own._data_path(own.settings["evaluate"]), own.settings["evaluate"].dataset) == \
+        ("mine", "cifar10")
+
+
+def test_text_settings_take_paths_and_the_stage_calls_take_their_dataclass(tmp_path):
+    from pathlib import Path
+
+    from spnas.stages.evaluate import evaluate_checkpoint
+    assert C.EvaluateConfig(checkpoint=Path("runs") / "r").checkpoint == str(Path("runs") / "r")
+    assert D.RetrainStage(data=C.DataConfig(data_path=tmp_path)).data.data_path == str(tmp_path)
+    with pytest.raises(TypeError, match="takes an EvaluateConfig"):
+        evaluate_checkpoint(str(tmp_path))  # the call of spnas 0.1
+
+
+def test_a_missing_checkpoint_or_arch_is_one_line(capsys):
+    for argv, flag in ((["evaluate"], "--checkpoint"), (["export"], "--checkpoint"),
+                       (["profile"], "--arch")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"spnas: error: {flag} is required"), err
+
+
 def test_profile_times_in_the_devices_memory_format_unless_told():
     from spnas.arch import Arch
     from spnas.spaces.spos import spos_space
@@ -311,6 +354,12 @@ def test_profile_times_in_the_devices_memory_format_unless_told():
     arch = Arch.parse("k3 k5 x k7", spos_space(layers=4))
     assert profile_arch(arch, batch=1, warmup=0, repeats=1)["channels_last"] is True  # the CPU's
     assert profile_arch(arch, batch=1, warmup=0, repeats=1, channels_last=False)["channels_last"] is False
+    from spnas.stages.profile import profile
+    r = profile(C.ProfileConfig(arch="k3 " * 20, resolution=48, channels_last=False, device="cpu",
+                                batch_size=2, warmup=0, repeats=1))
+    assert (r["resolution"], r["channels_last"], r["amp"]) == (48, False, False)
+    assert r["macs"] > profile(C.ProfileConfig(arch="k3 " * 20, batch_size=1, warmup=0,
+                                               repeats=1))["macs"]  # 48x48 costs more than 32x32
 
 
 PIPELINE_RECIPES = ("smoke.yaml", "spos_c10_fast.yaml", "spos_c10_original.yaml")

@@ -173,6 +173,15 @@ def test_export_and_evaluate_read_config_files_as_every_command(fake_cifar, tmp_
     assert "no setting named batchsize for 'spnas evaluate'" in capsys.readouterr().err
 
 
+def test_a_home_folder_in_checkpoint_and_out_paths_is_expanded(fake_cifar, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "data")  # a literal ~ folder would land here
+    save_child(tmp_path / "run" / "best.pt", busy_child(10), fake_cifar, val_size=50)
+    assert main(["export", "--checkpoint", "~/run", "--format", "torchscript", "--out", "~/m.pt",
+                 "--check_images", "0"]) == 0
+    assert (tmp_path / "m.pt").is_file() and not (tmp_path / "data" / "~").exists()
+
+
 def test_export_on_real_cifar_images(real_cifar, tmp_path, capsys):
     ckpt = save_child(tmp_path / "best.pt", busy_child(10), real_cifar)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript",

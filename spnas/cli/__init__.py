@@ -8,8 +8,9 @@ package by stage: ``spos`` (train, search, latency-table), ``networks``
 finetune, superkernel, search, latency-table, evaluate, profile, export) are
 generated from their dataclasses (``config``, ``defaults``) by ``generate``, with
 ``--config FILE`` and, for training, ``--resume`` taking the run's config.json
-back; ``flags`` holds the checks of the hand-written ones (import-reference;
-``curves`` keeps the flags of the seed's ``loss.py``).
+back. ``pipeline``, ``curves`` (the flags of the seed's ``loss.py``) and
+``import-reference`` have flags of their own; ``flags`` holds the checks of the
+hand-written ones.
 """
 from __future__ import annotations
 

@@ -104,9 +104,11 @@ def add_config_args(p: argparse.ArgumentParser, default, titles: dict | None = N
             title, description = title if isinstance(title, tuple) else (title, None)
             groups[section] = p.add_argument_group(title, description)
         _add_flag(groups[section], f, hint, value, (notes or {}).get(f.name))
+    run_folder = (", flat or nested like a run folder's config.json (a valid input)"
+                  if isinstance(getattr(default, "run", None), RunConfig) else "")
     p.add_argument("--config", default=None, metavar="FILE",
-                   help="YAML or JSON file of settings by these flags' names, flat or nested "
-                        "like a run folder's config.json (a valid input); flags given here win")
+                   help=f"YAML or JSON file of settings by these flags' names{run_folder}; "
+                        "flags given here win")
     return p
 
 

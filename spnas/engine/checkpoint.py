@@ -85,7 +85,7 @@ def _torch_save(obj: dict, f) -> None:
 
 def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     """Load and check a checkpoint; any problem is one clear ``SpnasError``."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         path = path / "best.pt" if (path / "best.pt").is_file() else path / "last.pt"
     if not path.is_file():

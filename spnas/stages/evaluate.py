@@ -105,6 +105,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     folder ``eval_<checkpoint>_<split>`` beside the checkpoint, with ``_<dataset>_<data
     folder>`` added for data other than the run's) and returns the numbers.
     """
+    if not isinstance(cfg, EvaluateConfig):
+        raise TypeError(f"evaluate_checkpoint takes an EvaluateConfig (spnas.EvaluateConfig("
+                        f"checkpoint=...)), got {type(cfg).__name__}")
     split = cfg.split
     ckpt, net = load_child(cfg.checkpoint)
     data = checkpoint_data(ckpt, cfg.data_path, cfg.dataset)

@@ -90,9 +90,10 @@ def export_target(checkpoint: Path, fmt: str, out: str | Path | None) -> Path:
     name = checkpoint.with_suffix(FORMATS[fmt]).name
     if not out:
         return checkpoint.with_name(name)
-    if Path(out).is_dir() or str(out).endswith(("/", os.sep)):
-        return Path(out) / name
-    return Path(out)
+    given = Path(out).expanduser()
+    if given.is_dir() or str(out).endswith(("/", os.sep)):
+        return given / name
+    return given
 
 
 def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) -> dict:
@@ -111,6 +112,9 @@ def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) 
 @torch.no_grad()
 def export_checkpoint(cfg: ExportConfig) -> dict:
     """Export a child checkpoint's network; returns the file and the largest differences."""
+    if not isinstance(cfg, ExportConfig):
+        raise TypeError(f"export_checkpoint takes an ExportConfig (spnas.ExportConfig("
+                        f"checkpoint=...)), got {type(cfg).__name__}")
     fmt, out, tolerance = cfg.format, cfg.out, cfg.tolerance
     ckpt, net = load_child(cfg.checkpoint)
     target = export_target(Path(ckpt["path"]), fmt, out)

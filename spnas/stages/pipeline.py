@@ -54,6 +54,9 @@ STAGES = ("supernet", "search", "retrain", "evaluate", "export")
 EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
 # settings the pipeline gives its stages itself (folders, resume, what feeds each stage)
 PIPELINE_SETS = ("save_path", "exp_name", "resume", "checkpoint", "out", "arch", "overwrite")
+# top-level settings a stage does not take: evaluate and export read the retrained network's
+# data (its checkpoint's dataset, the retrain stage's data_path) unless their own section says
+NOT_SHARED = {"evaluate": {"data_path", "dataset"}, "export": {"data_path"}}
 
 
 def _export_default() -> ExportConfig:
@@ -73,10 +76,10 @@ def _settings_for(default, shared: dict, own: dict, stage: str):
     known = settings_of(default)
     unknown = sorted(set(own) - set(known))
     if unknown:
-        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}"
-                         f"{_near(unknown, known)}; see 'spnas {_COMMAND.get(stage, stage)} "
-                         "--help' for its settings")
-    values = {k: v for k, v in shared.items() if k in known}
+        hint = _near(unknown, set(known) - set(PIPELINE_SETS))
+        raise SpnasError(f"recipe section '{stage}' has no setting {', '.join(unknown)}{hint}; "
+                         f"see 'spnas {_COMMAND.get(stage, stage)} --help' for its settings")
+    values = {k: v for k, v in shared.items() if k in known and k not in NOT_SHARED.get(stage, ())}
     values.update(own)
     try:
         return from_flat(default, coerce_settings(default, values))
@@ -102,7 +105,7 @@ def stage_settings(shared: dict, own: dict[str, dict]) -> dict[str, Any]:
     unknown = sorted(set(shared) - every)
     if unknown:
         raise SpnasError(f"the recipe's top-level {', '.join(unknown)} is no stage's setting"
-                         f"{_near(unknown, every)}; "
+                         f"{_near(unknown, every - set(PIPELINE_SETS))}; "
                          "top-level names are settings of a stage (see 'spnas train --help', "
                          "'spnas search --help', 'spnas retrain --help', docs/recipes.md)")
     for stage, values in (("top level", shared), *own.items()):
@@ -274,10 +277,16 @@ class Pipeline:
         model = dataclasses.replace(cfg.model, arch=str(self.out / "search" / "best_arch.json"))
         return _jsonable(retrain(dataclasses.replace(cfg, model=model)))
 
+    def _data_path(self, settings) -> str:
+        """The data of evaluate or export: its section's, else the retrain stage's (this
+        machine's: the checkpoint's own may be another machine's after a resume elsewhere)."""
+        return settings.data_path or self.settings["retrain"].data.data_path
+
     def _run_evaluate(self) -> dict:
         from spnas.stages.evaluate import evaluate_checkpoint
-        cfg = dataclasses.replace(self.settings["evaluate"], checkpoint=str(self.out / "retrain"),
-                                  out=str(self.out / "evaluate"))
+        s = self.settings["evaluate"]
+        cfg = dataclasses.replace(s, checkpoint=str(self.out / "retrain"),
+                                  out=str(self.out / "evaluate"), data_path=self._data_path(s))
         r = evaluate_checkpoint(cfg)
         return {k: r[k] for k in ("top1", "top5", "loss", "n", "split", "checkpoint")}
 
@@ -285,7 +294,7 @@ class Pipeline:
         from spnas.stages.export import export_checkpoint
         s = self.settings["export"]
         ext = "onnx" if s.format == "onnx" else "torchscript.pt"
-        cfg = dataclasses.replace(s, checkpoint=str(self.out / "retrain"),
+        cfg = dataclasses.replace(s, checkpoint=str(self.out / "retrain"), data_path=self._data_path(s),
                                   out=str(self.out / "export" / f"model.{ext}"), overwrite=True)
         return _jsonable(export_checkpoint(cfg))
 

@@ -21,6 +21,9 @@ from spnas.spaces import build_child
 def profile(cfg: ProfileConfig) -> dict:
     """``spnas profile``: the figures of ``profile_arch`` for the network ``cfg`` names."""
     from spnas.stages.retrain import load_arch
+    if not isinstance(cfg, ProfileConfig):
+        raise TypeError(f"profile takes a ProfileConfig (spnas.ProfileConfig(arch=...)), got "
+                        f"{type(cfg).__name__}")
     arch = load_arch(cfg, DataConfig(resize=cfg.resize))
     return profile_arch(arch, cfg.classes, cfg.resolution, resolve_device(cfg.device),
                         cfg.batch_size, cfg.channels_last, cfg.amp, cfg.warmup, cfg.repeats)
