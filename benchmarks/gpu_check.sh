@@ -96,8 +96,12 @@ fi
 
 # f. the fast recipe end to end (docs/recipes.md); about 10 minutes: run it alone, PARTS=fast
 if part fast; then
+    FAST=""
+    [ "$SMOKE" = 1 ] && FAST="--set supernet.epochs=1 --set supernet.num_steps=3 --set retrain.epochs=1
+        --set retrain.num_steps=3 --set search.population=4 --set search.top_k=2 --set search.generations=2
+        --set search.recal_images=64 --set search.val_images=100"
     step fast 560 python3 -m spnas pipeline --config recipes/spos_c10_fast.yaml --out "$RUNS/fast" \
-        --data_path "$CIFAR"
+        --data_path "$CIFAR" $FAST
 fi
 
 # s. the two superkernel recipes side by side (docs/superkernel.md, issue 13): 2 lambdas per

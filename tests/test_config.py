@@ -86,9 +86,12 @@ def test_help_states_every_default_and_unit():
     sub = build_parser()._subparsers._group_actions[0].choices
     for command, stage in STAGES.items():
         text = " ".join(sub[command].format_help().split())
+        helps = {a.dest: a.help for a in sub[command]._actions}
         for _, f, _, value in leaf_fields(stage()):
             if f.metadata.get("cli") is not False:
                 assert f"--{f.name}" in text, (command, f.name)
+                assert "(default: " in helps[f.name] or "(required)" in helps[f.name], \
+                    (command, f.name)
     retrain = " ".join(sub["retrain"].format_help().split())
     assert "peak learning rate [per step of batch_size images, or of lr_batch] (default: 0.1)" \
         in retrain and "(default: 128)" in retrain and "side of the cutout square [pixels]" in retrain

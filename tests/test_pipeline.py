@@ -56,6 +56,30 @@ def test_resume_keeps_finished_stages_and_runs_the_stopped_one(smoke):
     assert (out / "evaluate" / "done.json").is_file() and (out / "export" / "done.json").is_file()
 
 
+SHORT = {  # each shipped recipe cut to a few steps per stage; every other setting its own
+    "spos_c10_fast.yaml": ["--set", "val_size=50", "--set", "search.population=4",
+                           "--set", "search.top_k=2", "--set", "search.generations=2",
+                           "--set", "search.recal_images=64", "--set", "search.val_images=50"],
+    "spos_c10_original.yaml": ["--set", "search.num=3"],  # val_size 0: its test set validates
+}
+
+
+@pytest.mark.parametrize("name", SHORT)
+def test_each_shipped_recipe_runs_end_to_end_when_cut_short(tmp_path, fake_cifar, name):
+    for module in ("onnx", "onnxscript", "onnxruntime"):  # both recipes export ONNX
+        pytest.importorskip(module)
+    cut = ["--set", "supernet.epochs=1", "--set", "supernet.num_steps=3",
+           "--set", "supernet.batch_size=16", "--set", "retrain.epochs=1",
+           "--set", "retrain.num_steps=3", "--set", "retrain.batch_size=16",
+           "--set", "evaluate.batch_size=100", *SHORT[name]]
+    out = tmp_path / "out"
+    assert main(["pipeline", "--config", str(ROOT / "recipes" / name), "--out", str(out),
+                 "--data_path", str(fake_cifar), "--device", "cpu", *cut]) == 0
+    for stage in ("supernet", "search", "retrain", "evaluate", "export"):
+        assert (out / stage / "done.json").is_file(), stage
+    assert (out / "export" / "model.onnx").stat().st_size > 0 and (out / "report.html").is_file()
+
+
 @pytest.mark.parametrize("extra, message", [
     ((), "already holds this pipeline; pass --resume"),
     (("--resume", "--set", "supernet.lr=0.5"), "ran another recipe (supernet differ"),

@@ -14,7 +14,9 @@ Stages, each in ``OUT/<stage>/`` and fed by the one before it::
 A recipe (YAML or JSON) holds settings by their flag names: top-level names
 apply to every stage that has a setting of that name (``data_path``,
 ``dataset``, ``seed``, ``device`` ...), and a section per stage sets that
-stage's own (``supernet: {epochs: 600, lr: 0.025}``). Flags given to
+stage's own (``supernet: {epochs: 600, lr: 0.025}``); evaluate and export read
+the retrained network's data (``NOT_SHARED``) unless their own section names
+other data. Flags given to
 ``spnas pipeline`` override the recipe's top level. Every stage's settings are
 built and checked before any stage runs or ``OUT/recipe.json`` is written, so a
 mistake anywhere fails at once. A finished stage leaves
