@@ -324,11 +324,12 @@ def test_the_pipelines_evaluate_and_export_read_the_retrained_networks_data(tmp_
     pipe = Pipeline(recipe, tmp_path)
     evaluate, export = pipe.settings["evaluate"], pipe.settings["export"]
     assert evaluate.dataset is None  # the checkpoint's: retrain's cifar10, not the top level's
-    assert pipe._data_path(evaluate) == pipe._data_path(export) == "elsewhere"
+    assert pipe._on_retrained("evaluate").data_path == pipe._on_retrained("export").data_path \
+        == "elsewhere"
     assert (evaluate.device, evaluate.batch_size) == ("cpu", 32)  # the rest is shared
     assert export.format == "torchscript"  # no extra package needed, unlike spnas export's onnx
     own = Pipeline({**recipe, "evaluate": {"data_path": "mine", "dataset": "cifar10"}}, tmp_path)
-    assert (own._data_path(own.settings["evaluate"]), own.settings["evaluate"].dataset) == \
+    assert (own._on_retrained("evaluate").data_path, own.settings["evaluate"].dataset) == \
         ("mine", "cifar10")
 
 

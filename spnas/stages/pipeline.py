@@ -279,25 +279,24 @@ class Pipeline:
         model = dataclasses.replace(cfg.model, arch=str(self.out / "search" / "best_arch.json"))
         return _jsonable(retrain(dataclasses.replace(cfg, model=model)))
 
-    def _data_path(self, settings) -> str:
-        """The data of evaluate or export: its section's, else the retrain stage's (this
-        machine's: the checkpoint's own may be another machine's after a resume elsewhere)."""
-        return settings.data_path or self.settings["retrain"].data.data_path
+    def _on_retrained(self, stage: str, **placed):
+        """The settings of evaluate or export, on the retrained network. Their data is their
+        section's, else the retrain stage's (this machine's: the checkpoint's own may be
+        another machine's after a resume elsewhere)."""
+        s = self.settings[stage]
+        return dataclasses.replace(s, checkpoint=str(self.out / "retrain"), **placed,
+                                   data_path=s.data_path or self.settings["retrain"].data.data_path)
 
     def _run_evaluate(self) -> dict:
         from spnas.stages.evaluate import evaluate_checkpoint
-        s = self.settings["evaluate"]
-        cfg = dataclasses.replace(s, checkpoint=str(self.out / "retrain"),
-                                  out=str(self.out / "evaluate"), data_path=self._data_path(s))
-        r = evaluate_checkpoint(cfg)
+        r = evaluate_checkpoint(self._on_retrained("evaluate", out=str(self.out / "evaluate")))
         return {k: r[k] for k in ("top1", "top5", "loss", "n", "split", "checkpoint")}
 
     def _run_export(self) -> dict:
         from spnas.stages.export import export_checkpoint
-        s = self.settings["export"]
-        ext = "onnx" if s.format == "onnx" else "torchscript.pt"
-        cfg = dataclasses.replace(s, checkpoint=str(self.out / "retrain"), data_path=self._data_path(s),
-                                  out=str(self.out / "export" / f"model.{ext}"), overwrite=True)
+        ext = "onnx" if self.settings["export"].format == "onnx" else "torchscript.pt"
+        cfg = self._on_retrained("export", out=str(self.out / "export" / f"model.{ext}"),
+                                 overwrite=True)
         return _jsonable(export_checkpoint(cfg))
 
 
