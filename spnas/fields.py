@@ -143,6 +143,16 @@ class Checked:
             check_value(f.name, value, f)
 
 
+def expect_config(cfg, cls: type, call: str, required: str) -> None:
+    """A ``TypeError`` naming the dataclass when a stage call gets something else (spnas 0.1's
+    ``evaluate_checkpoint``/``export_checkpoint`` took positional arguments)."""
+    if not isinstance(cfg, cls):
+        name = cls.__name__
+        article = "an" if name[0] in "AEIOU" else "a"
+        raise TypeError(f"{call} takes {article} {name} (spnas.{name}({required}=...)), got "
+                        f"{type(cfg).__name__}")
+
+
 def leaf_fields(obj, path: tuple[str, ...] = ()):
     """(path, field, type hint, value) of every non-dataclass field, depth first."""
     hints = type_hints(type(obj))

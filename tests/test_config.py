@@ -106,6 +106,9 @@ def test_config_choices_match_the_registries():
     from spnas.spaces import SPACE_SPECS
     assert C.DATASETS == DATASETS
     assert set(dataclasses.fields(C.LatencyConfig)[1].metadata["choices"]) == set(SPACE_SPECS)
+    from spnas.stages.export import EXPORTERS  # --format's choices: export no longer checks them
+    formats = {f.name: f for f in dataclasses.fields(C.ExportConfig)}["format"].metadata["choices"]
+    assert set(formats) == set(EXPORTERS)
 
 
 # ---- checks: the same one-line error from Python and from the flag --------------------------

@@ -28,6 +28,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
 from spnas.engine.plots import plot_confusion
 from spnas.errors import SpnasError
+from spnas.fields import expect_config
 from spnas.files import atomic_write_text
 from spnas.runtime import resolve_device
 
@@ -105,9 +106,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     folder ``eval_<checkpoint>_<split>`` beside the checkpoint, with ``_<dataset>_<data
     folder>`` added for data other than the run's) and returns the numbers.
     """
-    if not isinstance(cfg, EvaluateConfig):
-        raise TypeError(f"evaluate_checkpoint takes an EvaluateConfig (spnas.EvaluateConfig("
-                        f"checkpoint=...)), got {type(cfg).__name__}")
+    expect_config(cfg, EvaluateConfig, "evaluate_checkpoint", "checkpoint")
     split = cfg.split
     ckpt, net = load_child(cfg.checkpoint)
     data = checkpoint_data(ckpt, cfg.data_path, cfg.dataset)
