@@ -126,3 +126,37 @@ def test_a_fresh_run_replaces_the_records_of_one_killed_before_its_first_checkpo
     assert "removed, this run starts afresh" in (run / "train.log").read_text()
     assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 2, "--resume": None})) == 0
     assert [r["step"] for r in read_metrics(run) if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("stage", ["supernet", "retrain"])
+def test_a_stopped_pipeline_stage_resumes_with_the_settings_it_started_with(tmp_path, capsys,
+                                                                              stage):
+    """A setting the recipe leaves out comes back from the stage's config.json, as with
+    ``spnas train --resume``: a default changed since the stage started (the supernet's
+    batch, 64 then 96) does not stop the resume; one the recipe gives is compared as before."""
+    import dataclasses
+    import json
+
+    from spnas.engine.runlog import recorded_config
+    from spnas.resume import resume_changes
+    from spnas.stages.pipeline import Pipeline
+    recipe = {"seed": 3, stage: {"epochs": 2}}
+    started = Pipeline(recipe, tmp_path).settings[stage]
+    optim = dataclasses.replace(started.optim, batch_size=started.optim.batch_size // 2, lr=0.3)
+    started = dataclasses.replace(started, optim=optim)
+    folder = tmp_path / stage
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(recorded_config(started)))
+    (folder / "last.pt").write_bytes(b"")
+    pipe = Pipeline(recipe, tmp_path, resume=True)
+    placed = pipe._placed(pipe.settings[stage], stage)
+    assert placed.run.resume and placed.optim.batch_size == optim.batch_size
+    assert placed.optim.lr == 0.3 and placed.optim.epochs == 2 and placed.run.seed == 3
+    assert resume_changes(placed, recorded_config(started)) == ([], [])  # the trainer goes on
+    said = capsys.readouterr().out
+    assert f"{stage} resumes with its config.json's batch_size {optim.batch_size}, lr 0.3" in said
+    # a setting the recipe gives is the recipe's: a change is still refused by the trainer
+    pipe = Pipeline({**recipe, stage: {"epochs": 2, "lr": 0.5}}, tmp_path, resume=True)
+    placed = pipe._placed(pipe.settings[stage], stage)
+    assert placed.optim.lr == 0.5 and placed.optim.batch_size == optim.batch_size
+    assert [t for t in resume_changes(placed, recorded_config(started))[0] if "--lr" in t]

@@ -46,8 +46,9 @@ import torch
 from spnas.config import EvaluateConfig, ExportConfig, SearchRunConfig
 from spnas.defaults import RetrainStage, SupernetStage
 from spnas.errors import SpnasError
-from spnas.fields import coerce_settings, from_flat, settings_of
+from spnas.fields import coerce_settings, from_flat, settings_of, to_flat
 from spnas.files import atomic_write_text
+from spnas.resume import WHERE, saved_settings
 from spnas.runtime import Dist, init_distributed, rank0_first
 
 # may differ when a pipeline resumes (elsewhere, or with event files turned on)
@@ -73,8 +74,9 @@ STAGE_DEFAULTS: dict[str, Callable[[], Any]] = {
 _COMMAND = {"supernet": "train"}  # the command of each stage, where its name differs
 
 
-def _settings_for(default, shared: dict, own: dict, stage: str):
-    """``default`` with the shared settings it knows and all of the stage's own (checked)."""
+def recipe_values(default, shared: dict, own: dict, stage: str) -> dict:
+    """The settings the recipe gives the stage ``default`` is of: the shared ones it knows
+    (less ``NOT_SHARED``) and all of its section's, which must be its settings."""
     known = settings_of(default)
     unknown = sorted(set(own) - set(known))
     if unknown:
@@ -83,6 +85,12 @@ def _settings_for(default, shared: dict, own: dict, stage: str):
                          f"see 'spnas {_COMMAND.get(stage, stage)} --help' for its settings")
     values = {k: v for k, v in shared.items() if k in known and k not in NOT_SHARED.get(stage, ())}
     values.update(own)
+    return values
+
+
+def _settings_for(default, shared: dict, own: dict, stage: str):
+    """``default`` with the settings the recipe gives it (checked)."""
+    values = recipe_values(default, shared, own, stage)
     try:
         return from_flat(default, coerce_settings(default, values))
     except SpnasError as e:
@@ -255,9 +263,39 @@ class Pipeline:
 
     # -- the stages
     def _placed(self, cfg, stage: str):
-        run = dataclasses.replace(cfg.run, save_path=str(self.out), exp_name=stage,
-                                  resume=(self.out / stage / "last.pt").exists())
+        """A training stage's settings in ``OUT/<stage>/``; a stopped one resumes there, with
+        what the recipe leaves out taken from its ``config.json``, as ``spnas train --resume``
+        does (so a default changed since it started does not stop the resume)."""
+        resume = (self.out / stage / "last.pt").exists()
+        if resume:
+            cfg = self._as_started(cfg, stage)
+        run = dataclasses.replace(cfg.run, save_path=str(self.out), exp_name=stage, resume=resume)
         return dataclasses.replace(cfg, run=run)
+
+    def _as_started(self, cfg, stage: str):
+        path = self.out / stage / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cfg  # the trainer says why the run cannot resume
+        if not isinstance(saved, dict):
+            return cfg
+        known = settings_of(cfg)
+        given = recipe_values(cfg, self.shared, self.own[stage], stage)
+        taken = {k: v for k, v in saved_settings(saved).items()
+                 if k in known and k not in given and k not in PIPELINE_SETS + WHERE}
+        try:
+            taken = coerce_settings(cfg, taken)
+        except SpnasError:
+            return cfg  # a value today's settings refuse: the trainer names the difference
+        now = to_flat(cfg)
+        moved = sorted(k for k, v in taken.items() if now.get(k) != v)
+        if moved and self.dist.main:
+            print(f"pipeline: {stage} resumes with its {path.name}'s "
+                  f"{', '.join(f'{k} {taken[k]}' for k in moved)} (the recipe does not set "
+                  f"{'them' if len(moved) > 1 else 'it'}; today's default: "
+                  f"{', '.join(str(now.get(k)) for k in moved)})", flush=True)
+        return from_flat(cfg, taken)
 
     def _run_supernet(self) -> dict:
         from spnas.stages.train import train_supernet
