@@ -17,7 +17,14 @@ counting and latency, the search algorithms) -> ``stages/`` (one module per
 command) -> ``cli/``.
 """
 from .arch import Arch, ArchError, SpaceSpec
-from .config import EvaluateConfig, ExportConfig, ProfileConfig, SearchRunConfig
+from .config import (
+    CurvesConfig,
+    EvaluateConfig,
+    ExportConfig,
+    ImportReferenceConfig,
+    ProfileConfig,
+    SearchRunConfig,
+)
 from .defaults import FinetuneStage, RetrainStage, SuperkernelStage, SupernetStage
 from .errors import SpnasError
 
@@ -32,6 +39,7 @@ _STAGES = {  # name -> (module, attribute), imported on first use (torch-heavy)
     "evaluate": ("spnas.stages.evaluate", "evaluate_checkpoint"),
     "export": ("spnas.stages.export", "export_checkpoint"),
     "profile": ("spnas.stages.profile", "profile"),
+    "import_reference": ("spnas.stages.import_reference", "import_reference"),
     "pipeline": ("spnas.stages.pipeline", "pipeline"),
 }
 
@@ -44,6 +52,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'spnas' has no attribute {name!r}")
 
 
-__all__ = ["Arch", "ArchError", "EvaluateConfig", "ExportConfig", "FinetuneStage", "ProfileConfig",
-           "RetrainStage", "SearchRunConfig", "SpaceSpec", "SpnasError", "SuperkernelStage",
-           "SupernetStage", "__version__", *_STAGES]
+__all__ = ["Arch", "ArchError", "CurvesConfig", "EvaluateConfig", "ExportConfig", "FinetuneStage",
+           "ImportReferenceConfig", "ProfileConfig", "RetrainStage", "SearchRunConfig",
+           "SpaceSpec", "SpnasError", "SuperkernelStage", "SupernetStage", "__version__",
+           *_STAGES]

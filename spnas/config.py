@@ -472,3 +472,59 @@ class ProfileConfig(ArchConfig):
     warmup: int = opt(10, "untimed calls first", check="nonneg", group="measurement")
     repeats: int = opt(30, "timed calls (the median is shown)", check="positive",
                        group="measurement")
+
+
+def _runs(runs) -> str | None:
+    if isinstance(runs, (list, tuple)) and all(isinstance(r, (str, os.PathLike)) for r in runs):
+        return None
+    return f"must be a list of runs (folders or files), got {runs!r}"
+
+
+@dataclass
+class CurvesConfig(Checked):
+    """``spnas curves`` (and ``run_scripts/loss.py``): loss plots, and each run compared with a
+    reference run; ``runs`` are the command's positional arguments."""
+
+    runs: tuple[str, ...] = opt((), "run folders, metrics.jsonl files, CSV files (columns step, "
+                                "loss) or text logs", check=_runs, positional=True,
+                                label="RUN", default_text="required")
+    baseline: str | None = opt(None, "reference run to compare each run with (same kinds of "
+                               "input); none = plot only")
+    out: str = opt(".", "folder for loss.jpg and loss.png")
+    rtol: float = opt(0.05, "pass when the mean |relative difference| is at most this ...",
+                      check="nonneg")
+    atol: float = opt(0.0002, "... or the mean |difference| is at most this", check="nonneg")
+    window: int | None = opt(None, "compare (and plot) mean losses over windows of N steps, steps "
+                             "(w*N, (w+1)*N], instead of the losses per logged step",
+                             check="positive", metavar="N", default_text="per logged step")
+    max_step: int | None = opt(None, "compare and plot only steps <= M", check="positive",
+                               metavar="M", default_text="all")
+    min_overlap: float = opt(0.0, "fail when less than this fraction of the baseline's steps is "
+                             "compared (under 0.25 prints a WARNING)", check="prob", metavar="F")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "runs", tuple(os.fspath(r) for r in self.runs))
+
+
+def _num_choices(n: int) -> str | None:
+    return None if 1 <= n <= 4 else f"must be 1..4 (the original's blocks per layer), got {n}"
+
+
+@dataclass
+class ImportReferenceConfig(Checked):
+    """``spnas import-reference`` / ``spnas.import_reference``: a state_dict saved by the
+    original SPOS CIFAR code, as an spnas checkpoint; ``src`` is the command's positional
+    argument."""
+
+    src: str = opt("", "torch.save(model.state_dict()) of the original's train_supernet.py (a "
+                   "supernet) or retrain_best_choice.py (one network)", positional=True,
+                   label="SRC.pth", default_text="required")
+    out: str = opt("", "the spnas checkpoint to write", metavar="DST.pt", default_text="required")
+    resize: bool | None = opt(None, "check that the file is in the --resize (imagenet) layout; "
+                              "--no-resize: the CIFAR layout", default_text="the file's")
+    classes: int | None = opt(None, "check the number of classes", check="positive",
+                              default_text="the file's")
+    num_choices: int = opt(4, "a supernet keeps its first K blocks only: the original's "
+                           "--num_choices (it saves all 4 whatever it trained)", check=_num_choices)
+    overwrite: bool = opt(False, "replace an existing --out")

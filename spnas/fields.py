@@ -16,7 +16,8 @@ is due becomes a float). Other metadata: ``choices``; ``flags`` (extra
 spellings); ``parse`` (a text parser such as ``count_arg``, for flags and
 files); ``cli=False`` (no generated flag); ``group`` (the help section);
 ``label`` (the flag named in errors); ``default_text`` (the default as help
-states it); ``metavar``.
+states it); ``metavar``; ``positional`` (a positional argument, named by its
+``label``: a ``tuple[str, ...]`` takes any number, a ``str`` one or none).
 
 Settings are addressed by their leaf names (``lr``, ``cutout``), unique within a
 stage's config, so a flat file, a nested ``config.json`` and the flags all name
@@ -29,6 +30,7 @@ import dataclasses
 import functools
 import math
 import os
+import types
 import typing
 from dataclasses import MISSING, field
 from typing import Any
@@ -58,8 +60,11 @@ def opt(default: Any = MISSING, help: str = "", *, unit: str = "", check=None,
 
 
 def flag_of(name: str, f: dataclasses.Field | None = None) -> str:
-    """The flag a setting is known by in messages: ``--lr``."""
-    return "--" + ((f.metadata.get("label") if f is not None else None) or name)
+    """The flag a setting is known by in messages: ``--lr``; a positional argument's
+    label (``RUN``)."""
+    meta = f.metadata if f is not None else {}
+    label = meta.get("label") or name
+    return label if meta.get("positional") else "--" + label
 
 
 def check_value(name: str, value, f: dataclasses.Field) -> None:
@@ -99,9 +104,10 @@ def type_hints(cls: type) -> dict[str, Any]:
 
 
 def base_type(hint):
-    """``int | None`` -> int; ``float`` -> float."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
+    """``int | None`` -> int; ``float`` -> float; ``tuple[str, ...]`` stays."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
+    return next(a for a in typing.get_args(hint) if a is not type(None))
 
 
 def _typed(name: str, value, f: dataclasses.Field, hint):

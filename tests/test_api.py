@@ -6,7 +6,18 @@ from pathlib import Path
 import pytest
 
 import spnas
-from spnas.stages import evaluate, export, finetune, pipeline, profile, retrain, search, superkernel, train
+from spnas.stages import (
+    evaluate,
+    export,
+    finetune,
+    import_reference,
+    pipeline,
+    profile,
+    retrain,
+    search,
+    superkernel,
+    train,
+)
 
 
 @pytest.mark.parametrize("name, function", [
@@ -14,7 +25,7 @@ from spnas.stages import evaluate, export, finetune, pipeline, profile, retrain,
     ("superkernel", superkernel.search_superkernel), ("retrain", retrain.retrain),
     ("finetune", finetune.finetune), ("pipeline", pipeline.pipeline),
     ("evaluate", evaluate.evaluate_checkpoint), ("export", export.export_checkpoint),
-    ("profile", profile.profile)])
+    ("profile", profile.profile), ("import_reference", import_reference.import_reference)])
 def test_every_stage_is_a_call_on_the_package(name, function):
     assert getattr(spnas, name) is function and name in spnas.__all__
 

@@ -28,7 +28,8 @@ from spnas.fields import leaf_fields, to_flat
 STAGES = {"train": D.SupernetStage, "retrain": D.RetrainStage, "finetune": D.FinetuneStage,
           "superkernel": D.SuperkernelStage, "search": C.SearchRunConfig,
           "latency-table": C.LatencyConfig, "evaluate": C.EvaluateConfig,
-          "export": C.ExportConfig, "profile": C.ProfileConfig}
+          "export": C.ExportConfig, "profile": C.ProfileConfig, "curves": C.CurvesConfig,
+          "import-reference": C.ImportReferenceConfig}
 
 
 def parse(command: str, *argv):
@@ -89,7 +90,8 @@ def test_help_states_every_default_and_unit():
         helps = {a.dest: a.help for a in sub[command]._actions}
         for _, f, _, value in leaf_fields(stage()):
             if f.metadata.get("cli") is not False:
-                assert f"--{f.name}" in text, (command, f.name)
+                shown = f.metadata["label"] if f.metadata.get("positional") else f"--{f.name}"
+                assert shown in text, (command, f.name)
                 assert "(default: " in helps[f.name] or "(required)" in helps[f.name], \
                     (command, f.name)
     retrain = " ".join(sub["retrain"].format_help().split())
@@ -147,6 +149,12 @@ BAD = [
      "--warmup must be 0 or more, got -1"),
     (lambda: C.ProfileConfig(arch="x", resolution=0), ["profile", "--arch", "x", "--resolution", "0"],
      "--resolution must be positive, got 0"),
+    (lambda: C.CurvesConfig(runs=("a",), rtol=-1.0), ["curves", "a", "--rtol", "-1"],
+     "--rtol must be 0 or more, got -1.0"),
+    (lambda: C.CurvesConfig(runs=("a",), min_overlap=2.0), ["curves", "a", "--min_overlap", "2"],
+     "--min_overlap must be within 0..1, got 2.0"),
+    (lambda: C.ImportReferenceConfig(src="a", num_choices=0),
+     ["import-reference", "a", "--num_choices", "0"], "--num_choices must be 1..4"),
     (lambda: C.LatencyConfig(options={"layers": 2}, checkpoint="x.pt"),
      ["latency-table", "--option", "layers=2", "--checkpoint", "x.pt"],
      "--option and --checkpoint do not mix"),

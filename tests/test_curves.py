@@ -265,22 +265,43 @@ def test_bad_csv_files_are_one_line_errors(tmp_path, text, fragment):
 
 
 @pytest.mark.parametrize("flag, value, fragment", [
-    ("--rtol", "-0.1", "must be a finite number >= 0"),
-    ("--atol", "nan", "must be a finite number >= 0"),
-    ("--rtol", "inf", "must be a finite number >= 0"),
-    ("--atol", "x", "is not a number"),
-    ("--window", "0", "must be a positive number of steps"),
-    ("--window", "2.5", "is not a whole number of steps"),
-    ("--max_step", "-5", "must be a positive number of steps"),
-    ("--min_overlap", "1.5", "must be a fraction from 0 to 1"),
-    ("--min_overlap", "nan", "must be a fraction from 0 to 1"),
+    ("--rtol", "-0.1", "spnas: error: --rtol must be 0 or more, got -0.1"),
+    ("--atol", "nan", "spnas: error: --atol must be a finite number, got nan"),
+    ("--rtol", "inf", "spnas: error: --rtol must be a finite number, got inf"),
+    ("--atol", "x", "argument --atol: invalid float value: 'x'"),
+    ("--window", "0", "spnas: error: --window must be positive, got 0"),
+    ("--window", "2.5", "argument --window: invalid int value: '2.5'"),
+    ("--max_step", "-5", "spnas: error: --max_step must be positive, got -5"),
+    ("--min_overlap", "1.5", "spnas: error: --min_overlap must be within 0..1, got 1.5"),
+    ("--min_overlap", "nan", "spnas: error: --min_overlap must be a finite number, got nan"),
 ])
-def test_bad_flags_are_one_line_parse_errors(tmp_path, flag, value, fragment):
+def test_bad_flags_are_one_line_errors(tmp_path, flag, value, fragment):
     run = write_run(tmp_path / "run", BASE)
     code, out, err = curves(run, "--baseline", run, f"{flag}={value}", "--out", tmp_path)
     assert code == 2 and not out
-    assert f"argument {flag}: " in err[-1] and fragment in err[-1]
+    assert fragment in err[-1] and all(not line.startswith("Traceback") for line in err)
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_a_config_file_gives_the_runs_and_settings_and_flags_win(tmp_path):
+    """``--config`` works for curves as for every command: runs, baseline and tolerances from
+    the file; a flag or a RUN on the command line wins over it."""
+    base = write_run(tmp_path / "base", BASE)
+    near = write_run(tmp_path / "near", [v * 1.03 for v in BASE])  # 3% above the baseline
+    cfg = tmp_path / "compare.yaml"
+    cfg.write_text(f"runs: [{near}]\nbaseline: {base}\nrtol: 0.01\natol: 0\nout: {tmp_path}\n")
+    code, out, _ = curves("--config", cfg)
+    assert code == 1 and out[-1].startswith("fail")  # 3% > the file's rtol of 1%
+    code, out, _ = curves("--config", cfg, "--rtol", 0.05)
+    assert code == 0 and out[-1].startswith("pass")
+    code, out, _ = curves(base, "--config", cfg)  # the baseline against itself
+    assert code == 0 and "MeanRelativeError: 0.0" in "\n".join(out)
+    cfg.write_text("baseline: x\n")
+    code, out, err = curves("--config", cfg)
+    assert code == 2 and "spnas: error: give a run to plot" in err[-1]
+    cfg.write_text("runs: 3\n")
+    code, out, err = curves("--config", cfg)
+    assert code == 2 and "spnas: error: RUN must be a list of runs" in err[-1]
 
 
 def test_plot_draws_window_means_over_thin_raw_curves():

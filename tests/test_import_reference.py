@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from conftest import cli_argv
 
 from spnas.cli import main
+from spnas.config import ImportReferenceConfig
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.errors import SpnasError
 from spnas.stages.import_reference import import_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run_import(src, out, **kw) -> dict:
+    return import_reference(ImportReferenceConfig(src=src, out=out, **kw))
 
 # ---- the original's network, as its model definition builds it --------------------------------
 CHANNEL = [16] + [64] * 4 + [160] * 4 + [320] * 8 + [640] * 4  # channel[i] -> channel[i + 1]
@@ -180,7 +185,7 @@ def supernet_file(tmp_path_factory):
 def imported_supernet(supernet_file, tmp_path_factory):
     sd, src = supernet_file
     out = tmp_path_factory.mktemp("imp") / "supernet.pt"
-    import_reference(src, out)
+    run_import(src, out)
     return sd, out
 
 
@@ -207,7 +212,7 @@ def test_supernet_paths_compute_as_the_original(imported_supernet):
 def test_supernet_in_the_imagenet_layout(tmp_path):
     sd = reference_state(layout="imagenet", classes=7, seed=5)
     out = tmp_path / "sn.pt"
-    r = import_reference(save(sd, tmp_path / "sn.pth"), out, resize=True, classes=7)
+    r = run_import(save(sd, tmp_path / "sn.pth"), out, resize=True, classes=7)
     assert (r["kind"], r["layout"], r["num_classes"]) == ("supernet", "imagenet", 7)
     net = model_from_checkpoint(load_checkpoint(out)).eval()
     x = images("imagenet")
@@ -221,7 +226,7 @@ def test_standalone_network_computes_as_the_original(tmp_path, layout):
     path = random_path(7)
     sd = reference_state(path, layout, classes=10, seed=3)
     out = tmp_path / "net.pt"
-    r = import_reference(save(sd, tmp_path / "net.pth"), out)
+    r = run_import(save(sd, tmp_path / "net.pth"), out)
     assert r["layout"] == layout
     ckpt = load_checkpoint(out, kinds=("child",))
     net = model_from_checkpoint(ckpt).eval()
@@ -255,18 +260,18 @@ def test_the_checkpoint_describes_itself(imported_supernet, supernet_file):
 def test_the_path_of_a_network_is_read_from_its_shapes(tmp_path):
     path = [0, 1, 2, 3] * 5
     out = tmp_path / "net.pt"
-    r = import_reference(save(reference_state(path, seed=2), tmp_path / "net.pth"), out)
+    r = run_import(save(reference_state(path, seed=2), tmp_path / "net.pth"), out)
     want = " ".join(["k3", "k5", "k7", "x"][c] for c in path)
     assert r["arch"] == want and load_checkpoint(out)["arch"] == want
     wrapped = {f"module.{k}": v for k, v in reference_state(path, seed=2).items()}  # DataParallel
-    r = import_reference(save(wrapped, tmp_path / "dp.pth"), tmp_path / "dp.pt")
+    r = run_import(save(wrapped, tmp_path / "dp.pth"), tmp_path / "dp.pt")
     assert r["arch"] == want
 
 
 def test_num_choices_keeps_the_trained_blocks(supernet_file, tmp_path):
     sd, src = supernet_file
     out = tmp_path / "two.pt"
-    import_reference(src, out, num_choices=2)
+    run_import(src, out, num_choices=2)
     ckpt = load_checkpoint(out)
     assert all(list(a) == [0, 1] for a in ckpt["space"]["allowed"])
     assert not any(k.startswith("layers.0.2.") for k in ckpt["model"])
@@ -306,7 +311,7 @@ def test_search_an_imported_supernet_needs_a_val_size(imported_supernet, fake_ci
 def expect_error(tmp_path, sd, match, **kw):
     src = save(sd, tmp_path / "in.pth")
     with pytest.raises(SpnasError, match=match):
-        import_reference(src, tmp_path / "out.pt", **kw)
+        run_import(src, tmp_path / "out.pt", **kw)
     assert not (tmp_path / "out.pt").exists()
 
 
@@ -330,9 +335,9 @@ def test_files_that_are_not_the_original_state_dict(network_state, tmp_path):
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(b"not a torch file at all")
     with pytest.raises(SpnasError, match="is not a readable torch file"):
-        import_reference(bad, tmp_path / "o.pt")
+        run_import(bad, tmp_path / "o.pt")
     with pytest.raises(SpnasError, match="not found"):
-        import_reference(tmp_path / "nope.pth", tmp_path / "o.pt")
+        run_import(tmp_path / "nope.pth", tmp_path / "o.pt")
 
 
 def test_a_missing_extra_or_misshapen_key(network_state, tmp_path):
@@ -369,7 +374,7 @@ def test_refuses_to_overwrite_unless_forced(network_state, tmp_path, capsys):
     assert main(argv + ["--overwrite"]) == 0
     assert load_checkpoint(out)["kind"] == "child"
     with pytest.raises(SpnasError, match="is the file being imported"):
-        import_reference(src, src, overwrite=True)
+        run_import(src, src, overwrite=True)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
@@ -392,3 +397,31 @@ def test_an_imported_supernet_cannot_be_resumed_as_a_training_run(imported_super
     assert len(err) == 1 and "last.pt holds no optimizer state" in err[0]
     assert "fine-tune it with spnas finetune" in err[0]
     assert (tmp_path / "run" / "last.pt").read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "SRC.pth is required: spnas import-reference SRC.pth --out DST.pt"),
+    (["in.pth"], "--out DST.pt is required"),
+    (["in.pth", "--out", "o.pt", "--num_choices", "5"], "--num_choices must be 1..4"),
+    (["in.pth", "--out", "o.pt", "--classes", "0"], "--classes must be positive, got 0"),
+])
+def test_missing_and_bad_settings_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["import-reference", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("spnas: error: ") and message in err[0]
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_a_config_file_gives_the_settings_and_the_command_line_wins(network_state, tmp_path):
+    src = save(network_state, tmp_path / "net.pth")
+    cfg = tmp_path / "import.json"
+    cfg.write_text(json.dumps({"src": str(src), "out": str(tmp_path / "a.pt"), "classes": 100}))
+    assert main(["import-reference", "--config", str(cfg)]) == 2  # the file says 10 classes
+    assert main(["import-reference", "--config", str(cfg), "--classes", "10"]) == 0
+    assert load_checkpoint(tmp_path / "a.pt")["kind"] == "child"
+    assert main(["import-reference", str(src), "--config", str(cfg), "--out", str(tmp_path / "b.pt"),
+                 "--classes", "10"]) == 0
+    assert (tmp_path / "b.pt").is_file()
+    with pytest.raises(TypeError, match=r"import_reference takes an ImportReferenceConfig"):
+        import_reference(str(src))  # spnas 0.2's import_reference(src, out, ...)

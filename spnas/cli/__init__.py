@@ -4,13 +4,11 @@ A user mistake (``SpnasError``) prints one line, ``spnas: error: ...``, and
 exits with status 2; no stack trace. The subcommands' flags live in this
 package by stage: ``spos`` (train, search, latency-table), ``networks``
 (retrain, finetune, evaluate, profile, export), ``superkernel``, ``curves``,
-``reference`` (import-reference). The flags of every stage (train, retrain,
-finetune, superkernel, search, latency-table, evaluate, profile, export) are
-generated from their dataclasses (``config``, ``defaults``) by ``generate``, with
-``--config FILE`` and, for training, ``--resume`` taking the run's config.json
-back. ``pipeline``, ``curves`` (the flags of the seed's ``loss.py``) and
-``import-reference`` have flags of their own; ``flags`` holds the checks of the
-hand-written ones.
+``reference`` (import-reference), ``pipeline``. The flags of every command but
+``pipeline`` (whose flags override its recipe) are generated from their
+dataclasses (``config``, ``defaults``) by ``generate``, with ``--config FILE``
+and, for training, ``--resume`` taking the run's config.json back; ``curves``
+keeps the flags of the seed's ``loss.py``.
 """
 from __future__ import annotations
 

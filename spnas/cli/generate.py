@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,19 @@ class _Store(_Recorded, argparse._StoreAction):
 
 class _Bool(_Recorded, argparse.BooleanOptionalAction):
     pass
+
+
+class _Positional(argparse._StoreAction):
+    """A positional argument, recorded as given only when the command line holds it (argparse
+    calls it with nothing, too), so that a --config file may give it instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values in (None, []) or values == self.default:
+            values = self.default
+        else:
+            mark_given(namespace, self.dest)
+            values = tuple(values) if isinstance(values, list) else values
+        setattr(namespace, self.dest, values)
 
 
 def default_text(value, f: dataclasses.Field | None = None) -> str:
@@ -116,8 +130,14 @@ def _add_flag(g, f: dataclasses.Field, hint, value, note: str | None) -> None:
     meta = f.metadata
     unit = f" [{meta['unit']}]" if meta.get("unit") else ""
     text = f"{meta.get('help', '')}{unit} {default_paren(value, f, note)}".strip()
-    names = [f"--{f.name}", *meta.get("flags", ())]
     kind = base_type(hint)
+    if meta.get("positional"):
+        many = typing.get_origin(kind) is tuple
+        g.add_argument(f.name, nargs="*" if many else "?", default=value, action=_Positional,
+                       metavar=meta.get("label") or f.name.upper(),
+                       help=text.replace("%", "%%"))
+        return
+    names = [f"--{f.name}", *meta.get("flags", ())]
     kw: dict[str, Any] = {"dest": f.name, "default": value}
     if kind is bool:
         kw["action"] = _Bool

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, overload
 
+from spnas.config import CurvesConfig
 from spnas.engine.runlog import read_metrics
 from spnas.errors import SpnasError
+from spnas.fields import expect_config
 
 _LOG_LINE = re.compile(r"\bstep[ :=]+(\d+)\b.*?\bloss[ :=]+([-+0-9.eE]+|nan|inf)", re.IGNORECASE)
 SHORT_OVERLAP = 0.25  # a comparison covering less of the baseline than this gets a WARNING line
@@ -356,3 +358,26 @@ def plot_comparison(curves: list[Curve], out_dir: str | Path, window: int | None
     for p in paths:
         fig.savefig(p)
     return paths
+
+
+def compare_runs(cfg: CurvesConfig) -> int:
+    """``spnas curves``: plot the runs (and the baseline), print each run's comparison with
+    the baseline; 0 when every run passes (or there is no baseline), 1 when one fails."""
+    expect_config(cfg, CurvesConfig, "compare_runs", "runs")
+    if not cfg.runs:
+        raise SpnasError("give a run to plot (RUN: a run folder, metrics.jsonl, CSV file with "
+                         "columns step and loss, or text log), or runs: [...] in --config")
+    curves = [load_curve(r) for r in cfg.runs]
+    base = load_curve(cfg.baseline) if cfg.baseline else None
+    for path in plot_comparison(curves + ([base] if base else []), cfg.out, cfg.window,
+                                cfg.max_step):
+        print(f"wrote {path}")
+    if base is None:  # nothing to compare with
+        return 0
+    failed = False
+    for c in curves:
+        result = compare(c, base, cfg.rtol, cfg.atol, window=cfg.window, max_step=cfg.max_step,
+                         min_overlap=cfg.min_overlap)
+        print("\n".join(result.describe(c.name, base.name) + result.lines()))
+        failed |= not result.passed
+    return 1 if failed else 0

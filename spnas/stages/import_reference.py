@@ -48,9 +48,10 @@ from pathlib import Path
 import torch
 
 from spnas.arch import Arch
-from spnas.config import DataConfig, RetrainConfig, SupernetConfig
+from spnas.config import DataConfig, ImportReferenceConfig, RetrainConfig, SupernetConfig
 from spnas.engine.checkpoint import FORMAT, UNREADABLE, save_checkpoint, unreadable_reason
 from spnas.errors import SpnasError
+from spnas.fields import expect_config
 from spnas.spaces import make_space
 from spnas.spaces.spos import KERNELS, TOKENS, WIDTHS, XCEPTION, SposNet, SposSupernet
 
@@ -243,19 +244,22 @@ def payload(ref: Reference, net: SposSupernet | SposNet, src: Path) -> dict:
                               "kind": ref.kind}}
 
 
-def import_reference(src: str | Path, out: str | Path, resize: bool | None = None,
-                     classes: int | None = None, num_choices: int = len(TOKENS),
-                     overwrite: bool = False) -> dict:
-    """Read ``src`` (a state_dict of the original code), write the spnas checkpoint ``out``.
+def import_reference(cfg: ImportReferenceConfig) -> dict:
+    """Read ``cfg.src`` (a state_dict of the original code), write the spnas checkpoint
+    ``cfg.out``; returns what was imported.
 
     ``resize`` / ``classes``: None = take the file's; otherwise the file must agree.
     ``num_choices``: a supernet keeps only its first K blocks (as trained with
-    the original's ``--num_choices K``). Returns what was imported.
+    the original's ``--num_choices K``).
     """
-    src, out = Path(src), Path(out)
-    if not 1 <= num_choices <= len(TOKENS):
-        raise SpnasError(f"--num_choices must be 1..{len(TOKENS)}, got {num_choices}")
-    if out.exists() and not overwrite:
+    expect_config(cfg, ImportReferenceConfig, "import_reference", "src")
+    for name in ("src", "out"):
+        if not getattr(cfg, name):
+            raise SpnasError(f"{'SRC.pth' if name == 'src' else '--out DST.pt'} is required: "
+                             "spnas import-reference SRC.pth --out DST.pt")
+    src, out = Path(cfg.src).expanduser(), Path(cfg.out).expanduser()
+    resize, classes, num_choices = cfg.resize, cfg.classes, cfg.num_choices
+    if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} already exists; pass --overwrite to replace it or choose --out")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise SpnasError(f"--out {out} is the file being imported; choose another --out")
