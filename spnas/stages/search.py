@@ -22,6 +22,7 @@ its seed and the scores, so it continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from spnas.config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, d
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, load_splits, recal_transform
 from spnas.engine.checkpoint import checkpoint_space, load_checkpoint, model_from_checkpoint
-from spnas.engine.counting import build_cost_table
+from spnas.engine.counting import CostTable, build_cost_table
 from spnas.engine.evolution import (
     BUDGET_KEYS,
     Budget,
@@ -229,9 +230,16 @@ def make_scorer(ckpt: dict, train_x: torch.Tensor, x: torch.Tensor, y: torch.Ten
 
 
 # ---- costs -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _cost_table(space: SpaceSpec, num_classes: int, resolution: int) -> CostTable:
+    """Counted once per process: a pipeline checks its budget before the supernet trains
+    and searches after it (about 1 s on a CPU each time)."""
+    return build_cost_table(space, lambda a: build_child(a, num_classes), num_classes, resolution)
+
+
 def cost_model(space, num_classes: int, resolution: int, latency_table: str | None,
                log: RunLog) -> CostModel:
-    table = build_cost_table(space, lambda a: build_child(a, num_classes), num_classes, resolution)
+    table = _cost_table(space, num_classes, resolution)
     latency = LatencyTable.load(latency_table) if latency_table else None
     if latency is not None:
         log.info(f"latency: {latency_table} ({latency.device_name}, batch {latency.batch}, "
