@@ -226,3 +226,24 @@ def test_evaluating_other_data_writes_beside_the_runs_own_evaluation(fake_cifar,
                                               device="cpu"))
     assert Path(same["out"]) == Path(own["out"])  # the run's own data, however it is written
     assert (Path(own["out"]) / "evaluation.json").is_file()
+
+
+def test_the_backbone_bns_train_again_from_the_first_unfrozen_step():
+    """Frozen, the BNs are in eval mode (no statistic moves); from the first unfrozen step they
+    train with the rest, not only after the next validation's model.train() (which an EMA
+    run's validation, on the EMA copy, never calls on the model)."""
+    from spnas.stages.finetune import BackboneFreeze
+    net = busy_child(num_classes=5).train()
+    freeze = BackboneFreeze(net, steps=2)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    x = torch.randn(4, 3, 32, 32)
+    for step in (0, 1):
+        before = [bn.running_mean.clone() for bn in bns]
+        freeze(net, x, step)
+        assert not any(bn.training for bn in bns)
+        assert all(torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))
+    before = [bn.running_mean.clone() for bn in bns]
+    freeze(net, x, 2)
+    assert all(bn.training for bn in bns)
+    assert not any(torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))
+    assert all(p.requires_grad for p in net.parameters())

@@ -103,6 +103,9 @@ class BackboneFreeze:
         if frozen != self._frozen:
             for p in self.params:
                 p.requires_grad_(not frozen)
+            if not frozen:  # the frozen BNs train again from the first unfrozen step, not from
+                for bn in self.bns:  # the next model.train() (validation's, or a resume's)
+                    bn.train(model.training)
             self._frozen = frozen
         if frozen:  # validation puts the whole model back in training mode: redo each step
             for bn in self.bns:
