@@ -98,9 +98,9 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     local = "LOCAL_RANK" if "LOCAL_RANK" in os.environ else "SLURM_LOCALID"
     d = Dist(_env_int("RANK", "0"), world, _env_int(local, "0"))
     device = resolve_device(device_name, d.local_rank)
+    if device.type == "cuda":  # the current device too: CUDA graphs capture on the current
+        torch.cuda.set_device(device)  # device's streams, whatever the tensors' device says
     if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return d, device
 

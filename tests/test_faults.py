@@ -334,3 +334,17 @@ def test_cudnn_autotuning_follows_its_flag(monkeypatch, flags, autotune):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
     setup_torch(RunConfig(**flags), torch.device("cuda"))  # sets flags only: no GPU needed
     assert torch.backends.cudnn.benchmark is autotune
+
+
+def test_a_single_process_run_on_cuda_n_makes_it_the_current_device(monkeypatch):
+    """CUDA graphs capture on the current device's streams: with --device cuda:1 and no
+    torchrun, cuda:1 must be the current device too, not only the tensors' device."""
+    import spnas.runtime as runtime
+    chosen = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(runtime, "resolve_device", lambda name, rank=0: torch.device(name))
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    _, device = runtime.init_distributed("cuda:1")
+    assert device == torch.device("cuda", 1) and chosen == [device]
+    runtime.init_distributed("cpu")
+    assert chosen == [device]  # the CPU has no current device to set

@@ -19,6 +19,7 @@ from test_train import losses, train_argv
 import spnas.engine.trainer as trainer_module
 from spnas.cli import main
 from spnas.engine.graphs import GraphedBlocks, capture_eagerly
+from spnas.errors import SpnasError
 from spnas.spaces.spos import SposSupernet, spos_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,6 +118,39 @@ def test_blocks_fall_back_to_eager_where_a_graph_would_be_wrong():
     model.train()
     blocks.forward(model.stem, path, model.head, torch.randn(6, 3, 32, 32))
     assert blocks.replays == 10
+
+
+def test_a_graph_is_replayed_only_in_the_modes_it_was_captured_in():
+    """A module's mode or a parameter's requires_grad changed since the capture (a fine-tune's
+    frozen BNs), a block without trainable parameters (a skip) and a block met again in
+    the same path run eagerly: their graph would compute something else, or overwrite the
+    first call's outputs."""
+    model = supernet()
+    rec = Recorder()
+    blocks = GraphedBlocks(amp=False, capture=rec)
+    arch = (0, 1, 2, 3, 0)
+    path = model.path_blocks(arch)
+    x = torch.randn(6, 3, 32, 32)
+    blocks.forward(model.stem, path, model.head, x)
+    assert (len(rec.calls), blocks.replays) == (5, 5)
+    bn = next(m for m in path[1].modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.eval()  # one BN of one block, as BackboneFreeze leaves them while frozen
+    assert torch.equal(blocks.forward(model.stem, path, model.head, x), model(x, arch))
+    assert blocks.replays == 9 and len(rec.calls) == 5
+    bn.train()
+    next(path[2].parameters()).requires_grad_(False)
+    blocks.forward(model.stem, path, model.head, x)
+    assert blocks.replays == 13
+    next(path[2].parameters()).requires_grad_(True)
+    skip = torch.nn.Identity()
+    twice = [path[0], skip, path[1], path[1]]  # path[1] keeps its channels: it can repeat
+    blocks.forward(model.stem, twice, lambda h: h, x)
+    assert blocks.replays == 15 and len(rec.calls) == 5  # path[0] and the first path[1]
+    next(path[3].children()).register_forward_hook(lambda *a: None)  # on a part of a block
+    fresh = GraphedBlocks(amp=False, capture=rec)
+    with pytest.raises(SpnasError, match=r"--cuda_graphs: .* has a hook, which a graph's "
+                                         "replays would not run"):
+        fresh.forward(model.stem, path, model.head, x)
 
 
 def test_capture_leaves_every_bn_statistic_as_it_was():

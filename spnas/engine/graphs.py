@@ -10,7 +10,10 @@ statistics are updated inside the graphs, as eagerly.
 
 A block runs eagerly, not from its graph, whenever the graph would not compute what the
 block does: another input shape, dtype or memory layout (a last, smaller batch), gradients
-off (validation, BN recalibration), or the block in eval mode. Capture uses a copy of the
+off (validation, BN recalibration), the block or one of its modules in another mode than at
+capture (eval; a fine-tune's frozen BatchNorms), parameters frozen or unfrozen since, a
+block with no trainable parameter (a skip), or a block met a second time in one path (its
+graph's output buffers still hold the first call's). Capture uses a copy of the
 real input, runs ``make_graphed_callables``' warm-up passes and puts the block's BatchNorm
 buffers back afterwards, so capturing changes no statistic. Each block has its own memory
 pool: a path can take its blocks in any order, which one shared pool does not allow.
@@ -22,6 +25,7 @@ GPU; ``benchmarks/check_graphs.py`` compares real graphs with eager steps on a G
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,8 +51,20 @@ class _Call(nn.Module):
         return self.block(x)
 
 
-def _signature(x: torch.Tensor) -> tuple:
-    return x.shape, x.stride(), x.dtype, x.device, x.requires_grad
+def _signature(block: nn.Module, x: torch.Tensor) -> tuple:
+    """What a graph of ``block`` fixed at capture: the input's layout and the modes."""
+    return (x.shape, x.stride(), x.dtype, x.device, x.requires_grad,
+            tuple(m.training for m in block.modules()),
+            tuple(p.requires_grad for p in block.parameters()))
+
+
+def _hooked(block: nn.Module) -> str | None:
+    """The first module of ``block`` with a hook, which a graph's replays would not run."""
+    for name, m in block.named_modules():
+        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or m._backward_pre_hooks):
+            return name or type(block).__name__
+    return None
 
 
 def capture_eagerly(module: nn.Module, sample_args: tuple[torch.Tensor, ...],
@@ -62,7 +78,7 @@ def capture_eagerly(module: nn.Module, sample_args: tuple[torch.Tensor, ...],
     for _ in range(num_warmup_iters + 1):  # the warm-up, then the capture pass
         out = module(*sample_args)
         inputs = tuple(a for a in sample_args if a.requires_grad) + params
-        torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
+        torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=False)  # as torch
     return module
 
 
@@ -80,6 +96,11 @@ class GraphedBlocks:
         self.replays = 0  # block calls served by a graph (for tests and benchmarks)
 
     def _capture(self, block: nn.Module, x: torch.Tensor) -> nn.Module:
+        hooked = _hooked(block)
+        if hooked is not None:
+            raise SpnasError(f"--cuda_graphs: {hooked} in a {type(block).__name__} has a hook, "
+                             "which a graph's replays would not run; remove the hook, or drop "
+                             "--cuda_graphs to train eagerly")
         sample = x.detach().clone().requires_grad_(x.requires_grad)
         saved = bn_buffers(block)
         # make_graphed_callables refuses autocast's weight cache; the casts are captured instead
@@ -89,19 +110,21 @@ class GraphedBlocks:
                 graphed = self.capture(_Call(block), (sample,), num_warmup_iters=WARMUP_ITERS)
         except (RuntimeError, AssertionError) as e:  # torch's own refusals (e.g. no graph
             # support for an op) and CUDA errors: a training run stops with what to do
+            with contextlib.suppress(Exception):  # a broken CUDA context must not hide why
+                block.load_state_dict(saved, strict=False)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise SpnasError(f"--cuda_graphs: capturing a {type(block).__name__} with input "
                              f"{tuple(x.shape)} failed ({first}); drop --cuda_graphs to train "
                              "eagerly") from e
-        finally:  # copied into the same tensors, which the graphs read and write
-            block.load_state_dict(saved, strict=False)
+        block.load_state_dict(saved, strict=False)  # into the tensors the graphs read and write
         return graphed
 
     def block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``block(x)``, from its graph when it may be."""
-        if not (block.training and torch.is_grad_enabled() and x.requires_grad):
+        if not (block.training and torch.is_grad_enabled() and x.requires_grad
+                and any(p.requires_grad for p in block.parameters())):
             return block(x)
-        sig = _signature(x)
+        sig = _signature(block, x)
         if block not in self.graphs:
             self.graphs[block] = sig, self._capture(block, x)
         captured, graphed = self.graphs[block]
@@ -113,8 +136,10 @@ class GraphedBlocks:
     def forward(self, stem: nn.Module, blocks: Sequence[nn.Module], head: nn.Module,
                 x: torch.Tensor) -> torch.Tensor:
         x = stem(x)
+        seen: set[nn.Module] = set()
         for b in blocks:
-            x = self.block(b, x)
+            x = b(x) if b in seen else self.block(b, x)  # a second call would overwrite the
+            seen.add(b)                                    # first's outputs in the graph
         return head(x)
 
 
