@@ -40,7 +40,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import add_results_flag, machine, original_style_rate, write_rows
+from common import add_results_flag, kept_when_interrupted, machine, original_style_rate, write_rows
 
 from spnas.arch import Arch
 from spnas.config import DataConfig, OptimConfig, RetrainConfig, RunConfig, TrainConfig
@@ -138,19 +138,22 @@ def main() -> None:
           f"{'real' if args.data_path else 'random'} 32x32 images | amp {amp} | "
           f"channels_last {channels_last} | ema {args.ema} | {steps} steps per batch size")
     rows = []
-    for mode, batch in itertools.product(args.compile, args.batch_sizes):
-        cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch, lr=0.05),
-                          run, RetrainConfig(arch=str(arch), ema=args.ema))
-        r = measure(splits, arch, cfg, device, mode)
-        print(f"compile {mode:15s} batch {batch:5d}: {r['img_per_s']:9.0f} img/s  "
-              f"{r['ms_per_step']:8.2f} ms/step  epoch {r['epoch_s']:7.1f} s  600 epochs "
-              f"{r['recipe_h']:6.2f} h  warm-up {r['warmup_s']:6.1f} s", flush=True)
-        rows.append({"arch": str(arch), "compile": mode,
-                     "batch": batch, "amp": amp,
-                     "channels_last": channels_last, "ema": args.ema,
-                     "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
-                     "threads": torch.get_num_threads(), **{k: round(v, 3) for k, v in r.items()}})
-    if args.plain:
+    with kept_when_interrupted("the rows") as stop:
+        for mode, batch in itertools.product(args.compile, args.batch_sizes):
+            cfg = TrainConfig(data, OptimConfig(epochs=1, num_steps=steps, batch_size=batch,
+                                                lr=0.05),
+                              run, RetrainConfig(arch=str(arch), ema=args.ema))
+            r = measure(splits, arch, cfg, device, mode)
+            print(f"compile {mode:15s} batch {batch:5d}: {r['img_per_s']:9.0f} img/s  "
+                  f"{r['ms_per_step']:8.2f} ms/step  epoch {r['epoch_s']:7.1f} s  600 epochs "
+                  f"{r['recipe_h']:6.2f} h  warm-up {r['warmup_s']:6.1f} s", flush=True)
+            rows.append({"arch": str(arch), "compile": mode,
+                         "batch": batch, "amp": amp,
+                         "channels_last": channels_last, "ema": args.ema,
+                         "cutout": args.cutout, "auto_aug": args.auto_aug, "steps": steps,
+                         "threads": torch.get_num_threads(),
+                         **{k: round(v, 3) for k, v in r.items()}})
+    if args.plain and not stop.interrupted:
         workers = args.workers if args.workers is not None else (8 if device.type == "cuda" else 2)
         window = max(steps // 6, 2)
         for batch in args.batch_sizes:

@@ -125,7 +125,11 @@ def main() -> None:
             ok = w[k] <= TOLERANCE[amp and device.type == "cuda"]
             failed += [] if ok else [f"{name} {k}"]
             print(f"  {name:20s} {k:14s} {w[k]:.2e}  {'pass' if ok else 'FAIL'}")
-        print(f"  {name:20s} block calls from graphs: {w['replays']}")
+        expected = a.compare_steps * supernet_space(SupernetConfig(), DataConfig()).num_layers
+        ok = w["replays"] == expected  # else the graphs fell back to eager: nothing was compared
+        failed += [] if ok else [f"{name} block calls from graphs"]
+        print(f"  {name:20s} block calls from graphs: {w['replays']} of {expected}  "
+              f"{'pass' if ok else 'FAIL'}")
 
     print(f"\n2. loss curve, {a.steps} steps from the same seed (bar: 2% mean relative error)")
     runs = {}

@@ -6,8 +6,10 @@
 #     PARTS="cli" OUT=/tmp/gpu bash benchmarks/gpu_check.sh  # only some parts: graphs faithful
 #                                             # fast superkernel bench search compile retrain cli
 #
-# Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent and
-# .gpudata/make_cifar10.py (a copy of ../shared/datasets) is there, makes it.
+# Needs CIFAR-10 in $CIFAR (any layout spnas reads); when absent, makes it from .gpudata/
+# (git-ignored): before the run, on this machine,
+#     mkdir -p .gpudata && cp ../shared/datasets/make_cifar10.py ../shared/datasets/cifar10-jpeg75.tar.gz .gpudata/
+# and give the device tool carry [".gpudata"] (20 MB). Without data the script stops at once.
 # Each step has its own time limit, so one slow or failing step leaves the
 # others' figures. On an H200 (2026-11-27) every CUDA run's first ~50 steps were
 # cuDNN autotuning (23-43 s at 32x32), and the whole default script needs about
@@ -66,6 +68,9 @@ step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version
 if [ ! -d "$CIFAR" ] && [ -f .gpudata/make_cifar10.py ]; then
     step data 120 python3 .gpudata/make_cifar10.py "$CIFAR"
 fi
+if [ ! -d "$CIFAR" ]; then  # every step would fail on it: say so, and spend no more time
+    echo "=== no CIFAR-10 in $CIFAR and no .gpudata/ to make it from (see the top of $0)"; exit 2
+fi
 
 SP="python3 -m spnas"
 
@@ -82,6 +87,15 @@ if part graphs; then
     if [ "$SMOKE" = 1 ]; then echo "=== bench_retrain_graphs: CUDA only"; else
     step bench_retrain_graphs 80 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $GRET \
         --compile none cuda-graphs $RESULTS; fi
+    # the commands themselves with --cuda_graphs (start_run's checks, a checkpoint, resume-ready
+    # state), and a fine-tune whose backbone unfreezes mid-run (its BNs switch mode)
+    GRAPHS="--cuda_graphs"; [ "$SMOKE" = 1 ] && GRAPHS=""  # a CPU refuses it: the smoke checks the rest
+    step train_cli_graphs 45 $SP train --data_path "$CIFAR" --no-download --epochs 2 --num_steps 15 \
+        --print_freq 5 --val_interval 2 $GRAPHS --save_path "$RUNS" --exp_name graphs_cli
+    step finetune_cli_graphs 45 $SP finetune --checkpoint "$RUNS/graphs_cli" \
+        --arch "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x" --data_path "$CIFAR" \
+        --no-download --epochs 2 --num_steps 15 --freeze_epochs 1 --recal_images 512 --print_freq 5 \
+        $GRAPHS --save_path "$RUNS" --exp_name graphs_finetune
 fi
 
 # 0. the supernet's loss curve against the original code's (issue: <= 5% over 2,500 steps)
