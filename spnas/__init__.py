@@ -40,6 +40,7 @@ _STAGES = {  # name -> (module, attribute), imported on first use (torch-heavy)
     "export": ("spnas.stages.export", "export_checkpoint"),
     "profile": ("spnas.stages.profile", "profile"),
     "import_reference": ("spnas.stages.import_reference", "import_reference"),
+    "curves": ("spnas.engine.curves", "compare_runs"),
     "pipeline": ("spnas.stages.pipeline", "pipeline"),
 }
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import spnas
+from spnas.engine.curves import compare_runs
 from spnas.stages import (
     evaluate,
     export,
@@ -25,7 +26,8 @@ from spnas.stages import (
     ("superkernel", superkernel.search_superkernel), ("retrain", retrain.retrain),
     ("finetune", finetune.finetune), ("pipeline", pipeline.pipeline),
     ("evaluate", evaluate.evaluate_checkpoint), ("export", export.export_checkpoint),
-    ("profile", profile.profile), ("import_reference", import_reference.import_reference)])
+    ("profile", profile.profile), ("import_reference", import_reference.import_reference),
+    ("curves", compare_runs)])
 def test_every_stage_is_a_call_on_the_package(name, function):
     assert getattr(spnas, name) is function and name in spnas.__all__
 
