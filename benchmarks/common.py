@@ -86,11 +86,13 @@ def write_rows(results: str | Path | None, name: str, device: torch.device, rows
     if out is None or not rows:
         return None
     stamp = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(device)}
-    fields = [*stamp, *rows[0]]
+    fields = [*stamp, *dict.fromkeys(k for row in rows for k in row)]  # a cut run may lack some
     if out.exists():
         with open(out, newline="") as f:
             existing = next(csv.reader(f), None)
-        if existing and existing != fields:  # a benchmark's columns changed: start afresh
+        if existing and set(fields) <= set(existing):
+            fields = existing  # the file's columns; a row's missing cells stay empty
+        elif existing:  # a benchmark's columns changed: start afresh
             out.rename(out.with_suffix(".old.csv"))
     new = not out.exists()
     with open(out, "a", newline="") as f:

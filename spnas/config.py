@@ -477,7 +477,7 @@ class ProfileConfig(ArchConfig):
 def _runs(runs) -> str | None:
     if isinstance(runs, (list, tuple)) and all(isinstance(r, (str, os.PathLike)) for r in runs):
         return None
-    return f"must be a list of runs (folders or files), got {runs!r}"
+    return f"must be a run or a list of runs (folders or files), got {runs!r}"
 
 
 @dataclass
@@ -487,7 +487,7 @@ class CurvesConfig(Checked):
 
     runs: tuple[str, ...] = opt((), "run folders, metrics.jsonl files, CSV files (columns step, "
                                 "loss) or text logs", check=_runs, positional=True,
-                                label="RUN", default_text="required")
+                                metavar="RUN", default_text="required")
     baseline: str | None = opt(None, "reference run to compare each run with (same kinds of "
                                "input); none = plot only")
     out: str = opt(".", "folder for loss.jpg and loss.png")
@@ -503,6 +503,9 @@ class CurvesConfig(Checked):
                              "compared (under 0.25 prints a WARNING)", check="prob", metavar="F")
 
     def __post_init__(self) -> None:
+        runs: Any = self.runs  # from a file: none (an empty key) is no run, one text one run
+        runs = () if runs is None else (runs,) if isinstance(runs, (str, os.PathLike)) else runs
+        object.__setattr__(self, "runs", runs)
         super().__post_init__()
         object.__setattr__(self, "runs", tuple(os.fspath(r) for r in self.runs))
 
@@ -519,7 +522,7 @@ class ImportReferenceConfig(Checked):
 
     src: str = opt("", "torch.save(model.state_dict()) of the original's train_supernet.py (a "
                    "supernet) or retrain_best_choice.py (one network)", positional=True,
-                   label="SRC.pth", default_text="required")
+                   metavar="SRC.pth", default_text="required")
     out: str = opt("", "the spnas checkpoint to write", metavar="DST.pt", default_text="required")
     resize: bool | None = opt(None, "check that the file is in the --resize (imagenet) layout; "
                               "--no-resize: the CIFAR layout", default_text="the file's")

@@ -16,8 +16,9 @@ is due becomes a float). Other metadata: ``choices``; ``flags`` (extra
 spellings); ``parse`` (a text parser such as ``count_arg``, for flags and
 files); ``cli=False`` (no generated flag); ``group`` (the help section);
 ``label`` (the flag named in errors); ``default_text`` (the default as help
-states it); ``metavar``; ``positional`` (a positional argument, named by its
-``label``: a ``tuple[str, ...]`` takes any number, a ``str`` one or none).
+states it); ``metavar``; ``positional`` (a positional argument, shown as its
+``metavar``, named in errors as the setting, which is how a settings file gives it:
+a ``tuple[str, ...]`` takes any number, a ``str`` one or none).
 
 Settings are addressed by their leaf names (``lr``, ``cutout``), unique within a
 stage's config, so a flat file, a nested ``config.json`` and the flags all name
@@ -60,8 +61,8 @@ def opt(default: Any = MISSING, help: str = "", *, unit: str = "", check=None,
 
 
 def flag_of(name: str, f: dataclasses.Field | None = None) -> str:
-    """The flag a setting is known by in messages: ``--lr``; a positional argument's
-    label (``RUN``)."""
+    """The flag a setting is known by in messages: ``--lr``; a positional argument by its
+    name (``runs``), as a settings file gives it."""
     meta = f.metadata if f is not None else {}
     label = meta.get("label") or name
     return label if meta.get("positional") else "--" + label
@@ -149,14 +150,27 @@ class Checked:
             check_value(f.name, value, f)
 
 
-def expect_config(cfg, cls: type, call: str, required: str) -> None:
-    """A ``TypeError`` naming the dataclass when a stage call gets something else (spnas 0.1's
-    ``evaluate_checkpoint``/``export_checkpoint`` took positional arguments)."""
-    if not isinstance(cfg, cls):
-        name = cls.__name__
-        article = "an" if name[0] in "AEIOU" else "a"
-        raise TypeError(f"{call} takes {article} {name} (spnas.{name}({required}=...)), got "
-                        f"{type(cfg).__name__}")
+_Call = typing.TypeVar("_Call", bound=typing.Callable[..., Any])
+
+
+def takes_config(cls: type, required: str) -> typing.Callable[[_Call], _Call]:
+    """Decorator of a stage call that takes one ``cls`` instance (positionally or as ``cfg=``):
+    any other call, such as spnas 0.1's positional and keyword arguments
+    (``evaluate_checkpoint(path, split)``), is a ``TypeError`` naming the dataclass."""
+    def wrap(fn: _Call) -> _Call:
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if not args and set(kwargs) == {"cfg"}:
+                args, kwargs = (kwargs["cfg"],), {}
+            if len(args) != 1 or kwargs or not isinstance(args[0], cls):
+                name = cls.__name__
+                article = "an" if name[0] in "AEIOU" else "a"
+                got = ", ".join([type(a).__name__ for a in args] + [f"{k}=" for k in kwargs])
+                raise TypeError(f"{fn.__name__} takes {article} {name} "
+                                f"(spnas.{name}({required}=...)), got {got or 'nothing'}")
+            return fn(args[0])
+        return typing.cast(_Call, call)
+    return wrap
 
 
 def leaf_fields(obj, path: tuple[str, ...] = ()):

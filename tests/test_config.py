@@ -90,7 +90,7 @@ def test_help_states_every_default_and_unit():
         helps = {a.dest: a.help for a in sub[command]._actions}
         for _, f, _, value in leaf_fields(stage()):
             if f.metadata.get("cli") is not False:
-                shown = f.metadata["label"] if f.metadata.get("positional") else f"--{f.name}"
+                shown = f.metadata["metavar"] if f.metadata.get("positional") else f"--{f.name}"
                 assert shown in text, (command, f.name)
                 assert "(default: " in helps[f.name] or "(required)" in helps[f.name], \
                     (command, f.name)
@@ -350,8 +350,16 @@ def test_text_settings_take_paths_and_the_stage_calls_take_their_dataclass(tmp_p
     from spnas.stages.evaluate import evaluate_checkpoint
     assert C.EvaluateConfig(checkpoint=Path("runs") / "r").checkpoint == str(Path("runs") / "r")
     assert D.RetrainStage(data=C.DataConfig(data_path=tmp_path)).data.data_path == str(tmp_path)
-    with pytest.raises(TypeError, match="takes an EvaluateConfig"):
-        evaluate_checkpoint(str(tmp_path))  # the call of spnas 0.1
+    for old_call in ((str(tmp_path),), (str(tmp_path), "test")):  # the calls of spnas 0.1
+        with pytest.raises(TypeError, match=r"evaluate_checkpoint takes an EvaluateConfig "
+                                            r"\(spnas.EvaluateConfig\(checkpoint=...\)\), got str"):
+            evaluate_checkpoint(*old_call)
+    with pytest.raises(TypeError, match=r"got str, split="):
+        evaluate_checkpoint(str(tmp_path), split="test")
+    with pytest.raises(TypeError, match=r"got nothing"):
+        evaluate_checkpoint()
+    with pytest.raises(SpnasError):  # cfg= is the dataclass too: it runs (and finds no file)
+        evaluate_checkpoint(cfg=C.EvaluateConfig(checkpoint=str(tmp_path / "none.pt")))
 
 
 def test_a_missing_checkpoint_or_arch_is_one_line(capsys):

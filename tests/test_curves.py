@@ -299,9 +299,15 @@ def test_a_config_file_gives_the_runs_and_settings_and_flags_win(tmp_path):
     cfg.write_text("baseline: x\n")
     code, out, err = curves("--config", cfg)
     assert code == 2 and "spnas: error: give a run to plot" in err[-1]
-    cfg.write_text("runs: 3\n")
+    for text in ("runs: 3\n", "runs: [1, 2]\n"):
+        cfg.write_text(text)
+        code, out, err = curves("--config", cfg)
+        assert code == 2 and "spnas: error: runs must be a run or a list of runs" in err[-1]
+    cfg.write_text("runs:\n")  # an empty key: no run
     code, out, err = curves("--config", cfg)
-    assert code == 2 and "spnas: error: RUN must be a list of runs" in err[-1]
+    assert code == 2 and "spnas: error: give a run to plot" in err[-1]
+    cfg.write_text(f"runs: {base}\nout: {tmp_path}\n")  # one run, as text
+    assert curves("--config", cfg)[0] == 0
 
 
 def test_plot_draws_window_means_over_thin_raw_curves():

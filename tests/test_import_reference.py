@@ -424,4 +424,4 @@ def test_a_config_file_gives_the_settings_and_the_command_line_wins(network_stat
                  "--classes", "10"]) == 0
     assert (tmp_path / "b.pt").is_file()
     with pytest.raises(TypeError, match=r"import_reference takes an ImportReferenceConfig"):
-        import_reference(str(src))  # spnas 0.2's import_reference(src, out, ...)
+        import_reference(str(src), str(tmp_path / "c.pt"))  # spnas 0.2's (src, out, ...)

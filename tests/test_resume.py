@@ -143,7 +143,9 @@ def test_a_stopped_pipeline_stage_resumes_with_the_settings_it_started_with(tmp_
     recipe = {"seed": 3, stage: {"epochs": 2}}
     started = Pipeline(recipe, tmp_path).settings[stage]
     optim = dataclasses.replace(started.optim, batch_size=started.optim.batch_size // 2, lr=0.3)
-    started = dataclasses.replace(started, optim=optim)
+    elsewhere = dataclasses.replace(started.data, data_path="/another/machine/cifar")
+    run = dataclasses.replace(started.run, device="cuda:1", tensorboard=True)
+    started = dataclasses.replace(started, optim=optim, data=elsewhere, run=run)
     folder = tmp_path / stage
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(recorded_config(started)))
@@ -152,7 +154,11 @@ def test_a_stopped_pipeline_stage_resumes_with_the_settings_it_started_with(tmp_
     placed = pipe._placed(pipe.settings[stage], stage)
     assert placed.run.resume and placed.optim.batch_size == optim.batch_size
     assert placed.optim.lr == 0.3 and placed.optim.epochs == 2 and placed.run.seed == 3
-    assert resume_changes(placed, recorded_config(started)) == ([], [])  # the trainer goes on
+    # this machine's data and device, not those of the machine that started it (allowed
+    # changes on resume: the trainer logs them)
+    assert (placed.data.data_path, placed.run.device, placed.run.tensorboard) == \
+        ("data", "auto", False)
+    assert resume_changes(placed, recorded_config(started))[0] == []  # the trainer goes on
     said = capsys.readouterr().out
     assert f"{stage} resumes with its config.json's batch_size {optim.batch_size}, lr 0.3" in said
     # a setting the recipe gives is the recipe's: a change is still refused by the trainer

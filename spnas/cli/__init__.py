@@ -6,7 +6,9 @@ package by stage: ``spos`` (train, search, latency-table), ``networks``
 (retrain, finetune, evaluate, profile, export), ``superkernel``, ``curves``,
 ``reference`` (import-reference), ``pipeline``. The flags of every command but
 ``pipeline`` (whose flags override its recipe) are generated from their
-dataclasses (``config``, ``defaults``) by ``generate``, with ``--config FILE``
+dataclasses (``config``, ``defaults``) by ``generate`` (but a few composite ones:
+superkernel's ``--target_latency_ms``/``--target_mmacs``, latency-table's
+``--option``), with ``--config FILE``
 and, for training, ``--resume`` taking the run's config.json back; ``curves``
 keeps the flags of the seed's ``loss.py``.
 """

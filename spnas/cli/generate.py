@@ -75,7 +75,7 @@ class _Positional(argparse._StoreAction):
     calls it with nothing, too), so that a --config file may give it instead."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if values in (None, []) or values == self.default:
+        if values in (None, []) or values is self.default:
             values = self.default
         else:
             mark_given(namespace, self.dest)
@@ -134,7 +134,7 @@ def _add_flag(g, f: dataclasses.Field, hint, value, note: str | None) -> None:
     if meta.get("positional"):
         many = typing.get_origin(kind) is tuple
         g.add_argument(f.name, nargs="*" if many else "?", default=value, action=_Positional,
-                       metavar=meta.get("label") or f.name.upper(),
+                       metavar=meta.get("metavar") or f.name.upper(),
                        help=text.replace("%", "%%"))
         return
     names = [f"--{f.name}", *meta.get("flags", ())]

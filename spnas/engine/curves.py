@@ -36,7 +36,7 @@ from typing import Literal, overload
 from spnas.config import CurvesConfig
 from spnas.engine.runlog import read_metrics
 from spnas.errors import SpnasError
-from spnas.fields import expect_config
+from spnas.fields import takes_config
 
 _LOG_LINE = re.compile(r"\bstep[ :=]+(\d+)\b.*?\bloss[ :=]+([-+0-9.eE]+|nan|inf)", re.IGNORECASE)
 SHORT_OVERLAP = 0.25  # a comparison covering less of the baseline than this gets a WARNING line
@@ -360,10 +360,10 @@ def plot_comparison(curves: list[Curve], out_dir: str | Path, window: int | None
     return paths
 
 
+@takes_config(CurvesConfig, "runs")
 def compare_runs(cfg: CurvesConfig) -> int:
     """``spnas curves``: plot the runs (and the baseline), print each run's comparison with
     the baseline; 0 when every run passes (or there is no baseline), 1 when one fails."""
-    expect_config(cfg, CurvesConfig, "compare_runs", "runs")
     if not cfg.runs:
         raise SpnasError("give a run to plot (RUN: a run folder, metrics.jsonl, CSV file with "
                          "columns step and loss, or text log), or runs: [...] in --config")

@@ -51,11 +51,13 @@ class _Call(nn.Module):
         return self.block(x)
 
 
-def _signature(block: nn.Module, x: torch.Tensor) -> tuple:
-    """What a graph of ``block`` fixed at capture: the input's layout and the modes."""
+def _signature(parts: tuple[tuple[nn.Module, ...], tuple[nn.Parameter, ...]],
+               x: torch.Tensor) -> tuple:
+    """What a graph of a block (its ``parts``: modules, parameters) fixed at capture: the
+    input's layout and the modes."""
+    modules, params = parts
     return (x.shape, x.stride(), x.dtype, x.device, x.requires_grad,
-            tuple(m.training for m in block.modules()),
-            tuple(p.requires_grad for p in block.parameters()))
+            tuple(m.training for m in modules), tuple(p.requires_grad for p in params))
 
 
 def _hooked(block: nn.Module) -> str | None:
@@ -93,6 +95,7 @@ class GraphedBlocks:
         self.amp = amp
         self.capture: Capture = capture or torch.cuda.make_graphed_callables
         self.graphs: dict[nn.Module, tuple[tuple, nn.Module]] = {}  # block -> (signature, graphed)
+        self.parts: dict[nn.Module, tuple[tuple, tuple]] = {}  # block -> (modules, parameters)
         self.replays = 0  # block calls served by a graph (for tests and benchmarks)
 
     def _capture(self, block: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -108,10 +111,13 @@ class GraphedBlocks:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp and x.is_cuda,
                                 cache_enabled=False):
                 graphed = self.capture(_Call(block), (sample,), num_warmup_iters=WARMUP_ITERS)
-        except (RuntimeError, AssertionError) as e:  # torch's own refusals (e.g. no graph
-            # support for an op) and CUDA errors: a training run stops with what to do
+        except BaseException as e:
             with contextlib.suppress(Exception):  # a broken CUDA context must not hide why
                 block.load_state_dict(saved, strict=False)
+            if not isinstance(e, (RuntimeError, AssertionError)):
+                raise
+            # torch's own refusals (e.g. no graph support for an op) and CUDA errors: a
+            # training run stops with what to do
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise SpnasError(f"--cuda_graphs: capturing a {type(block).__name__} with input "
                              f"{tuple(x.shape)} failed ({first}); drop --cuda_graphs to train "
@@ -121,10 +127,13 @@ class GraphedBlocks:
 
     def block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``block(x)``, from its graph when it may be."""
+        parts = self.parts.get(block)
+        if parts is None:  # walked once: a step's host time is what graphs are there to cut
+            parts = self.parts[block] = tuple(block.modules()), tuple(block.parameters())
         if not (block.training and torch.is_grad_enabled() and x.requires_grad
-                and any(p.requires_grad for p in block.parameters())):
+                and any(p.requires_grad for p in parts[1])):
             return block(x)
-        sig = _signature(block, x)
+        sig = _signature(parts, x)
         if block not in self.graphs:
             self.graphs[block] = sig, self._capture(block, x)
         captured, graphed = self.graphs[block]

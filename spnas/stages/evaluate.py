@@ -28,7 +28,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
 from spnas.engine.plots import plot_confusion
 from spnas.errors import SpnasError
-from spnas.fields import expect_config
+from spnas.fields import takes_config
 from spnas.files import atomic_write_text
 from spnas.runtime import resolve_device
 
@@ -99,6 +99,7 @@ def check_class_names(ckpt: dict, classes, data: DataConfig) -> None:
                      "data it was trained on, or fine-tune it (spnas finetune)")
 
 
+@takes_config(EvaluateConfig, "checkpoint")
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     """Top-1, top-5, loss, per-class accuracy and confusion matrix of a child checkpoint.
 
@@ -106,7 +107,6 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     folder ``eval_<checkpoint>_<split>`` beside the checkpoint, with ``_<dataset>_<data
     folder>`` added for data other than the run's) and returns the numbers.
     """
-    expect_config(cfg, EvaluateConfig, "evaluate_checkpoint", "checkpoint")
     split = cfg.split
     ckpt, net = load_child(cfg.checkpoint)
     data = checkpoint_data(ckpt, cfg.data_path, cfg.dataset)

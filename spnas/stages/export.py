@@ -35,7 +35,7 @@ from spnas.data.loading import build_transform
 from spnas.engine.checkpoint import checkpoint_space
 from spnas.engine.counting import default_resolution
 from spnas.errors import SpnasError
-from spnas.fields import expect_config
+from spnas.fields import takes_config
 from spnas.stages.evaluate import checkpoint_data, load_child
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -111,9 +111,9 @@ def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) 
 
 
 @torch.no_grad()
+@takes_config(ExportConfig, "checkpoint")
 def export_checkpoint(cfg: ExportConfig) -> dict:
     """Export a child checkpoint's network; returns the file and the largest differences."""
-    expect_config(cfg, ExportConfig, "export_checkpoint", "checkpoint")
     fmt, out, tolerance = cfg.format, cfg.out, cfg.tolerance
     ckpt, net = load_child(cfg.checkpoint)
     target = export_target(Path(ckpt["path"]), fmt, out)

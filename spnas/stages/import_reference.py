@@ -51,7 +51,7 @@ from spnas.arch import Arch
 from spnas.config import DataConfig, ImportReferenceConfig, RetrainConfig, SupernetConfig
 from spnas.engine.checkpoint import FORMAT, UNREADABLE, save_checkpoint, unreadable_reason
 from spnas.errors import SpnasError
-from spnas.fields import expect_config
+from spnas.fields import takes_config
 from spnas.spaces import make_space
 from spnas.spaces.spos import KERNELS, TOKENS, WIDTHS, XCEPTION, SposNet, SposSupernet
 
@@ -244,6 +244,7 @@ def payload(ref: Reference, net: SposSupernet | SposNet, src: Path) -> dict:
                               "kind": ref.kind}}
 
 
+@takes_config(ImportReferenceConfig, "src")
 def import_reference(cfg: ImportReferenceConfig) -> dict:
     """Read ``cfg.src`` (a state_dict of the original code), write the spnas checkpoint
     ``cfg.out``; returns what was imported.
@@ -252,7 +253,6 @@ def import_reference(cfg: ImportReferenceConfig) -> dict:
     ``num_choices``: a supernet keeps only its first K blocks (as trained with
     the original's ``--num_choices K``).
     """
-    expect_config(cfg, ImportReferenceConfig, "import_reference", "src")
     for name in ("src", "out"):
         if not getattr(cfg, name):
             raise SpnasError(f"{'SRC.pth' if name == 'src' else '--out DST.pt'} is required: "

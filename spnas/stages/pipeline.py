@@ -273,21 +273,26 @@ class Pipeline:
         return dataclasses.replace(cfg, run=run)
 
     def _as_started(self, cfg, stage: str):
+        """``cfg`` with the settings the recipe leaves out as the stage's ``config.json``
+        has them, but for ``MACHINE_KEYS`` (this machine's data and device, not the one that
+        started it) and what the pipeline sets itself. A file that cannot be read, or holds
+        values today's settings refuse, changes nothing: the trainer then says what is wrong."""
         path = self.out / stage / "config.json"
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
-            return cfg  # the trainer says why the run cannot resume
+            return cfg
         if not isinstance(saved, dict):
             return cfg
         known = settings_of(cfg)
         given = recipe_values(cfg, self.shared, self.own[stage], stage)
-        taken = {k: v for k, v in saved_settings(saved).items()
-                 if k in known and k not in given and k not in PIPELINE_SETS + WHERE}
+        skip = set(given) | set(PIPELINE_SETS) | set(WHERE) | MACHINE_KEYS
+        taken = {k: v for k, v in saved_settings(saved).items() if k in known and k not in skip}
         try:
             taken = coerce_settings(cfg, taken)
+            started = from_flat(cfg, taken)
         except SpnasError:
-            return cfg  # a value today's settings refuse: the trainer names the difference
+            return cfg
         now = to_flat(cfg)
         moved = sorted(k for k, v in taken.items() if now.get(k) != v)
         if moved and self.dist.main:
@@ -295,7 +300,7 @@ class Pipeline:
                   f"{', '.join(f'{k} {taken[k]}' for k in moved)} (the recipe does not set "
                   f"{'them' if len(moved) > 1 else 'it'}; today's default: "
                   f"{', '.join(str(now.get(k)) for k in moved)})", flush=True)
-        return from_flat(cfg, taken)
+        return started
 
     def _run_supernet(self) -> dict:
         from spnas.stages.train import train_supernet

@@ -14,15 +14,15 @@ from spnas.config import DataConfig, ProfileConfig, channels_last_on
 from spnas.engine.counting import count_macs, count_params, default_resolution
 from spnas.engine.evaluation import autocast
 from spnas.engine.latency import random_input, time_ms
-from spnas.fields import expect_config
+from spnas.fields import takes_config
 from spnas.runtime import device_description, place, resolve_device
 from spnas.spaces import build_child
 
 
+@takes_config(ProfileConfig, "arch")
 def profile(cfg: ProfileConfig) -> dict:
     """``spnas profile``: the figures of ``profile_arch`` for the network ``cfg`` names."""
     from spnas.stages.retrain import load_arch
-    expect_config(cfg, ProfileConfig, "profile", "arch")
     arch = load_arch(cfg, DataConfig(resize=cfg.resize))
     return profile_arch(arch, cfg.classes, cfg.resolution, resolve_device(cfg.device),
                         cfg.batch_size, cfg.channels_last, cfg.amp, cfg.warmup, cfg.repeats)

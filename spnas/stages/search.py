@@ -233,7 +233,8 @@ def make_scorer(ckpt: dict, train_x: torch.Tensor, x: torch.Tensor, y: torch.Ten
 @functools.lru_cache(maxsize=4)
 def _cost_table(space: SpaceSpec, num_classes: int, resolution: int) -> CostTable:
     """Counted once per process: a pipeline checks its budget before the supernet trains
-    and searches after it (about 1 s on a CPU each time)."""
+    and searches after it (about 1 s on a CPU each time). Shared by every caller: read it,
+    never change it."""
     return build_cost_table(space, lambda a: build_child(a, num_classes), num_classes, resolution)
 
 
