@@ -68,7 +68,7 @@ step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version
 if [ ! -d "$CIFAR" ] && [ -f .gpudata/make_cifar10.py ]; then
     step data 120 python3 .gpudata/make_cifar10.py "$CIFAR"
 fi
-if [ ! -d "$CIFAR" ]; then  # every step would fail on it: say so, and spend no more time
+if [ -z "$(ls -A "$CIFAR" 2>/dev/null)" ]; then  # every step would fail on it: say so, and stop
     echo "=== no CIFAR-10 in $CIFAR and no .gpudata/ to make it from (see the top of $0)"; exit 2
 fi
 
@@ -82,20 +82,21 @@ if part graphs; then
     [ "$SMOKE" = 1 ] && { GSTEPS="--steps 10 --window 5 --curve_window 5 --batch 16 --compare_steps 2";
                           GTRAIN="--steps 4 --window 2 --no-224"; GRET="--batch_sizes 16 --steps 4"; }
     step check_graphs 170 python3 benchmarks/check_graphs.py --data "$CIFAR" $GSTEPS
+    # the commands themselves with --cuda_graphs (start_run's checks, a checkpoint, resume-ready
+    # state), and a fine-tune whose backbone unfreezes mid-run (its BNs switch mode)
+    GRAPHS="--cuda_graphs"; GCLI="--epochs 2 --num_steps 15"
+    [ "$SMOKE" = 1 ] && { GRAPHS=""; GCLI="--epochs 2 --num_steps 2 --batch_size 16 --val_size 100"; }  # a CPU refuses it
+    step train_cli_graphs 45 $SP train --data_path "$CIFAR" --no-download $GCLI \
+        --print_freq 5 --val_interval 2 $GRAPHS --save_path "$RUNS" --exp_name graphs_cli
+    step finetune_cli_graphs 45 $SP finetune --checkpoint "$RUNS/graphs_cli" \
+        --arch "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x" --data_path "$CIFAR" \
+        --no-download $GCLI --freeze_epochs 1 --recal_images 512 --print_freq 5 \
+        $GRAPHS --save_path "$RUNS" --exp_name graphs_finetune
     step bench_train_graphs_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --batch 96 $RESULTS
     step bench_train_graphs_b64 90 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --no-plain $RESULTS
     if [ "$SMOKE" = 1 ]; then echo "=== bench_retrain_graphs: CUDA only"; else
     step bench_retrain_graphs 80 python3 benchmarks/bench_retrain.py --data_path "$CIFAR" $GRET \
         --compile none cuda-graphs $RESULTS; fi
-    # the commands themselves with --cuda_graphs (start_run's checks, a checkpoint, resume-ready
-    # state), and a fine-tune whose backbone unfreezes mid-run (its BNs switch mode)
-    GRAPHS="--cuda_graphs"; [ "$SMOKE" = 1 ] && GRAPHS=""  # a CPU refuses it: the smoke checks the rest
-    step train_cli_graphs 45 $SP train --data_path "$CIFAR" --no-download --epochs 2 --num_steps 15 \
-        --print_freq 5 --val_interval 2 $GRAPHS --save_path "$RUNS" --exp_name graphs_cli
-    step finetune_cli_graphs 45 $SP finetune --checkpoint "$RUNS/graphs_cli" \
-        --arch "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x" --data_path "$CIFAR" \
-        --no-download --epochs 2 --num_steps 15 --freeze_epochs 1 --recal_images 512 --print_freq 5 \
-        $GRAPHS --save_path "$RUNS" --exp_name graphs_finetune
 fi
 
 # 0. the supernet's loss curve against the original code's (issue: <= 5% over 2,500 steps)
@@ -164,7 +165,7 @@ print(max(5, min(int(sys.argv[1]), fit)))
 PY
 )
 fi
-part retrain || { EPOCHS=1; CAP="--num_steps 20"; }  # a checkpoint for evaluate and export
+part retrain || { EPOCHS=1; [ "$SMOKE" = 1 ] || CAP="--num_steps 20"; }  # a checkpoint for evaluate and export
 part retrain || part cli || exit 0
 step retrain "$LIMIT" $SP retrain --arch "$OLD_BEST" --data_path "$CIFAR" --no-download --val_size 0 \
     --epochs "$EPOCHS" $CAP --batch_size 512 --lr 0.4 --nesterov --weight-decay 5e-4 \
@@ -184,7 +185,8 @@ step supernet_epoch 120 $SP train --data_path "$CIFAR" --no-download --epochs 1 
 step search 40 $SP search --checkpoint "$RUNS/supernet_epoch" --population 10 --top_k 5 --generations 2
 step evaluate 20 $SP evaluate --checkpoint "$RUNS/retrain/last.pt" --split test
 step export 30 $SP export --checkpoint "$RUNS/retrain/last.pt" --format onnx
-step latency_table 40 $SP latency-table --space mbconv --layout cifar --device cuda --batch_size 64 \
+LDEV=cuda; [ "$SMOKE" = 1 ] && LDEV=cpu
+step latency_table 40 $SP latency-table --space mbconv --layout cifar --device "$LDEV" --batch_size 64 \
     --out "$RUNS/mbconv_cifar_cuda.json" $LATENCY
 step superkernel 40 $SP superkernel --data_path "$CIFAR" --no-download --epochs 1 --num_steps 40 \
     --print_freq 10 --latency_table "$RUNS/mbconv_cifar_cuda.json" --save_path "$RUNS" --exp_name superkernel
