@@ -73,6 +73,7 @@ if [ -z "$(ls -A "$CIFAR" 2>/dev/null)" ]; then  # every step would fail on it: 
 fi
 
 SP="python3 -m spnas"
+OLD_BEST="k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"  # the old recipe's best arch
 
 # g. --cuda_graphs against eager (outputs, gradients, BN statistics, a 200-step loss curve,
 # host syncs) and its speed at batch 64 and 96 beside the other rows, then retraining with it;
@@ -89,7 +90,7 @@ if part graphs; then
     step train_cli_graphs 45 $SP train --data_path "$CIFAR" --no-download $GCLI \
         --print_freq 5 --val_interval 2 $GRAPHS --save_path "$RUNS" --exp_name graphs_cli
     step finetune_cli_graphs 45 $SP finetune --checkpoint "$RUNS/graphs_cli" \
-        --arch "k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x" --data_path "$CIFAR" \
+        --arch "$OLD_BEST" --data_path "$CIFAR" \
         --no-download $GCLI --freeze_epochs 1 --recal_images 512 --print_freq 5 \
         $GRAPHS --save_path "$RUNS" --exp_name graphs_finetune
     step bench_train_graphs_b96 150 python3 benchmarks/bench_train.py --data "$CIFAR" $GTRAIN --batch 96 $RESULTS
@@ -154,7 +155,6 @@ fi
 
 # 2. retraining the old recipe's best arch with a short recipe (as many epochs, up to
 # $EPOCHS, as bench_retrain's batch-512 speed fits in 150 s); test accuracy at the end
-OLD_BEST="k5 k3 x k5 x k3 x k3 k3 x x k3 k5 k3 k5 k7 k7 k5 k5 x"
 if part retrain && [ "$SMOKE" != 1 ]; then
     EPOCHS=$(python3 - "$EPOCHS" <<'PY'
 import csv, glob, sys
