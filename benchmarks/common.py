@@ -186,14 +186,13 @@ def original_style_rate(x, y, model: torch.nn.Module, forward, steps: int, windo
 class kept_when_interrupted(contextlib.AbstractContextManager):  # noqa: N801 (used as a with)
     """Ends the block quietly on Ctrl-C or SIGINT (``gpu_check.sh`` stops a step at its time
     limit with SIGINT, then kills it 10 s later), so that the rows measured so far are still
-    printed and written; ``.interrupted`` says whether to skip what would come next."""
+    printed and written."""
 
     def __init__(self, what: str):
-        self.what, self.interrupted = what, False
+        self.what = what
 
     def __exit__(self, kind, value, traceback) -> bool:
         if kind is KeyboardInterrupt:
-            self.interrupted = True
             print(f"interrupted (a time limit?): {self.what} measured so far kept", flush=True)
             return True
         return False
