@@ -253,24 +253,22 @@ def import_reference(cfg: ImportReferenceConfig) -> dict:
     ``num_choices``: a supernet keeps only its first K blocks (as trained with
     the original's ``--num_choices K``).
     """
-    for name in ("src", "out"):
-        if not getattr(cfg, name):
-            raise SpnasError(f"{'SRC.pth' if name == 'src' else '--out DST.pt'} is required: "
-                             "spnas import-reference SRC.pth --out DST.pt")
+    if not (cfg.src and cfg.out):
+        raise SpnasError(f"{'--out DST.pt' if cfg.src else 'SRC.pth'} is required: "
+                         "spnas import-reference SRC.pth --out DST.pt")
     src, out = Path(cfg.src).expanduser(), Path(cfg.out).expanduser()
-    resize, classes, num_choices = cfg.resize, cfg.classes, cfg.num_choices
     if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} already exists; pass --overwrite to replace it or choose --out")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise SpnasError(f"--out {out} is the file being imported; choose another --out")
     state = read_state(src)
     ref = describe(state, src)
-    check_expectations(ref, src, resize, classes)
-    if ref.arch is not None and num_choices != len(TOKENS):
+    check_expectations(ref, src, cfg.resize, cfg.classes)
+    if ref.arch is not None and cfg.num_choices != len(TOKENS):
         raise SpnasError("--num_choices is for a supernet; a standalone network has one path")
     net = convert(state, ref, src)
     if isinstance(net, SposSupernet):  # convert's network for a supernet (ref.arch is None)
-        net = restrict_choices(net, num_choices)
+        net = restrict_choices(net, cfg.num_choices)
     ckpt = payload(ref, net, src)
     save_checkpoint(out, ckpt)
     return {"src": str(src), "out": str(out), "kind": ckpt["kind"], "layout": ref.layout,
