@@ -2,6 +2,7 @@
 import argparse
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -97,8 +98,8 @@ def test_random_search(supernet, tmp_path):
     assert (out / "accuracy_vs_flops.png").is_file() and not (out / "generations.png").exists()
 
 
-def test_a_resumed_search_equals_an_uninterrupted_one(supernet, tmp_path, monkeypatch, capsys):
-    assert main(search_argv(supernet, tmp_path / "full")) == 0
+def _stopped_search(supernet, out, monkeypatch) -> None:
+    """A search into ``out`` stopped (Ctrl-C) at its sixth candidate."""
     real = SupernetScorer.__call__
     calls = []
 
@@ -107,11 +108,16 @@ def test_a_resumed_search_equals_an_uninterrupted_one(supernet, tmp_path, monkey
         if len(calls) == 6:
             raise KeyboardInterrupt
         return real(self, arch)
-    monkeypatch.setattr(SupernetScorer, "__call__", stop_at_the_sixth)
+    with monkeypatch.context() as m:
+        m.setattr(SupernetScorer, "__call__", stop_at_the_sixth)
+        assert main(search_argv(supernet, out)) == 130
+
+
+def test_a_resumed_search_equals_an_uninterrupted_one(supernet, tmp_path, monkeypatch, capsys):
+    assert main(search_argv(supernet, tmp_path / "full")) == 0
     part = tmp_path / "part"
-    assert main(search_argv(supernet, part)) == 130
+    _stopped_search(supernet, part, monkeypatch)
     assert len(records(part)) == 5
-    monkeypatch.setattr(SupernetScorer, "__call__", real)
     assert main(search_argv(supernet, part)) == 2  # a folder with a search needs --resume
     assert "--resume" in capsys.readouterr().err
     assert main(search_argv(supernet, part, **{"--resume": None})) == 0
@@ -120,6 +126,42 @@ def test_a_resumed_search_equals_an_uninterrupted_one(supernet, tmp_path, monkey
     capsys.readouterr()
     assert main(search_argv(supernet, part, **{"--resume": None, "--generations": 4})) == 2
     assert "other settings (search.generations)" in capsys.readouterr().err
+
+
+def test_a_search_resumes_on_its_supernet_moved_elsewhere_but_not_on_other_weights(
+        supernet, tmp_path, monkeypatch, capsys):
+    full = tmp_path / "full"
+    assert main(search_argv(supernet, full)) == 0
+    _stopped_search(supernet, tmp_path / "part", monkeypatch)
+    moved = tmp_path / "moved"
+    shutil.copytree(supernet, moved / "sn")  # a pipeline folder copied to another --out
+    shutil.move(tmp_path / "part", moved / "part")
+    capsys.readouterr()
+    assert main(search_argv(moved / "sn", moved / "part", **{"--resume": None})) == 0
+    assert (moved / "part" / "candidates.jsonl").read_bytes() == (full / "candidates.jsonl").read_bytes()
+    assert f"checkpoint {(moved / 'sn').resolve()}" in (moved / "part" / "search.log").read_text()
+    # other weights in the same file: refused by name
+    _stopped_search(moved / "sn", tmp_path / "other", monkeypatch)
+    ckpt = torch.load(moved / "sn" / "best.pt", weights_only=True)
+    next(iter(ckpt["model"].values())).add_(1)
+    torch.save(ckpt, moved / "sn" / "best.pt")
+    capsys.readouterr()
+    assert main(search_argv(moved / "sn", tmp_path / "other", **{"--resume": None})) == 2
+    assert "other settings (supernet_weights)" in capsys.readouterr().err
+
+
+def test_a_search_record_of_spnas_0_2_knows_its_supernet_by_its_path(supernet, tmp_path,
+                                                                     monkeypatch, capsys):
+    part = tmp_path / "part"
+    _stopped_search(supernet, part, monkeypatch)
+    meta = json.loads((part / "search.json").read_text())
+    del meta["settings"]["supernet_weights"]  # as spnas 0.2 wrote it
+    (part / "search.json").write_text(json.dumps(meta))
+    shutil.copytree(supernet, tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(search_argv(tmp_path / "elsewhere", part, **{"--resume": None})) == 2
+    assert "other settings (checkpoint)" in capsys.readouterr().err
+    assert main(search_argv(supernet, part, **{"--resume": None})) == 0
 
 
 def test_a_budget_that_filters_nothing_is_warned(supernet, tmp_path, capsys):

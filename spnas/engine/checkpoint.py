@@ -22,6 +22,7 @@ flipped bytes inside a tensor without complaint.
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -145,6 +146,17 @@ def _check_fields(ckpt: dict, path: Path) -> None:
                          "checkpoint")
     if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("space"), dict):
         raise SpnasError(f"{path} lacks its model weights or space; use another checkpoint")
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of a state_dict's names, dtypes, shapes and values: the same weights give
+    the same text wherever their file lies (search resumes compare supernets by it)."""
+    h = hashlib.blake2b(digest_size=12)
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def checkpoint_space(ckpt: dict) -> SpaceSpec:

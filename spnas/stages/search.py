@@ -2,7 +2,8 @@
 
 The output folder::
 
-    search.json        the settings (``--resume`` checks them) and how it ran
+    search.json        the settings (``--resume`` checks them; the supernet by a digest of its
+                       weights, wherever its file lies) and how it ran
     candidates.jsonl   one line per scored candidate: index, generation, origin (random,
                        mutation, crossover), arch, choices, flops (multiply-accumulates),
                        params, latency_ms (predicted; null without a table), val_acc, val_loss
@@ -34,7 +35,7 @@ from spnas.arch import SpaceSpec
 from spnas.config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
 from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, load_splits, recal_transform
-from spnas.engine.checkpoint import checkpoint_space, load_checkpoint, model_from_checkpoint
+from spnas.engine.checkpoint import checkpoint_space, load_checkpoint, model_from_checkpoint, weights_digest
 from spnas.engine.counting import CostTable, build_cost_table
 from spnas.engine.evolution import (
     BUDGET_KEYS,
@@ -67,7 +68,9 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
     ckpt = load_checkpoint(cfg.checkpoint, kinds=("supernet",))
     data, split_seed, held_out = resolve_data(ckpt, cfg.data, cfg.split_seed)
     out = Path(cfg.out) if cfg.out else Path(ckpt["path"]).parent / f"search_{cfg.search.method}"
-    settings = {"checkpoint": str(Path(ckpt["path"]).resolve()), "step": ckpt.get("step"),
+    checkpoint = str(Path(ckpt["path"]).resolve())
+    settings = {"checkpoint": checkpoint,
+                "supernet_weights": weights_digest(ckpt["model"]), "step": ckpt.get("step"),
                 "search": dataclasses.asdict(cfg.search), "split_seed": split_seed,
                 "scoring": {k: v for k, v in dataclasses.asdict(cfg.scoring).items()
                             if k not in ("eval_batch", "cache_gb")},
@@ -91,7 +94,7 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
                "processes": dist_info.world, **dataclasses.asdict(cfg.scoring)}
         if dist_info.main:
             if records:
-                log_run_changes(out / "search.json", run, log)
+                log_run_changes(out / "search.json", run, checkpoint, log)
             atomic_write_text(out / "search.json", json.dumps(
                 {"settings": settings, "run": run}, indent=2) + "\n")
         found = _run(cfg.search, job, Replay(records, job.scorer, log, dist_info), log)

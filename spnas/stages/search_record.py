@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from spnas.engine.evolution import BUDGET_KEYS, Candidate
+from spnas.engine.evolution import BUDGET_KEYS, FITNESS, Candidate
 from spnas.engine.runlog import RunLog, read_records
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
@@ -32,23 +32,31 @@ def prepare_out_dir(out: Path, settings: dict, resume: bool) -> list[dict]:
                          "choose another --out")
     try:
         before = json.loads(meta.read_text())["settings"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise SpnasError(f"{meta} is unreadable ({e!r}); choose another --out") from None
-    changed = _diff(before, json.loads(json.dumps(settings)))
+    if not isinstance(before, dict):
+        raise SpnasError(f"{meta} is unreadable (its settings are not an object); choose "
+                         "another --out")
+    # the supernet is known by its weights, wherever its file lies now (a moved folder);
+    # a record without them (spnas 0.2) knows it by its path
+    moved = "checkpoint" if "supernet_weights" in before else "supernet_weights"
+    changed = [k for k in _diff(before, json.loads(json.dumps(settings))) if k != moved]
     if changed:
         raise SpnasError(f"{out} holds a search with other settings ({', '.join(changed)}); "
                          "resume with the same flags, or choose another --out")
     return read_record(record)
 
 
-def log_run_changes(meta: Path, run: dict, log: RunLog) -> None:
-    """Log how a resumed search runs differently (device, batch sizes, processes: what does
-    not change a score); ``prepare_out_dir`` has refused every change that would."""
+def log_run_changes(meta: Path, run: dict, checkpoint: str, log: RunLog) -> None:
+    """Log how a resumed search runs differently (device, batch sizes, processes, where the
+    supernet's file lies: what does not change a score); ``prepare_out_dir`` has refused
+    every change that would."""
     try:
-        before = json.loads(meta.read_text()).get("run") or {}
-    except (OSError, ValueError):
+        saved = json.loads(meta.read_text())
+        before = {**saved["run"], "checkpoint": saved["settings"]["checkpoint"]}
+    except (OSError, ValueError, KeyError, TypeError):
         return
-    for key, value in run.items():
+    for key, value in {**run, "checkpoint": checkpoint}.items():
         if key in before and before[key] != value:
             log.info(f"resume: {key} {value} differs from the search's {before[key]} "
                      f"({meta.name}); allowed: it does not change a score")
@@ -65,10 +73,21 @@ def read_record(path: Path) -> list[dict]:
     """The complete lines of ``candidates.jsonl``; a line torn by a kill is dropped."""
     if not path.exists():
         return []
-    records, torn = read_records(path, "the record is damaged; choose another --out")
+    fix = "the record is damaged; choose another --out"
+    records, torn = read_records(path, fix)
+    for n, rec in enumerate(records, start=1):  # what the search and its report read
+        numbers = [rec.get(FITNESS), rec.get("val_loss", 0.0), rec.get("flops", 0),
+                   rec.get("params", 0), rec.get("latency_ms") or 0.0]
+        if not (isinstance(rec.get("arch"), str) and all(map(_number, numbers))):
+            raise SpnasError(f"{path} record {n} lacks its arch text or a number ({FITNESS}, "
+                             f"val_loss, flops, params, latency_ms); {fix}")
     if torn:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class Replay:
