@@ -8,10 +8,9 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from spnas.cli import add_train_parser
+from spnas.cli import Parser, add_train_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a SPOS supernet (seed-compatible flags).",
-                                     allow_abbrev=False)
+    parser = Parser(description="Train a SPOS supernet (seed-compatible flags).")
     return add_train_parser(parser).parse_args(argv)

@@ -7,7 +7,6 @@ status 0 or 1); --window N compares means over N steps, --max_step M only steps
 <= M. A thin wrapper over ``spnas curves``; see docs/curves.md for how the
 verdict is decided.
 """
-import argparse
 import os
 import sys
 
@@ -16,9 +15,8 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from spnas.cli import add_curves_parser, run_curves, run_guarded
+from spnas.cli import Parser, add_curves_parser, run_curves, run_guarded
 
 if __name__ == "__main__":
-    parser = add_curves_parser(argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                                        allow_abbrev=False))
+    parser = add_curves_parser(Parser(description=__doc__.splitlines()[0]))
     sys.exit(run_guarded(run_curves, parser.parse_args()))

@@ -480,6 +480,10 @@ def _runs(runs) -> str | None:
     return f"must be a run or a list of runs (folders or files), got {runs!r}"
 
 
+def _given(path) -> str | None:
+    return None if str(path).strip() else "is empty: give a run, or leave it out to plot only"
+
+
 @dataclass
 class CurvesConfig(Checked):
     """``spnas curves`` (and ``run_scripts/loss.py``): loss plots, and each run compared with a
@@ -489,7 +493,7 @@ class CurvesConfig(Checked):
                                 "loss) or text logs", check=_runs, positional=True,
                                 metavar="RUN", default_text="required")
     baseline: str | None = opt(None, "reference run to compare each run with (same kinds of "
-                               "input); none = plot only")
+                               "input); none = plot only", check=_given)
     out: str = opt(".", "folder for loss.jpg and loss.png")
     rtol: float = opt(0.05, "pass when the mean |relative difference| is at most this ...",
                       check="nonneg")

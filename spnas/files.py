@@ -45,10 +45,15 @@ def exclusive(path: str | Path) -> Iterator[None]:
 def atomic_write(path: str | Path, write) -> None:
     """Call ``write(f)`` on a temporary file next to ``path``, then rename it over ``path``.
     On any error the temporary file is removed and ``path`` is left as it was; an
-    ``OSError`` that names no file (a full disk on write or fsync) is given ``path``."""
+    ``OSError`` that names no file (a full disk on write or fsync) or the temporary file
+    (which the user never named) is given ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        e.filename = str(path)
+        raise
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -60,8 +65,8 @@ def atomic_write(path: str | Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # write/fsync errors name no file
-            e.filename = str(path)
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # write/fsync: no file;
+            e.filename, e.filename2 = str(path), None             # replace: the temporary
         raise
 
 

@@ -105,11 +105,16 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
     return d, device
 
 
-def close_distributed() -> None:
+def close_distributed(finished: bool = False) -> None:
     """Tear down the process group a command made, before the interpreter exits: left to
     exit, a gloo group's threads can abort the process ("terminate called without an active
-    exception", seen once in a 2-process search test under load) after its work is done."""
+    exception", seen twice in a 2-process search test under load, once with this teardown)
+    after its work is done. A command that ``finished`` on this rank first waits for the
+    others (rank 0 writes the reports last), so no rank tears down while a peer works; a
+    failed one does not wait (torchrun stops the others)."""
     if dist.is_available() and dist.is_initialized():
+        if finished and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -33,9 +33,12 @@ from spnas.config import DataConfig, TrainConfig
 from spnas.data.datasets import load_dataset
 from spnas.engine.checkpoint import save_checkpoint
 from spnas.engine.latency import LatencyTable
+from spnas.files import atomic_write_text
 from spnas.spaces import build_child
 from spnas.spaces.mbconv import mbconv_space
 from spnas.spaces.spos import spos_space
+from spnas.stages.pipeline import _read_done
+from spnas.stages.search_record import prepare_out_dir, read_record
 
 
 # ---- building bad inputs --------------------------------------------------------------
@@ -453,6 +456,27 @@ CASES = [
     Case("metrics-loss-not-a-number", lambda t, m: ["curves", str(metrics_run(
         t, {"type": "train", "step": 1, "loss": "low"})), "--out", str(t / "plots")], ERROR,
          "got step 1, loss 'low'", watch="run"),
+    Case("metrics-line-not-an-object", lambda t, m: ["curves", str(file_with(
+        t / "run" / "metrics.jsonl", b'{"type": "train", "step": 1, "loss": 2.3}\n[1, 2]\n')),
+        "--out", str(t / "plots")], ERROR, "metrics.jsonl line 2 is JSON but not an object",
+         watch="run"),
+    Case("metrics-not-utf8", lambda t, m: ["curves", str(file_with(
+        t / "run" / "metrics.jsonl", b'{"loss": "\xff"}\n')), "--out", str(t / "plots")], ERROR,
+         "metrics.jsonl is not UTF-8 text", watch="run"),
+    Case("log-loss-without-digits", lambda t, m: ["curves", str(file_with(
+        t / "run" / "log.txt", b"step 2 loss .\nstep 3 loss -\n")), "--out", str(t / "plots")],
+         ERROR, "log.txt holds no training-loss records", watch="run"),
+    Case("curves-failed-comparison-keeps-the-plots", lambda t, m: (
+        file_with(t / "run" / "plots" / "loss.png", b"mine"), ["curves", str(file_with(
+            t / "a" / "log.txt", b"step 1 loss 2.0\nstep 2 loss 1.9\n")), "--baseline",
+            str(file_with(t / "b" / "log.txt", b"step 5 loss 2.0\nstep 6 loss 1.9\n")),
+            "--out", str(t / "run" / "plots")])[1], ERROR, "share no logged step", watch="run"),
+    Case("curves-empty-baseline", lambda t, m: ["curves", str(metrics_run(
+        t, {"type": "train", "step": 1, "loss": 2.3})), "--baseline", "", "--out",
+        str(t / "plots")], ERROR, "--baseline is empty", watch="run"),
+    Case("write-over-a-folder", lambda t, m: call(
+        atomic_write_text, folder_with_a_file(t / "run" / "report.md"), "text"), ERROR,
+         "{tmp}/run/report.md: it is a folder where a file is needed", watch="run"),
     Case("curves-out-is-a-file", lambda t, m: (t.joinpath("f.txt").write_text("mine"), [
         "curves", str(metrics_run(t, {"type": "train", "step": 1, "loss": 2.3})),
         "--out", str(t / "f.txt")])[1], ERROR, "f.txt is a file; give a folder", watch="run"),
@@ -487,6 +511,26 @@ CASES = [
     Case("import-reference-not-a-torch-file", lambda t, m: [
         "import-reference", str(file_with(t / "hw.pth", b"hello\n")), "--out", str(t / "x.pt")],
          ERROR, "hw.pth is not a readable torch file (not a file torch.save wrote)"),
+    Case("import-reference-key-not-a-name", lambda t, m: (torch.save(
+        {1: torch.zeros(1)}, t / "s" / "k.pth") if (t / "s").mkdir() is None else None, [
+        "import-reference", str(t / "s" / "k.pth"), "--out", str(t / "x.pt")])[1], ERROR,
+         "k.pth is not a state_dict: its key 1 is not text (a parameter name)", watch="s"),
+    Case("import-reference-src-is-a-folder", lambda t, m: [
+        "import-reference", str(folder_with_a_file(t / "s" / "o")), "--out", str(t / "x.pt")],
+         ERROR, "{tmp}/s/o is a folder; give the .pth file", watch="s"),
+    Case("pipeline-done-json-damaged", lambda t, m: call(
+        _read_done, file_with(t / "s" / "done.json", b'{"seconds": 1}')), ERROR,
+         "done.json is damaged (KeyError); delete it and --resume", watch="s"),
+    Case("pipeline-done-json-not-utf8", lambda t, m: call(
+        _read_done, file_with(t / "s" / "done.json", b"\xff\xfe")), ERROR,
+         "done.json is damaged (UnicodeDecodeError)", watch="s"),
+    Case("search-json-not-a-mapping", lambda t, m: (
+        file_with(t / "s" / "candidates.jsonl", b"{}\n"), file_with(t / "s" / "search.json", b"[1]"),
+        call(prepare_out_dir, t / "s", {}, True))[2], ERROR,
+         "search.json is unreadable (TypeError", watch="s"),
+    Case("search-record-accuracy-not-a-number", lambda t, m: call(read_record, file_with(
+        t / "s" / "candidates.jsonl", b'{"arch": "k3 x", "val_acc": "x"}\n')), ERROR,
+         "candidates.jsonl record 1 lacks its arch text or a number (val_acc", watch="s"),
     Case("evaluate-bytes-that-are-no-checkpoint", lambda t, m: [
         "evaluate", "--checkpoint", str(file_with(t / "s" / "best.pt", b"hello\n"))], ERROR,
          "best.pt is corrupt or truncated (not a file torch.save wrote)", watch="s"),
@@ -545,3 +589,29 @@ def test_the_protocol_5_batches_read_as_the_protocol_2_ones(tmp_path):
     ds = load_dataset("cifar10", pickles(tmp_path, 5), download_ok=False)
     assert torch.equal(ds.train_x, ref.train_x) and torch.equal(ds.test_y, ref.test_y)
     assert ds.classes == ref.classes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--batch_size", "abc"], "spnas train: error: argument --batch_size: invalid int "
+                                       "value: 'abc'; see spnas train --help"),
+    (["search", "--max_flops", "80X"], "spnas search: error: argument --max_flops:"),
+    (["evaluate", "--split", "banana"], "spnas evaluate: error: argument --split: invalid choice"),
+    (["train", "--epoch", "3"], "spnas train: error: unrecognized arguments: --epoch 3; see "
+                                "spnas train --help"),
+    (["trian"], "spnas: error: argument COMMAND: invalid choice: 'trian'"),
+    ([], "spnas: error: the following arguments are required: COMMAND; see spnas --help"),
+])
+def test_a_bad_flag_is_one_line_naming_the_help_to_read(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_the_seed_scripts_bad_flags_are_one_line(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "run_scripts"))
+    from argument import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--lr", "1e"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --lr: invalid float value: '1e'" in err[0], err

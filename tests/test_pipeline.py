@@ -42,6 +42,7 @@ def test_every_stage_leaves_its_output_and_the_report(smoke):
     assert (out / "export" / "model.torchscript.pt").stat().st_size > 0
     report = (out / "report.md").read_text()
     assert best["arch"] in report and "test top-1" in report and "time: all stages" in report
+    assert f"| network tested | `{out / 'retrain' / 'best.pt'}` |" in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3  # loss curve, search plot, retrain, confusion
 
@@ -54,6 +55,24 @@ def test_resume_keeps_finished_stages_and_runs_the_stopped_one(smoke):
     assert run(ROOT / "recipes" / "smoke.yaml", out, root / "data", "--resume") == 0
     assert {s: (out / s / "done.json").stat().st_mtime_ns for s in kept} == kept
     assert (out / "evaluate" / "done.json").is_file() and (out / "export" / "done.json").is_file()
+
+
+def test_a_pipeline_moved_elsewhere_finishes_its_stages_again_there(smoke, tmp_path):
+    """A damaged done.json's advice (delete it, --resume) works, in a copy of the folder:
+    the finished supernet ends at once, and the search replays its record though its
+    supernet's path has changed."""
+    import shutil
+    root, out = smoke
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    for stage in ("supernet", "search"):
+        (moved / stage / "done.json").unlink()
+    assert run(ROOT / "recipes" / "smoke.yaml", moved, root / "data", "--resume") == 0
+    assert (moved / "search" / "candidates.jsonl").read_text() == \
+        (out / "search" / "candidates.jsonl").read_text()
+    best, before = (json.loads((o / "search" / "best_arch.json").read_text()) for o in (moved, out))
+    assert (best["arch"], best["metrics"]) == (before["arch"], before["metrics"])
+    assert "replaying them" in (moved / "search" / "search.log").read_text()
 
 
 SHORT = {  # each shipped recipe cut to a few steps per stage; every other setting its own

@@ -166,3 +166,23 @@ def test_a_stopped_pipeline_stage_resumes_with_the_settings_it_started_with(tmp_
     placed = pipe._placed(pipe.settings[stage], stage)
     assert placed.optim.lr == 0.5 and placed.optim.batch_size == optim.batch_size
     assert [t for t in resume_changes(placed, recorded_config(started))[0] if "--lr" in t]
+
+
+def test_a_pipeline_stage_that_cannot_resume_says_what_to_do_in_the_pipeline(tmp_path):
+    """Not the trainer's fixes, which name flags a pipeline does not take: a config.json
+    value no setting accepts names the file, and a stage that lost its last.pt says so."""
+    import json
+
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline
+    pipe = Pipeline({"seed": 3}, tmp_path, resume=True)
+    folder = tmp_path / "supernet"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"optim": {"momentum": "abc"}}))
+    (folder / "last.pt").write_bytes(b"")
+    with pytest.raises(SpnasError, match=r"supernet/config.json: setting momentum must be a "
+                                         r"number, got 'abc'.*correct the value there"):
+        pipe._placed(pipe.settings["supernet"], "supernet")
+    (folder / "last.pt").rename(folder / "best.pt")
+    with pytest.raises(SpnasError, match="holds best.pt but no last.pt to resume from"):
+        pipe._placed(pipe.settings["supernet"], "supernet")

@@ -74,13 +74,32 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a bad flag or value as one line (argparse prints its whole usage first)
+    and without abbreviations (a misspelt ``--epoch`` is an error, not ``--epochs``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # build_parser's subcommands
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the subcommand they were given to, whose --help lists its flags
+            (self.commands.get(str(getattr(ns, "command", ""))) or self).error(
+                f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+
 def build_parser() -> argparse.ArgumentParser:
-    # allow_abbrev=False: a misspelt flag such as --epoch is an error, not --epochs
-    p = argparse.ArgumentParser(prog="spnas", description="Single-path neural architecture search.",
-                                allow_abbrev=False)
+    p = Parser(prog="spnas", description="Single-path neural architecture search.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add, _, help_) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_, description=help_, allow_abbrev=False))
+        p.commands[name] = sub.add_parser(name, help=help_, description=help_)  # a Parser too
+        add(p.commands[name])
     return p
 
 
@@ -91,8 +110,10 @@ def run_guarded(fn, args) -> int:
     """
     from spnas.runtime import close_distributed, tune_allocator
     tune_allocator()
+    finished = False
     try:
         code = fn(args)
+        finished = True
     except SpnasError as e:
         print(f"spnas: error: {e}", file=sys.stderr)
         return 2
@@ -113,14 +134,15 @@ def run_guarded(fn, args) -> int:
             raise
         return 2
     finally:
-        close_distributed()
+        close_distributed(finished)
     return code if isinstance(code, int) else 0
 
 
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
-# a path given where the other kind of thing is
-_PATH_ERRORS = {errno.ENOTDIR: "a part of it is a file where a folder is needed",
+# a path that is missing, or given where the other kind of thing is
+_PATH_ERRORS = {errno.ENOENT: "no such file or folder",
+                errno.ENOTDIR: "a part of it is a file where a folder is needed",
                 errno.EEXIST: "a file is there where a folder is needed",
                 errno.EISDIR: "it is a folder where a file is needed"}
 
@@ -130,5 +152,5 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(COMMANDS[args.command][1], args)
 
 
-__all__ = ["COMMANDS", "add_curves_parser", "add_train_parser", "build_parser", "count_arg",
+__all__ = ["COMMANDS", "Parser", "add_curves_parser", "add_train_parser", "build_parser", "count_arg",
            "main", "run_curves", "run_guarded", "run_superkernel", "run_train"]

@@ -38,7 +38,8 @@ from spnas.engine.runlog import read_metrics
 from spnas.errors import SpnasError
 from spnas.fields import takes_config
 
-_LOG_LINE = re.compile(r"\bstep[ :=]+(\d+)\b.*?\bloss[ :=]+([-+0-9.eE]+|nan|inf)", re.IGNORECASE)
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|nan|inf"  # what float() reads
+_LOG_LINE = re.compile(rf"\bstep[ :=]+(\d+)\b.*?\bloss[ :=]+({_NUMBER})", re.IGNORECASE)
 SHORT_OVERLAP = 0.25  # a comparison covering less of the baseline than this gets a WARNING line
 
 
@@ -369,15 +370,13 @@ def compare_runs(cfg: CurvesConfig) -> int:
                          "columns step and loss, or text log), or runs: [...] in --config")
     curves = [load_curve(r) for r in cfg.runs]
     base = load_curve(cfg.baseline) if cfg.baseline else None
+    # compared before anything is drawn: a comparison that cannot be made keeps the old plots
+    described = [] if base is None else [
+        (compare(c, base, cfg.rtol, cfg.atol, window=cfg.window, max_step=cfg.max_step,
+                 min_overlap=cfg.min_overlap), c.name, base.name) for c in curves]
     for path in plot_comparison(curves + ([base] if base else []), cfg.out, cfg.window,
                                 cfg.max_step):
         print(f"wrote {path}")
-    if base is None:  # nothing to compare with
-        return 0
-    failed = False
-    for c in curves:
-        result = compare(c, base, cfg.rtol, cfg.atol, window=cfg.window, max_step=cfg.max_step,
-                         min_overlap=cfg.min_overlap)
-        print("\n".join(result.describe(c.name, base.name) + result.lines()))
-        failed |= not result.passed
-    return 1 if failed else 0
+    for result, name, base_name in described:
+        print("\n".join(result.describe(name, base_name) + result.lines()))
+    return 1 if any(not result.passed for result, _, _ in described) else 0

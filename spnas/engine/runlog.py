@@ -265,21 +265,28 @@ def read_records(path: Path, fix: str) -> tuple[list[dict], bool]:
 
     Records are appended a line at a time, so a kill can only tear the last line, and a
     torn line lacks its newline: such a line that is not JSON is dropped, one that is JSON
-    is kept (the next append must not join it). Any other line that is not JSON is a
-    one-line ``SpnasError`` naming the file and line, ending with ``fix``.
+    is kept (the next append must not join it). Any other line that is not a JSON object,
+    and a file that is not UTF-8 text, is a one-line ``SpnasError`` naming the file (and
+    line), ending with ``fix``.
     """
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpnasError(f"{path} is not UTF-8 text; {fix}") from None
     lines = text.splitlines()
-    records = []
+    records: list[dict] = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             if n == len(lines) and not text.endswith("\n"):
                 return records, True
             raise SpnasError(f"{path} line {n} is not JSON; {fix}") from None
+        if not isinstance(record, dict):
+            raise SpnasError(f"{path} line {n} is JSON but not an object ({{...}}); {fix}")
+        records.append(record)
     return records, bool(text) and not text.endswith("\n")
 
 

@@ -95,7 +95,8 @@ def reference_key(key: str, arch: Arch | None = None) -> str:
 def read_state(src: Path) -> dict[str, torch.Tensor]:
     """The file's state_dict (``weights_only``), or one clear error."""
     if not src.is_file():
-        raise SpnasError(f"{src} not found; give the .pth file the original code saved")
+        what = "is a folder" if src.is_dir() else "not found"
+        raise SpnasError(f"{src} {what}; give the .pth file the original code saved")
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except UNREADABLE as e:
@@ -105,7 +106,10 @@ def read_state(src: Path) -> dict[str, torch.Tensor]:
     if state.get("format") == FORMAT:
         raise SpnasError(f"{src} is already an spnas checkpoint; use it as it is")
     for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+        if not isinstance(k, str):
+            raise SpnasError(f"{src} is not a state_dict: its key {k!r} is not text (a "
+                             "parameter name)")
+        if not isinstance(v, torch.Tensor):
             raise SpnasError(f"{src} is not a state_dict: its entry {k!r} is a "
                              f"{type(v).__name__}, not a tensor")
     if state and all(k.startswith("module.") for k in state):

@@ -168,6 +168,17 @@ def split_recipe(recipe: dict) -> tuple[dict, dict[str, dict]]:
     return shared, {s: dict(sections.get(s) or {}) for s in STAGES}
 
 
+def _read_done(done: Path) -> tuple[Any, float]:
+    """A finished stage's result and seconds, from its ``done.json``."""
+    try:
+        record = json.loads(done.read_text(encoding="utf-8"))
+        result, seconds = record["result"], float(record["seconds"])
+    except (ValueError, TypeError, KeyError) as e:  # UnicodeDecodeError is a ValueError
+        raise SpnasError(f"{done} is damaged ({type(e).__name__}); delete it and --resume to "
+                         "finish the stage again from its folder") from None
+    return result, seconds
+
+
 class Pipeline:
     """Runs the stages of one recipe in ``out``; see the module docstring."""
 
@@ -246,8 +257,7 @@ class Pipeline:
     def _stage(self, stage: str) -> None:
         done = self.done_path(stage)
         if done.exists():  # every process sees the same: rank 0 wrote it before they went on
-            record = json.loads(done.read_text())
-            self.results[stage], self.times[stage] = record["result"], record["seconds"]
+            self.results[stage], self.times[stage] = _read_done(done)
             if self.dist.main:
                 print(f"pipeline: {stage} finished before; kept ({done})")
             return
@@ -266,7 +276,11 @@ class Pipeline:
         """A training stage's settings in ``OUT/<stage>/``; a stopped one resumes there, with
         what the recipe leaves out taken from its ``config.json``, as ``spnas train --resume``
         does (so a default changed since it started does not stop the resume)."""
-        resume = (self.out / stage / "last.pt").exists()
+        folder = self.out / stage
+        resume = (folder / "last.pt").exists()
+        if not resume and (folder / "best.pt").exists():  # the trainer's fix names its flags
+            raise SpnasError(f"{folder} holds best.pt but no last.pt to resume from; put "
+                             f"last.pt back, or delete {folder} to run the stage afresh")
         if resume:
             cfg = self._as_started(cfg, stage)
         run = dataclasses.replace(cfg.run, save_path=str(self.out), exp_name=stage, resume=resume)
@@ -275,8 +289,9 @@ class Pipeline:
     def _as_started(self, cfg, stage: str):
         """``cfg`` with the settings the recipe leaves out as the stage's ``config.json``
         has them, but for ``MACHINE_KEYS`` (this machine's data and device, not the one that
-        started it) and what the pipeline sets itself. A file that cannot be read, or holds
-        values today's settings refuse, changes nothing: the trainer then says what is wrong."""
+        started it) and what the pipeline sets itself. A file that cannot be read changes
+        nothing (the trainer then says what is wrong); a value today's settings refuse is a
+        one-line error naming the file."""
         path = self.out / stage / "config.json"
         try:
             saved = json.loads(path.read_text())
@@ -291,8 +306,9 @@ class Pipeline:
         try:
             taken = coerce_settings(cfg, taken)
             started = from_flat(cfg, taken)
-        except SpnasError:
-            return cfg
+        except SpnasError as e:  # the trainer would name a flag nobody gave
+            raise SpnasError(f"{path}: {e}; the stage cannot resume with it: correct the value "
+                             f"there, or delete {path.parent} to run the stage afresh") from None
         now = to_flat(cfg)
         moved = sorted(k for k, v in taken.items() if now.get(k) != v)
         if moved and self.dist.main:

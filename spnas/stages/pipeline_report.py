@@ -24,7 +24,9 @@ def _reference_matches(run_dir: Path) -> bool:
         cfg = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    o, d = cfg.get("optim", {}), cfg.get("data", {})
+    o, d = (cfg.get(k) if isinstance(cfg, dict) else None for k in ("optim", "data"))
+    if not (isinstance(o, dict) and isinstance(d, dict)):  # not a config spnas wrote
+        return False
     return (o.get("batch_size") == 96 and o.get("lr") == 0.025 and not d.get("cutout")
             and not d.get("auto_aug") and not d.get("resize") and REFERENCE_CSV.is_file())
 
@@ -72,7 +74,8 @@ def _rows(results: dict, times: dict, profile: dict | None) -> list[tuple[str, s
                  ("latency", f"{profile['batch1_ms']:.2f} ms at batch 1 on {profile['device']}")]
     if ev:
         rows += [("test top-1", f"{ev['top1']:.2%}"), ("test top-5", f"{ev['top5']:.2%}"),
-                 ("test images", f"{ev['n']:,}")]
+                 ("test images", f"{ev['n']:,}"),
+                 ("network tested", f"`{ev.get('checkpoint', '?')}`")]  # best.pt, else last.pt
     export = results.get("export", {})
     if export:
         rows.append(("exported", f"{export.get('file')} ({export.get('format')})"))
