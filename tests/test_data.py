@@ -130,7 +130,7 @@ def test_download_checks_md5_and_reads_the_result(tmp_path):
     data = tmp_path / "data"
     with pytest.raises(SpnasError, match="has MD5 .* expected 0+"):
         download(served.as_uri(), data / "cifar-10-python.tar.gz", "0" * 32)
-    assert not list(data.glob("*"))  # the damaged download is not left behind
+    assert not data.exists()  # the damaged download is not left behind, nor the folder it made
     download(served.as_uri(), data / "cifar-10-python.tar.gz", md5sum(served))
     assert md5sum(data / "cifar-10-python.tar.gz") == md5sum(served)
 
@@ -152,6 +152,7 @@ def test_offline_says_which_file_to_put_where(tmp_path):
     msg = str(e.value)
     assert "could not be downloaded" in msg and "cifar-10-python.tar.gz" in msg
     assert str(tmp_path / "data") in msg and "\n" not in msg
+    assert not (tmp_path / "data").exists()  # no empty folder left where none was
 
 
 def test_no_data_and_no_download(tmp_path):

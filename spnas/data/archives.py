@@ -2,6 +2,7 @@
 unpacked safely (regular files and folders only, nothing outside the target, all or nothing)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -147,10 +148,20 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
+def _drop(part: Path, folder_made: bool) -> None:
+    """Remove a failed download's ``.part`` file, and its folder when the download made it
+    and it is empty now."""
+    part.unlink(missing_ok=True)
+    if folder_made:
+        with contextlib.suppress(OSError):  # not empty: someone else's files are there
+            part.parent.rmdir()
+
+
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
     """Fetch ``url`` to ``dest`` through a ``.part`` file, with a progress bar, MD5 checked."""
     from tqdm import tqdm
     part = dest.with_name(dest.name + ".part")
+    made = not dest.parent.exists()  # a failed download leaves no empty folder it made
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r, open(part, "wb") as f:
@@ -160,11 +171,11 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
                     f.write(chunk)
                     bar.update(len(chunk))
     except (OSError, ValueError) as e:
-        part.unlink(missing_ok=True)
+        _drop(part, made)
         raise ConnectionError(str(e)) from None
     got = md5sum(part)
     if got != md5:
-        part.unlink(missing_ok=True)
+        _drop(part, made)
         raise SpnasError(f"downloaded {dest.name} has MD5 {got}, expected {md5}: the "
                          "download was damaged; run again")
     os.replace(part, dest)
