@@ -42,11 +42,13 @@ def exclusive(path: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, then rename it over ``path``.
-    On any error the temporary file is removed and ``path`` is left as it was; an
-    ``OSError`` that names no file (a full disk on write or fsync) or the temporary file
-    (which the user never named) is given ``path``."""
+@contextmanager
+def replaced_from_temp(path: str | Path) -> Iterator[Path]:
+    """A temporary file next to ``path`` (with the mode a new file gets) for the block to
+    write, renamed over ``path`` when the block ends without an error. On any error the
+    temporary file is removed and ``path`` is left as it was; an ``OSError`` that names no
+    file (a full disk on write or fsync) or the temporary file (which the user never named)
+    is given ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -54,20 +56,28 @@ def atomic_write(path: str | Path, write) -> None:
     except OSError as e:
         e.filename = str(path)
         raise
+    os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     try:
         os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.filename in (None, tmp):  # write/fsync: no file;
             e.filename, e.filename2 = str(path), None             # replace: the temporary
         raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, fsync it, then rename it over
+    ``path`` (``replaced_from_temp``)."""
+    with replaced_from_temp(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes: 8 random characters

@@ -502,6 +502,11 @@ CASES = [
         t / "c.yaml", "lr: 0.1".encode("utf-16")))), ERROR, "c.yaml is not a UTF-8 text file"),
     Case("resume-config-json-not-a-mapping", lambda t, m: resume_from("[1, 2]", t), ERROR,
          "config.json is unreadable (it holds a list, not a mapping of settings)"),
+    Case("resume-config-json-section-not-a-mapping",
+         lambda t, m: resume_from('{"optim": [1, 2]}', t), ERROR,
+         "config.json is unreadable (its optim section is not a mapping of settings)"),
+    Case("save-path-name-too-long", lambda t, m: train_argv(t, "--save_path", str(t / ("x" * 300))),
+         ERROR, "a name in it is too long"),
     Case("world-size-without-torchrun", lambda t, m: (without_torchrun(m, WORLD_SIZE="2"),
                                                       train_argv(t))[1], ERROR,
          "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not, so the processes"),
@@ -615,3 +620,15 @@ def test_the_seed_scripts_bad_flags_are_one_line(capsys, monkeypatch):
         parse_args(["--lr", "1e"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --lr: invalid float value: '1e'" in err[0], err
+
+
+def test_a_closed_stdout_ends_the_command_quietly():
+    """``spnas ... | head``: the reader went away; no traceback, and the shell's SIGPIPE status."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom spnas.cli import run_guarded\n"
+            "def fn(_):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "sys.exit(run_guarded(fn, None))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).parents[1])
+    assert (r.returncode, r.stderr) == (141, ""), r.stderr

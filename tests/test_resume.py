@@ -186,3 +186,12 @@ def test_a_pipeline_stage_that_cannot_resume_says_what_to_do_in_the_pipeline(tmp
     (folder / "last.pt").rename(folder / "best.pt")
     with pytest.raises(SpnasError, match="holds best.pt but no last.pt to resume from"):
         pipe._placed(pipe.settings["supernet"], "supernet")
+
+
+def test_a_resume_with_fewer_epochs_than_done_is_refused(fake_cifar, tmp_path, capsys):
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 2})) == 0
+    capsys.readouterr()
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 1, "--resume": None})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "past this resume's 3 steps (--epochs 1); resume with --epochs 2 " \
+        "or more" in err[0], err

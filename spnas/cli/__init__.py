@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 from spnas.cli.curves import add_curves_parser, run_curves
@@ -120,6 +121,9 @@ def run_guarded(fn, args) -> int:
     except KeyboardInterrupt:
         print("spnas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout stopped (spnas ... | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit
+        return 141  # as a shell reports a process ended by SIGPIPE
     except OSError as e:
         if e.errno in _STORAGE_ERRORS:
             print(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing "
@@ -139,9 +143,11 @@ def run_guarded(fn, args) -> int:
 
 
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "the operation is not permitted"}
 # a path that is missing, or given where the other kind of thing is
 _PATH_ERRORS = {errno.ENOENT: "no such file or folder",
+                errno.ENAMETOOLONG: "a name in it is too long",
                 errno.ENOTDIR: "a part of it is a file where a folder is needed",
                 errno.EEXIST: "a file is there where a folder is needed",
                 errno.EISDIR: "it is a folder where a file is needed"}

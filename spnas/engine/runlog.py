@@ -333,6 +333,10 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
         saved = json.loads(path.read_text())
         if not isinstance(saved, dict):
             raise ValueError(f"it holds a {type(saved).__name__}, not a mapping of settings")
+        sections = [k for k, v in cfg.to_dict().items() if isinstance(v, dict)]
+        broken = [k for k in sections if k in saved and not isinstance(saved[k], dict)]
+        if broken:  # its settings would be skipped, and the run go on with today's defaults
+            raise ValueError(f"its {', '.join(broken)} section is not a mapping of settings")
     except (OSError, ValueError) as e:
         raise SpnasError(f"{path} is unreadable ({e}); it records the run's settings, "
                          "so the run can't be resumed safely") from None

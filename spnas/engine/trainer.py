@@ -169,6 +169,11 @@ class Trainer:
         self._load_weights(ckpt)
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
+        if self.step > self.total:  # it would end at once, its config.json saying it is done
+            need = -(-self.step // self.loader.steps_per_epoch)
+            raise SpnasError(f"{ckpt['path']} is at step {self.step}, past this resume's "
+                             f"{self.total} steps (--epochs {self.cfg.optim.epochs}); resume "
+                             f"with --epochs {need} or more")
         metrics = ckpt.get("metrics") or {}
         self.best = float(metrics.get("best", -math.inf))
         self.last_val = {k: v for k, v in metrics.items() if k not in ("best", "select")}

@@ -21,7 +21,6 @@ replaced.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from spnas.engine.checkpoint import checkpoint_space
 from spnas.engine.counting import default_resolution
 from spnas.errors import SpnasError
 from spnas.fields import takes_config
+from spnas.files import replaced_from_temp
 from spnas.stages.evaluate import checkpoint_data, load_child
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -126,20 +126,14 @@ def export_checkpoint(cfg: ExportConfig) -> dict:
         raise SpnasError(f"{target} already exists; pass --overwrite to replace it or choose --out")
     inputs = check_inputs(ckpt, cfg.check_images, cfg.data_path)
     export, load = EXPORTERS[fmt]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        export(net, inputs["random"][:2], Path(tmp))
-        run = load(Path(tmp))
+    with replaced_from_temp(target) as tmp:  # checked before it replaces anything
+        export(net, inputs["random"][:2], tmp)
+        run = load(tmp)
         diffs = {name: (run(x).float() - net(x)).abs().max().item() for name, x in inputs.items()}
         worst = max(diffs.values())
         if not worst <= tolerance:
             raise SpnasError(f"the {fmt} export differs from PyTorch by up to {worst:.3g} "
                              f"(> --tolerance {tolerance:g}); nothing was written")
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return {"file": str(target), "format": fmt, "arch": ckpt["arch"], "max_abs_diff": diffs,
             "tolerance": tolerance, "bytes": target.stat().st_size,
             "inputs": {k: list(v.shape) for k, v in inputs.items()}}

@@ -24,7 +24,7 @@ from spnas.spaces import build_child, make_space
 
 def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print) -> LatencyTable:
     """Build, check against whole networks (``cfg.validate`` random archs) and save a table."""
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser()
     if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     if cfg.checkpoint:
