@@ -505,6 +505,10 @@ CASES = [
     Case("resume-config-json-section-not-a-mapping",
          lambda t, m: resume_from('{"optim": [1, 2]}', t), ERROR,
          "config.json is unreadable (its optim section is not a mapping of settings)"),
+    Case("resume-config-json-value-no-setting-takes", lambda t, m: (
+        file_with(t / "run" / "a" / "config.json", b'{"optim": {"momentum": "abc"}}'),
+        train_argv(t, "--resume"))[1], ERROR,
+         "{tmp}/run/a/config.json: setting momentum must be a number, got 'abc'", watch="run"),
     Case("save-path-name-too-long", lambda t, m: train_argv(t, "--save_path", str(t / ("x" * 300))),
          ERROR, "a name in it is too long"),
     Case("world-size-without-torchrun", lambda t, m: (without_torchrun(m, WORLD_SIZE="2"),

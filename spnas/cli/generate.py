@@ -226,7 +226,13 @@ def saved_run_settings(default, values: dict) -> dict:
         return {}  # not a mapping, or another command's run: the trainer refuses it
     saved = saved_settings(data)
     known = settings_of(default)
-    return coerce_settings(default, {k: v for k, v in saved.items() if k in known})
+    try:  # typed and checked here, so that a bad value names the file, not a flag
+        typed = coerce_settings(default, {k: v for k, v in saved.items() if k in known})
+        from_flat(default, typed)
+    except SpnasError as e:
+        raise SpnasError(f"{path}: {e}; the run's recorded settings can't be resumed with it: "
+                         "correct the value there, or start a new run with another --exp_name") from None
+    return typed
 
 
 # ---- the config of a command ---------------------------------------------------------------
