@@ -2,6 +2,8 @@
 ``config.json``; ``RESUMABLE`` ones may differ (and are logged), any other is refused by name."""
 from __future__ import annotations
 
+import os
+
 from spnas.errors import SpnasError
 from spnas.fields import flag_of, flat_fields, to_flat
 
@@ -44,10 +46,21 @@ def resume_changes(cfg, saved: dict) -> tuple[list[str], list[str]]:
         if name not in before or name in WHERE + PER_COMMAND or before[name] == value:
             continue
         old = before[name]
+        if _same_file(old, value):  # a path given another way (relative, from elsewhere)
+            continue
         was = flag_text(name, old) if isinstance(old, bool) else ("none" if old is None else old)
         text = f"{flag_text(name, value)} differs from the run's {was} (config.json)"
         (allowed if name in RESUMABLE else refused).append(text)
     return refused, allowed
+
+
+def _same_file(a, b) -> bool:
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return os.path.samefile(os.path.expanduser(a), os.path.expanduser(b))
+    except OSError:  # not both there
+        return False
 
 
 def refuse_changes(refused: list[str], run_dir) -> None:

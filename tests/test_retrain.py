@@ -200,3 +200,21 @@ def test_checkpoints_record_the_class_names(tmp_path):
     write_official(tmp_path / "data")
     assert main(train_argv(tmp_path / "data", tmp_path, "sn", **{"--epochs": 1})) == 0
     assert torch.load(tmp_path / "sn" / "last.pt", weights_only=True)["classes"] == CLASSES
+
+
+def test_a_run_started_on_a_relative_arch_file_resumes_from_another_folder(data, tmp_path,
+                                                                           monkeypatch):
+    """Its config.json records the arch file as an absolute path, as it does data_path; a
+    resume that names the same file another way is no change."""
+    start = tmp_path / "start"
+    start.mkdir()
+    Arch.parse(ARCH, spos_space(4)).save(start / "arch.json")
+    monkeypatch.chdir(start)
+    assert main(retrain_argv(data, tmp_path, "r", **{"--arch": "arch.json", "--epochs": 1})) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["model"]["arch"] == str(start / "arch.json")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the flag left out, then given another way
+    flags = {"--arch": False, "--epochs": 2, "--resume": None}  # False: left out
+    assert main(retrain_argv(data, tmp_path, "r", **flags)) == 0
+    assert main(retrain_argv(data, tmp_path, "r", **{**flags, "--arch": "start/arch.json",
+                                                      "--epochs": 3})) == 0

@@ -60,6 +60,8 @@ def start_run(cfg: TrainConfig, graphs: bool = True) -> tuple[Dist, torch.device
     dist_info, device = init_distributed(cfg.run.device)
     check_graphs_allowed(cfg.run.cuda_graphs, device, dist_info.world, graphs)
     cfg.data.data_path = os.path.abspath(os.path.expanduser(cfg.data.data_path))
+    if not cfg.run.resume:  # a resume keeps the paths as its config.json has them
+        _absolute_inputs(cfg.model)
     run_dir = run_dir_for(cfg.run)
     lock = rank0_first(lambda: open_run_dir(run_dir, cfg), dist_info, device)
     try:
@@ -73,6 +75,18 @@ def start_run(cfg: TrainConfig, graphs: bool = True) -> tuple[Dist, torch.device
         weakref.finalize(splits, lock.release)
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
     return dist_info, device, splits
+
+
+INPUT_FILES = ("arch", "checkpoint", "latency_table")  # model settings that may name a file
+
+
+def _absolute_inputs(model) -> None:
+    """The files a run reads (an arch file, a fine-tune's checkpoint, a latency table) as
+    absolute paths, as ``data_path``: a resume from another directory finds them."""
+    for name in INPUT_FILES:
+        value = getattr(model, name, None)
+        if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+            setattr(model, name, os.path.abspath(os.path.expanduser(value)))
 
 
 # ---- the task and the loop ---------------------------------------------------------------
