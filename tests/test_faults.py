@@ -34,6 +34,7 @@ import torch
 from conftest import ROOT, write_official
 from test_train import train_argv
 
+import spnas.files
 import spnas.stages.train
 from spnas.cli import main
 from spnas.data.loading import DeviceLoader
@@ -123,7 +124,6 @@ def disk_fills_in_torch_save(case: Case) -> list[str]:
     """The disk has room for half of last.pt: a write inside torch.save fails (ENOSPC), and
     torch's zip writer, closing, raises RuntimeError("unexpected pos ...") over it."""
     free = [(case.run / "last.pt").stat().st_size // 2]
-    fdopen = os.fdopen
 
     class Disk(io.FileIO):
         def write(self, b):  # what fits, then ENOSPC, as write(2) does
@@ -133,9 +133,9 @@ def disk_fills_in_torch_save(case: Case) -> list[str]:
             free[0] -= n
             return super().write(memoryview(b)[:n])
 
-    def full_fdopen(fd, mode="r", *args, **kwargs):
-        return io.BufferedWriter(Disk(fd, "wb")) if mode == "wb" else fdopen(fd, mode, *args, **kwargs)
-    case.monkeypatch.setattr(os, "fdopen", full_fdopen)
+    def full_open(path, mode="r", *args, **kwargs):  # how spnas.files opens what it writes
+        return io.BufferedWriter(Disk(path, "wb")) if mode == "wb" else open(path, mode, *args, **kwargs)
+    case.monkeypatch.setattr(spnas.files, "open", full_open, raising=False)
     return case.argv(**{"--resume": None, "--epochs": 3})
 
 
