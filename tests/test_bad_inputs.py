@@ -399,6 +399,8 @@ CASES = [
                                                    str(child_checkpoint(t))],
          ERROR, "best.pt is not an arch file (JSON text): a checkpoint? Give the arch file"),
     # latency tables edited by hand
+    table_case("table-unknown-unit", set_key("unit", "banana"),
+               "latency.json has unit 'banana'; spnas writes ms or MMAC"),
     table_case("table-missing-entry", lambda d: d["layers"][1].pop("k7"),
                "latency.json: layer 1 has no entry for 'k7'"),
     table_case("table-too-few-layers", lambda d: d["layers"].pop(),

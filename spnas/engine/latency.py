@@ -46,6 +46,9 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 10, re
 
 
 
+UNITS = ("ms", "MMAC")  # a measured table's, and the counted fallback's (macs_latency_table)
+
+
 @dataclass
 class LatencyTable:
     """Median milliseconds per (layer, choice) on one device, plus the stem and head.
@@ -128,6 +131,10 @@ class LatencyTable:
             raise SpnasError(f"{where} has {have}, but its space ({space.describe()}) has "
                              f"{space.num_layers} layers; {fix}")
         layers = [_table_row(row, i, space, where, fix) for i, row in enumerate(rows)]
+        unit = d.get("unit", "ms")
+        if unit not in UNITS:  # predictions would be printed and compared in it
+            raise SpnasError(f"{where} has unit {unit!r}; spnas writes {' or '.join(UNITS)} "
+                             f"(measured, or counted multiply-accumulates); {fix}")
         ints = {k: _table_number(d[k], k, where, fix, whole=True, least=1)
                 for k in ("batch", "resolution")}
         return cls(space, str(d["device"]), str(d["device_name"]), ints["batch"],
@@ -135,7 +142,7 @@ class LatencyTable:
                                                      whole=True, least=0),
                    _table_number(d["constant"], "constant", where, fix, least=0),
                    layers, bool(d.get("channels_last", True)), str(d.get("torch", "?")),
-                   str(d.get("unit", "ms")), d.get("validation"),
+                   unit, d.get("validation"),
                    _table_number(d.get("scale", 1.0), "scale", where, fix, least=None))
 
 
