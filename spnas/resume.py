@@ -2,10 +2,12 @@
 ``config.json``; ``RESUMABLE`` ones may differ (and are logged), any other is refused by name."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 from spnas.errors import SpnasError
-from spnas.fields import flag_of, flat_fields, to_flat
+from spnas.fields import coerce_settings, flag_of, flat_fields, from_flat, settings_of, to_flat
 
 # Settings a resumed run may change (logged); every other one must equal the run's config.json.
 RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
@@ -24,6 +26,33 @@ def saved_settings(saved: dict) -> dict:
     """{leaf name: value} of a run's config.json (old names renamed; no ``PER_COMMAND``)."""
     return {k: v for k, v in flat_fields(saved, RENAMED).items()
             if k != "model_type" and k not in PER_COMMAND}
+
+
+def read_saved_config(path: Path) -> dict | None:
+    """A run's ``config.json`` as a mapping; None when it is missing, unreadable or not a
+    mapping (the trainer's resume check then says what is wrong with it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def checked_saved_settings(default, saved: dict, path: Path, skip=(), fix: str = "") -> dict:
+    """The settings of ``default`` in a run's saved ``config.json`` (``saved``, read from
+    ``path``), but for ``skip``, typed and checked as a config of ``default`` would be.
+
+    A value today's settings refuse is a one-line ``SpnasError`` naming the file (not a
+    flag nobody gave), followed by ``fix``.
+    """
+    known = settings_of(default)
+    values = {k: v for k, v in saved_settings(saved).items() if k in known and k not in skip}
+    try:
+        typed = coerce_settings(default, values)
+        from_flat(default, typed)
+    except SpnasError as e:
+        raise SpnasError(f"{path}: {e}; {fix}") from None
+    return typed
 
 
 def flag_text(name: str, value) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 from spnas.config import RunConfig, plain_folder_name
 from spnas.errors import SpnasError
 from spnas.fields import base_type, coerce_settings, flat_fields, from_flat, leaf_fields, settings_of
-from spnas.resume import RENAMED, saved_settings
+from spnas.resume import RENAMED, checked_saved_settings, read_saved_config
 
 GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
 IGNORED_KEYS = {"model_type", "config"}  # written into config.json, not settings
@@ -217,22 +217,13 @@ def saved_run_settings(default, values: dict) -> dict:
     if not isinstance(exp_name, str) or plain_folder_name(exp_name):
         return {}  # the config's own check says what is wrong with it
     path = Path(values.get("save_path", run.save_path)).expanduser() / exp_name / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_saved_config(path)
     model = getattr(default, "model", None)
-    if not isinstance(data, dict) or data.get("model_type") not in (None, type(model).__name__):
-        return {}  # not a mapping, or another command's run: the trainer refuses it
-    saved = saved_settings(data)
-    known = settings_of(default)
-    try:  # typed and checked here, so that a bad value names the file, not a flag
-        typed = coerce_settings(default, {k: v for k, v in saved.items() if k in known})
-        from_flat(default, typed)
-    except SpnasError as e:
-        raise SpnasError(f"{path}: {e}; the run's recorded settings can't be resumed with it: "
-                         "correct the value there, or start a new run with another --exp_name") from None
-    return typed
+    if data is None or data.get("model_type") not in (None, type(model).__name__):
+        return {}  # not a run's settings, or another command's run: the trainer refuses it
+    return checked_saved_settings(default, data, path, fix=(
+        "the run's recorded settings can't be resumed with it: correct the value there, "
+        "or start a new run with another --exp_name"))
 
 
 # ---- the config of a command ---------------------------------------------------------------

@@ -48,7 +48,7 @@ from spnas.defaults import RetrainStage, SupernetStage
 from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of, to_flat
 from spnas.files import atomic_write_text
-from spnas.resume import WHERE, saved_settings
+from spnas.resume import WHERE, checked_saved_settings, read_saved_config
 from spnas.runtime import Dist, init_distributed, rank0_first
 
 # may differ when a pipeline resumes (elsewhere, or with event files turned on)
@@ -293,22 +293,15 @@ class Pipeline:
         nothing (the trainer then says what is wrong); a value today's settings refuse is a
         one-line error naming the file."""
         path = self.out / stage / "config.json"
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
+        saved = read_saved_config(path)
+        if saved is None:
             return cfg
-        if not isinstance(saved, dict):
-            return cfg
-        known = settings_of(cfg)
         given = recipe_values(cfg, self.shared, self.own[stage], stage)
         skip = set(given) | set(PIPELINE_SETS) | set(WHERE) | MACHINE_KEYS
-        taken = {k: v for k, v in saved_settings(saved).items() if k in known and k not in skip}
-        try:
-            taken = coerce_settings(cfg, taken)
-            started = from_flat(cfg, taken)
-        except SpnasError as e:  # the trainer would name a flag nobody gave
-            raise SpnasError(f"{path}: {e}; the stage cannot resume with it: correct the value "
-                             f"there, or delete {path.parent} to run the stage afresh") from None
+        taken = checked_saved_settings(cfg, saved, path, skip, fix=(
+            f"the stage cannot resume with it: correct the value there, or delete "
+            f"{path.parent} to run the stage afresh"))
+        started = from_flat(cfg, taken)
         now = to_flat(cfg)
         moved = sorted(k for k, v in taken.items() if now.get(k) != v)
         if moved and self.dist.main:
