@@ -432,6 +432,10 @@ CASES = [
     Case("export-over-its-checkpoint", lambda t, m: export_argv(
         child_checkpoint(t), "--out", str(t / "run" / "best.pt"), "--overwrite"),
          ERROR, "--out {tmp}/run/best.pt is the checkpoint itself", watch="run"),
+    Case("export-torchscript-to-an-onnx-name", lambda t, m: export_argv(
+        child_checkpoint(t), "--out", str(t / "net.onnx")), ERROR,
+         "net.onnx ends in .onnx, the ending of onnx files, but --format is torchscript; pass "
+         "--format onnx, or an --out ending in .pt", watch="run"),
     # checkpoints edited by hand or written elsewhere
     Case("checkpoint-without-num-classes",
          lambda t, m: evaluate_argv(edited_checkpoint(t, num_classes=None)), ERROR,

@@ -39,6 +39,8 @@ from spnas.files import replaced_from_temp
 from spnas.stages.evaluate import checkpoint_data, load_child
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+# the endings of a file name that say its format: an --out ending in another format's is a mistake
+ENDINGS = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}
 ONNX_HINT = ("pip install onnx onnxscript onnxruntime (or pip install -e '.[onnx]' in the spnas "
              "checkout)")
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -94,6 +96,12 @@ def export_target(checkpoint: Path, fmt: str, out: str | Path | None) -> Path:
     given = Path(out).expanduser()
     if given.is_dir() or str(out).endswith(("/", os.sep)):
         return given / name
+    for other, endings in ENDINGS.items():
+        ending = next((e for e in endings if given.name.lower().endswith(e)), None)
+        if other != fmt and ending:
+            raise SpnasError(f"--out {out} ends in {ending}, the ending of {other} files, but "
+                             f"--format is {fmt}; pass --format {other}, or an --out ending in "
+                             f"{ENDINGS[fmt][0]}")
     return given
 
 
