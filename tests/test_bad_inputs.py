@@ -515,6 +515,11 @@ CASES = [
         file_with(t / "run" / "a" / "config.json", b'{"optim": {"momentum": "abc"}}'),
         train_argv(t, "--resume"))[1], ERROR,
          "{tmp}/run/a/config.json: setting momentum must be a number, got 'abc'", watch="run"),
+    Case("resume-metrics-line-not-json", lambda t, m: (
+        main(train_argv(t)), file_with(t / "run" / "a" / "metrics.jsonl", b'{"type": "train"\n'),
+        train_argv(t, "--resume", "--epochs", "2"))[2], ERROR,
+         "{tmp}/run/a/metrics.jsonl line 1 is not JSON; it is not a metrics file spnas wrote; "
+         "mend or delete that line", watch="run"),
     Case("save-path-name-too-long", lambda t, m: train_argv(t, "--save_path", str(t / ("x" * 300))),
          ERROR, "a name in it is too long"),
     Case("world-size-without-torchrun", lambda t, m: (without_torchrun(m, WORLD_SIZE="2"),

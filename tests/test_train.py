@@ -121,6 +121,22 @@ def test_existing_run_needs_resume(fake_cifar, tmp_path, capsys):
     assert (tmp_path / "a" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.parametrize("over", [{"--val_size": 60000}, {"--data_path": "nowhere"}])
+def test_a_run_refused_before_it_starts_leaves_no_folder(fake_cifar, tmp_path, capsys, over):
+    """Only its lock was there: the folders it made go, one that was there stays, empty."""
+    save = tmp_path / "runs" / "deeper"
+    assert main(train_argv(fake_cifar, save, "a", **over)) == 2
+    assert "error" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    (tmp_path / "mine").mkdir()
+    assert main(train_argv(fake_cifar, tmp_path, "mine", **over)) == 2
+    assert list((tmp_path / "mine").iterdir()) == []
+    # a run that refuses to resume leaves the folder as it found it, lock and all
+    assert main(train_argv(fake_cifar, tmp_path, "b", **{"--epochs": 1})) == 0
+    held = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert main(train_argv(fake_cifar, tmp_path, "b", **{"--resume": None, **over})) == 2
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == held
+
+
 def test_resume_in_process_continues_the_same_curve(fake_cifar, tmp_path, monkeypatch):
     flags = {"--epochs": 3, "--ckpt_interval": 4, "--val_interval": 5}
     assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0

@@ -179,7 +179,9 @@ class RunLog:
         self._purge_step = step + 1
         if not (self.enabled and self.metrics_path.is_file()):
             return
-        records, _ = read_records(self.metrics_path, "it is not a metrics file spnas wrote")
+        records, _ = read_records(self.metrics_path, (
+            "it is not a metrics file spnas wrote; mend or delete that line (or the file, "
+            "losing the curve so far), then --resume again"))
         atomic_write_text(self.metrics_path, "".join(
             json.dumps(r) + "\n" for r in records if r.get("step", 0) <= step))
 
@@ -190,6 +192,11 @@ class RunLock:
     The OS drops the lock when the process ends, however it ends, so a crashed run's
     ``.lock`` never blocks the next run. The file stays, empty and untouched (deleting
     a lock file races with the next taker); a second run is refused in one line.
+
+    One exception: a run that wrote nothing (refused before it started: bad data, a bad
+    setting) leaves no trace. When the lock is given up and ``.lock`` is the only file in
+    the folder, the ``.lock`` this lock made is removed, and so are the folders it made,
+    while the lock is still held.
     """
 
     NAME = ".lock"
@@ -197,6 +204,16 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / self.NAME
         self._fd: int | None = None
+        self._made: list[Path] = []  # the folders (deepest first) and file acquire() created
+
+    def _make_parents(self) -> None:
+        folder = self.path.parent
+        missing = []
+        while not folder.exists() and folder != folder.parent:
+            missing.append(folder)
+            folder = folder.parent
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made = missing + ([] if self.path.exists() else [self.path])
 
     @property
     def held(self) -> bool:
@@ -205,12 +222,13 @@ class RunLock:
     def acquire(self) -> RunLock:
         if fcntl is None or self.held:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_parents()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # RDWR: NFS
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            self._made = []  # the live run's, not ours
             raise SpnasError(f"{self.path.parent} is in use by another run (a live process "
                              f"holds {self.path}); wait for it to end, or choose another "
                              "--exp_name or --save_path") from None
@@ -219,8 +237,23 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            self._drop_if_unused()
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
+
+    def _drop_if_unused(self) -> None:
+        """Remove what ``acquire`` made if the run wrote nothing beside ``.lock``."""
+        if self.path not in self._made:
+            return
+        try:
+            if [p.name for p in self.path.parent.iterdir()] != [self.NAME]:
+                return
+            self.path.unlink()
+            for folder in self._made[:-1]:
+                folder.rmdir()
+        except OSError:  # something else is there now, or it can't be removed: leave it
+            pass
+        self._made = []
 
 
 _HELD: dict[Path, RunLock] = {}  # run folders this process has locked, by resolved path
