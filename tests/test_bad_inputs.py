@@ -395,6 +395,22 @@ CASES = [
     Case("arch-file-on-the-command-line", lambda t, m: ["profile", "--device", "cpu", "--arch",
                                                         str(arch_file(t, set_allowed(0, [0, 1, 2, 3])))],
          ERROR, "space field 'allowed' of layer 0 is [0, 1, 2, 3]"),
+    Case("arch-file-of-another-space", lambda t, m: ["profile", "--device", "cpu", "--arch",
+                                                     str(arch_file(t, lambda d: None)),
+                                                     "--space", "mbconv"], ERROR,
+         "arch.json has space spos (spos/cifar, 4 layers); drop --space mbconv: an arch file "
+         "names its own space"),
+    Case("arch-file-of-other-layers", lambda t, m: ["profile", "--device", "cpu", "--arch",
+                                                    str(arch_file(t, lambda d: None)),
+                                                    "--layers", "8"], ERROR,
+         "arch.json has layers 4 (spos/cifar, 4 layers); drop --layers 8"),
+    Case("arch-file-mbconv-with-num-choices", lambda t, m: [
+        "profile", "--device", "cpu", "--arch", str(arch_file(t, lambda d: None, mbconv_space())),
+        "--num_choices", "3"], ERROR, "arch.json is of the mbconv space, which --num_choices "
+         "does not size (mbconv/cifar, 20 layers); drop --num_choices 3"),
+    Case("arch-file-with-its-own-sizes", lambda t, m: [
+        "profile", "--device", "cpu", "--arch", str(arch_file(t, lambda d: None)), "--layers", "4",
+        "--num_choices", "2", "--repeats", "1", "--warmup", "0"], 0, "spos/cifar, 4 layers"),
     Case("checkpoint-as-arch-file", lambda t, m: ["profile", "--device", "cpu", "--arch",
                                                    str(child_checkpoint(t))],
          ERROR, "best.pt is not an arch file (JSON text): a checkpoint? Give the arch file"),
@@ -425,6 +441,13 @@ CASES = [
     Case("option-with-a-checkpoint",
          lambda t, m: latency_argv(t, "layers=1", checkpoint=child_checkpoint(t)), ERROR,
          "--option and --checkpoint do not mix", watch="run"),
+    Case("latency-space-against-its-checkpoint", lambda t, m: latency_argv(
+        t, checkpoint=child_checkpoint(t)) + ["--space", "mbconv"], ERROR,
+         "best.pt has space spos, not --space mbconv; drop --space: the checkpoint fixes the space",
+         watch="run"),
+    Case("latency-classes-against-its-checkpoint", lambda t, m: latency_argv(
+        t, checkpoint=child_checkpoint(t)) + ["--classes", "100"], ERROR,
+         "best.pt has classes 10, not --classes 100; drop --classes", watch="run"),
     # export
     Case("export-into-an-existing-folder", lambda t, m: export_argv(
         child_checkpoint(t), "--out", str(folder_with_a_file(t / "out")), "--overwrite"),

@@ -30,6 +30,7 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
     if cfg.checkpoint:
         ckpt = load_checkpoint(cfg.checkpoint)
         space, num_classes = checkpoint_space(ckpt), int(ckpt["num_classes"])
+        _check_as_the_checkpoint(cfg, space, num_classes)
     else:
         space, num_classes = make_space(cfg.space, cfg.layout, **cfg.options), cfg.classes
     device = resolve_device(cfg.device)
@@ -39,6 +40,18 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
     table.save(out)
     log(f"wrote {out}")
     return table
+
+
+def _check_as_the_checkpoint(cfg: LatencyConfig, space: SpaceSpec, num_classes: int) -> None:
+    """The checkpoint fixes the space and classes: a --space, --layout or --classes given
+    (not its default) that says otherwise is refused, not silently ignored."""
+    default = LatencyConfig()
+    has = {"space": space.name, "layout": space.layout, "classes": num_classes}
+    for name, value in has.items():
+        given = getattr(cfg, name)
+        if given != value and given != getattr(default, name):
+            raise SpnasError(f"--checkpoint {cfg.checkpoint} has {name} {value}, not --{name} "
+                             f"{given}; drop --{name}: the checkpoint fixes the space")
 
 
 def _measure_and_check(space: SpaceSpec, child, device: torch.device, cfg: LatencyConfig,

@@ -61,6 +61,7 @@ def load_arch(cfg: ArchConfig, data: DataConfig) -> Arch:
     if is_arch_file(cfg.arch):
         arch = arch_from_text_or_file(cfg.arch, None)
         check_layout(arch, data, f"arch file {cfg.arch}")
+        check_file_space(cfg, arch)
         return arch
     return arch_from_text_or_file(cfg.arch, make_space(cfg.space, data_layout(data),
                                                        **space_options(cfg)))
@@ -76,6 +77,23 @@ def space_options(cfg: ArchConfig) -> dict:
         raise SpnasError(f"--layers and --num_choices size the spos space; --space {cfg.space} "
                          "has a fixed size, drop them")
     return {}
+
+
+def check_file_space(cfg: ArchConfig, arch: Arch) -> None:
+    """An arch file names its space; --space, --layers or --num_choices given (not their
+    defaults) that describe another are refused, not silently ignored."""
+    space, default = arch.space, ArchConfig()
+    says = {"space": space.name}
+    if space.name == "spos":
+        says.update(layers=space.num_layers, num_choices=len(space.allowed[0]))
+    for name in ("space", "layers", "num_choices"):
+        given = getattr(cfg, name)
+        if given == getattr(default, name) or (name in says and given == says[name]):
+            continue
+        has = (f"has {name} {says[name]}" if name in says
+               else f"is of the {space.name} space, which --{name} does not size")
+        raise SpnasError(f"arch file {cfg.arch} {has} ({space.describe()}); drop --{name} "
+                         f"{given}: an arch file names its own space")
 
 
 def data_layout(data: DataConfig) -> str:
