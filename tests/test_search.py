@@ -116,3 +116,18 @@ def test_cheapest_costs_equal_the_minimum_over_all_archs():
 def test_pareto_front():
     points = [(3, 0.5), (1, 0.2), (2, 0.6), (2, 0.4), (4, 0.6), (5, 0.9), (1, 0.1)]
     assert pareto_front(points) == [1, 2, 5]
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_the_search_warns_of_a_latency_table_timed_on_other_inputs(tmp_path, side):
+    from spnas.engine.runlog import RunLog
+    from spnas.stages.search import cost_model
+    space = spos_space(layers=2)
+    table = LatencyTable(space, "cpu", "test CPU", 1, side, 1, 0.5,
+                         [{c: 0.1 * (c + 1) for c in range(4)} for _ in range(2)])
+    table.save(tmp_path / "lat.json")
+    costs = cost_model(space, 10, 32, str(tmp_path / "lat.json"), RunLog(tmp_path, console=False))
+    assert costs.latency is not None and costs.latency.resolution == side
+    log = (tmp_path / "train.log").read_text()
+    assert ("WARNING: the latency table was measured at 64x64, the networks take 32x32" in log) \
+        == (side == 64)

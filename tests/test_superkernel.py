@@ -171,6 +171,20 @@ def test_search_with_a_measured_table_and_a_target(fake_cifar, tmp_path):
     assert all(r["loss"] == pytest.approx(r["ce"]) for r in train)  # below the target: no penalty
 
 
+@pytest.mark.parametrize("side", [32, 224])
+def test_a_table_timed_on_other_inputs_is_warned_of(fake_cifar, tmp_path, side):
+    table = synthetic_table()
+    table.resolution = side
+    table.save(tmp_path / "table.json")
+    argv = search_argv(fake_cifar, tmp_path, "t", **{
+        "--latency_table": tmp_path / "table.json", "--num_steps": 1, "--epochs": 1})
+    assert main(argv) == 0
+    log = (tmp_path / "t" / "train.log").read_text()
+    warned = "WARNING: the latency table was measured at 224x224, the networks take 32x32"
+    assert (warned in log) == (side != 32)
+    assert "spnas latency-table --resolution 32" in log or side == 32
+
+
 @pytest.mark.parametrize("over, message", [
     ({"--target_latency_ms": 5}, "--target_latency_ms needs a table in ms"),
     ({"--latency_table": "missing.json"}, "latency table missing.json not found"),

@@ -85,6 +85,16 @@ class LatencyTable:
         """The largest prediction over the space: every layer at its dearest choice."""
         return self.scale * (self.constant + sum(max(d.values()) for d in self.layers))
 
+    def resolution_warning(self, resolution: int) -> str | None:
+        """A warning when the table was timed on inputs of another side than ``resolution``'s
+        (its numbers are then for other inputs than the networks it scores); else None."""
+        if self.resolution == resolution:
+            return None
+        r = self.resolution
+        return (f"WARNING: the latency table was measured at {r}x{r}, the networks take "
+                f"{resolution}x{resolution}, so its {self.unit} are for other inputs; measure "
+                f"one at theirs with spnas latency-table --resolution {resolution}")
+
     def to_json(self) -> dict:
         return {"space": self.space.to_dict(), "device": self.device,
                 "device_name": self.device_name, "batch": self.batch,

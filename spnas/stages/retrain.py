@@ -83,7 +83,7 @@ def check_file_space(cfg: ArchConfig, arch: Arch) -> None:
     """An arch file names its space; --space, --layers or --num_choices given (not their
     defaults) that describe another are refused, not silently ignored."""
     space, default = arch.space, ArchConfig()
-    says = {"space": space.name}
+    says: dict[str, str | int] = {"space": space.name}
     if space.name == "spos":
         says.update(layers=space.num_layers, num_choices=len(space.allowed[0]))
     for name in ("space", "layers", "num_choices"):

@@ -248,9 +248,9 @@ def cost_model(space, num_classes: int, resolution: int, latency_table: str | No
     if latency is not None:
         log.info(f"latency: {latency_table} ({latency.device_name}, batch {latency.batch}, "
                  f"{latency.resolution}x{latency.resolution})")
-        if latency.resolution != resolution:
-            log.info(f"WARNING: the latency table was measured at {latency.resolution}x"
-                     f"{latency.resolution}, the data is {resolution}x{resolution}")
+        warning = latency.resolution_warning(resolution)
+        if warning:
+            log.info(warning)
     return CostModel(table, latency)
 
 

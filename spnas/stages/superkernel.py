@@ -339,14 +339,16 @@ def search_superkernel(cfg: TrainConfig) -> dict:
     model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at, sk.bn_eps,
                                  sk.bn_momentum, sk.init), device, cfg.run.channels_last_for(device))
     ema = TfEma(model, sk.ema_decay) if sk.ema_decay > 0 else None
-    table = load_table(sk, space, num_classes, 224 if cfg.data.resize else cfg.data.image_size)
+    resolution = 224 if cfg.data.resize else cfg.data.image_size
+    table = load_table(sk, space, num_classes, resolution)
     loader = train_loader(splits, cfg, device, dist_info)
     spe = loader.steps_per_epoch
     total = cfg.optim.epochs * spe
     run_dir = run_dir_for(cfg.run)
     validate = make_validator(splits, cfg, device, table, None if ema is None else ema.deploy)
-    trainer = Trainer(build_task(model, table, cfg, total, spe, validate, ema), loader, cfg,
-                      run_dir, dist_info)
+    warning = table.resolution_warning(resolution)  # a MACs table is made at it
+    trainer = Trainer(build_task(model, table, cfg, total, spe, validate, ema,
+                                 (warning,) if warning else ()), loader, cfg, run_dir, dist_info)
     result = trainer.fit()
     if not dist_info.main:
         return result
