@@ -350,6 +350,11 @@ CASES = [
     Case("test-has-another-class",
          lambda t, m: load(image_folders(t, "test/zebra", image_to="test/zebra/a.png"), "folder"),
          ERROR, "train/ and test/ must hold the same class folders, but only test/ has zebra"),
+    Case("dead-image-link", lambda t, m: (
+        os.symlink(t / "moved" / "x.png", image_folders(t) / "train" / "bird" / "x.png"),
+        load(t / "data", "folder"))[1], ERROR,
+         "1 image link(s) in {tmp}/data/train/bird point nowhere (e.g. x.png -> {tmp}/moved/x.png); "
+         "put the images back there, or remove the links"),
     Case("decompression-bomb", lambda t, m: (bomb(m, 400), load(image_folders(t), "folder"))[1],
          ERROR, "image {tmp}/data/train/airplane/"),
     Case("decompression-bomb-warning-as-error",

@@ -221,8 +221,13 @@ def _read_split_folder(root: Path, classes: list[str] | None, size: int):
                          f"or more: put each class's images in {root}/<class>/")
     files, labels = [], []
     for label, cls in enumerate(found):
-        mine = [f for f in sorted((root / cls).iterdir())
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        named = [f for f in sorted((root / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        dead = [f for f in named if f.is_symlink() and not f.exists()]
+        if dead:  # an image the user meant to train on is missing: not skipped in silence
+            raise SpnasError(f"{len(dead)} image link(s) in {root / cls} point nowhere (e.g. "
+                             f"{dead[0].name} -> {os.readlink(dead[0])}); put the images back "
+                             "there, or remove the links")
+        mine = [f for f in named if f.is_file()]
         if not mine and classes is None:  # a train class with no images: one class too many
             raise SpnasError(f"class folder {root / cls} holds no images "
                              f"({', '.join(sorted(IMAGE_EXTENSIONS))}); add its images or "
