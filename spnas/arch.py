@@ -173,8 +173,10 @@ class Arch:
                                     f"a stage boundary (stages: {list(space.stages)})")
                 continue
             if tok not in space.tokens:
+                hint = ("; choice indices are written with commas ('0,1,3,...')"
+                        if tok.isdigit() else "")
                 raise ArchError(f"token {pos}: unknown choice {tok!r}; "
-                                f"expected one of {' '.join(space.tokens)}")
+                                f"expected one of {' '.join(space.tokens)}{hint}")
             c = space.tokens.index(tok)
             layer = len(choices)
             if layer >= space.num_layers:
@@ -194,8 +196,11 @@ class Arch:
         items = [t.strip() for t in text.split(",")]
         for pos, t in enumerate(items, start=1):
             if not t.isdigit() or int(t) >= len(space.tokens):
+                hint = (f"; choice tokens are written with spaces ('{space.tokens[0]} "
+                        f"{space.tokens[-1]} ...'), choice indices with commas"
+                        if t in space.tokens else "")
                 raise ArchError(f"token {pos}: {t!r} is not a choice index "
-                                f"0..{len(space.tokens) - 1}")
+                                f"0..{len(space.tokens) - 1}{hint}")
         return cls.parse(" ".join(space.tokens[int(t)] for t in items), space)
 
     # ---- files -------------------------------------------------------------------

@@ -44,7 +44,10 @@ def test_the_old_recipe_best_arch_in_both_forms():
     ("k3 " * 19, "19 layers given"),
     ("k3 " * 21, "token 21: 'k3' is one too many"),
     ("", "empty"),
-    ("1,0,7", "token 3: '7' is not a choice index"),
+    ("1,0,7", r"token 3: '7' is not a choice index 0..3$"),
+    ("k3,k5", r"'k3' is not a choice index 0..3; choice tokens are written with spaces \('k3 x"),
+    ("0 " * 20, r"unknown choice '0'; expected one of k3 k5 k7 x; choice indices are written "
+                r"with commas"),
 ])
 def test_bad_strings_name_the_position(text, message):
     with pytest.raises(ArchError, match=message):
