@@ -179,6 +179,21 @@ def test_resume_needs_a_pipeline_folder(tmp_path, fake_cifar, capsys, held):
     assert (sorted(p.name for p in out.iterdir()) == sorted(held)) if held else not out.exists()
 
 
+def test_a_pipeline_refused_before_its_first_stage_starts_afresh(tmp_path, capsys):
+    """Its recipe.json alone (the first stage left no folder): a new start, even with another
+    recipe, needs no --resume; once a stage has its folder, it does."""
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline
+    out = tmp_path / "p"
+    Pipeline({"seed": 0}, out)._check_recipe()
+    Pipeline({"seed": 1}, out)._check_recipe()
+    assert "started no stage; it starts afresh" in capsys.readouterr().out
+    assert json.loads((out / "recipe.json").read_text()) == {"seed": 1}
+    (out / "supernet").mkdir()
+    with pytest.raises(SpnasError, match="already holds this pipeline; pass --resume"):
+        Pipeline({"seed": 1}, out)._check_recipe()
+
+
 def test_a_resume_may_change_only_stages_not_started(tmp_path, capsys):
     from spnas.errors import SpnasError
     from spnas.stages.pipeline import Pipeline

@@ -245,6 +245,10 @@ class Pipeline:
                              f"{path}) and {', '.join(hit)} started with it (it or a later stage has "
                              "its folder); resume with the same settings (only stages not "
                              "started yet may change), or choose another --out")
+        if not self.resume and not ran:  # refused before its first stage began: nothing to keep
+            print(f"pipeline: {self.out} holds a pipeline that started no stage; it starts "
+                  "afresh", flush=True)
+            return
         if not self.resume:
             raise SpnasError(f"{self.out} already holds this pipeline; pass --resume to "
                              "continue it, or choose another --out")
