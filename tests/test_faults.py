@@ -348,3 +348,29 @@ def test_a_single_process_run_on_cuda_n_makes_it_the_current_device(monkeypatch)
     assert device == torch.device("cuda", 1) and chosen == [device]
     runtime.init_distributed("cpu")
     assert chosen == [device]  # the CPU has no current device to set
+
+
+def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """A refused run removes the .lock it made while holding it; a starter that had opened
+    that file gets its flock on a file no longer in the folder, which keeps no one out: it
+    must take the lock again, on the file that is there (else two runs share a folder)."""
+    from spnas.engine import runlog
+    run = tmp_path / "runs" / "a"
+    refused = runlog.RunLock(run).acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_the_refused_run_gave_up(fd, op):
+        if not calls:  # this starter opened .lock; the refused run lets go before it locks
+            refused.release()
+            assert not (tmp_path / "runs").exists()  # its .lock and folders are gone
+        calls.append(fd)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(runlog.fcntl, "flock", flock_after_the_refused_run_gave_up)
+    starter = runlog.RunLock(run).acquire()
+    monkeypatch.setattr(runlog.fcntl, "flock", real_flock)
+    assert len(calls) == 2 and starter.held and (run / ".lock").is_file()
+    with pytest.raises(runlog.SpnasError, match="is in use by another run"):
+        runlog.RunLock(run).acquire()  # the lock it holds is the one in the folder
+    starter.release()
+    assert not (tmp_path / "runs").exists()

@@ -218,3 +218,22 @@ def test_a_run_started_on_a_relative_arch_file_resumes_from_another_folder(data,
     assert main(retrain_argv(data, tmp_path, "r", **flags)) == 0
     assert main(retrain_argv(data, tmp_path, "r", **{**flags, "--arch": "start/arch.json",
                                                       "--epochs": 3})) == 0
+
+
+def test_space_flags_against_an_arch_file_are_refused_but_not_on_resume(data, tmp_path, capsys):
+    """A fresh run refuses --layers 8 for a 4-layer arch file; a resume takes the space
+    settings from config.json, where spnas before 0.2 recorded such a flag unchecked, and
+    does not refuse them (the user gave nothing)."""
+    Arch.parse(ARCH, spos_space(4)).save(tmp_path / "arch.json")
+    arch_file = {"--arch": str(tmp_path / "arch.json"), "--epochs": 1}
+    assert main(retrain_argv(data, tmp_path, "r", **arch_file, **{"--layers": 8})) == 2
+    assert "arch.json has layers 4 (spos/cifar, 4 layers); drop --layers 8" in \
+        capsys.readouterr().err
+    assert main(retrain_argv(data, tmp_path, "r", **arch_file)) == 0
+    config = tmp_path / "r" / "config.json"
+    saved = json.loads(config.read_text())
+    saved["model"]["layers"] = 8  # as an older spnas kept it
+    config.write_text(json.dumps(saved))
+    flags = {"--arch": False, "--layers": False, "--epochs": 2, "--resume": None}
+    assert main(retrain_argv(data, tmp_path, "r", **flags)) == 0
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["step"] == 4

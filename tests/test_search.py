@@ -131,3 +131,5 @@ def test_the_search_warns_of_a_latency_table_timed_on_other_inputs(tmp_path, sid
     log = (tmp_path / "train.log").read_text()
     assert ("WARNING: the latency table was measured at 64x64, the networks take 32x32" in log) \
         == (side == 64)
+    assert ("spnas latency-table --space spos --layout cifar --option layers=2 --resolution 32"
+            in log) == (side == 64)

@@ -182,7 +182,8 @@ def test_a_table_timed_on_other_inputs_is_warned_of(fake_cifar, tmp_path, side):
     log = (tmp_path / "t" / "train.log").read_text()
     warned = "WARNING: the latency table was measured at 224x224, the networks take 32x32"
     assert (warned in log) == (side != 32)
-    assert "spnas latency-table --resolution 32" in log or side == 32
+    assert "spnas latency-table --space mbconv --layout imagenet --resolution 32" in log \
+        or side == 32
 
 
 @pytest.mark.parametrize("over, message", [

@@ -222,7 +222,7 @@ def _read_split_folder(root: Path, classes: list[str] | None, size: int):
     files, labels = [], []
     for label, cls in enumerate(found):
         named = [f for f in sorted((root / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
-        dead = [f for f in named if f.is_symlink() and not f.exists()]
+        dead = [f for f in named if not f.is_file() and f.is_symlink() and not f.exists()]
         if dead:  # an image the user meant to train on is missing: not skipped in silence
             raise SpnasError(f"{len(dead)} image link(s) in {root / cls} point nowhere (e.g. "
                              f"{dead[0].name} -> {os.readlink(dead[0])}); put the images back "

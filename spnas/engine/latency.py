@@ -90,10 +90,16 @@ class LatencyTable:
         (its numbers are then for other inputs than the networks it scores); else None."""
         if self.resolution == resolution:
             return None
-        r = self.resolution
+        r, space = self.resolution, self.space
+        sizes = ""
+        if space.name == "spos":  # the options that size it (the defaults: 20 layers, 4 choices)
+            sizes = "".join(f" --option {k}={v}" for k, v, full in (
+                ("layers", space.num_layers, 20), ("num_choices", len(space.allowed[0]), 4))
+                if v != full)
         return (f"WARNING: the latency table was measured at {r}x{r}, the networks take "
                 f"{resolution}x{resolution}, so its {self.unit} are for other inputs; measure "
-                f"one at theirs with spnas latency-table --resolution {resolution}")
+                f"one at theirs: spnas latency-table --space {space.name} --layout "
+                f"{space.layout}{sizes} --resolution {resolution}")
 
     def to_json(self) -> dict:
         return {"space": self.space.to_dict(), "device": self.device,

@@ -195,8 +195,9 @@ class RunLock:
 
     One exception: a run that wrote nothing (refused before it started: bad data, a bad
     setting) leaves no trace. When the lock is given up and ``.lock`` is the only file in
-    the folder, the ``.lock`` this lock made is removed, and so are the folders it made,
-    while the lock is still held.
+    the folder, the ``.lock`` this lock made is removed while the lock is still held, then
+    the folders it made. A starter that opened the file meanwhile sees that its lock is on
+    a file no longer in the folder, and takes the lock again.
     """
 
     NAME = ".lock"
@@ -222,38 +223,61 @@ class RunLock:
     def acquire(self) -> RunLock:
         if fcntl is None or self.held:
             return self
-        self._make_parents()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # RDWR: NFS
+        for _ in range(5):  # the file was removed under us (a refused run's, see release)
+            self._make_parents()
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # RDWR: NFS
+            except FileNotFoundError:  # its folder too: make them again
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                self._made = []  # the live run's, not ours
+                raise SpnasError(f"{self.path.parent} is in use by another run (a live process "
+                                 f"holds {self.path}); wait for it to end, or choose another "
+                                 "--exp_name or --save_path") from None
+            if self._names_the_file(fd):
+                self._fd = fd
+                return self
+            os.close(fd)  # a lock on a file no longer in the folder keeps no one out
+        raise SpnasError(f"{self.path} kept being removed while this run took it (another run "
+                         "in the same folder giving up?); start it again")
+
+    def _names_the_file(self, fd: int) -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            self._made = []  # the live run's, not ours
-            raise SpnasError(f"{self.path.parent} is in use by another run (a live process "
-                             f"holds {self.path}); wait for it to end, or choose another "
-                             "--exp_name or --save_path") from None
-        self._fd = fd
-        return self
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
     def release(self) -> None:
-        if self._fd is not None:
-            self._drop_if_unused()
-            os.close(self._fd)  # closing the only descriptor drops the flock
-            self._fd = None
-
-    def _drop_if_unused(self) -> None:
-        """Remove what ``acquire`` made if the run wrote nothing beside ``.lock``."""
-        if self.path not in self._made:
+        if self._fd is None:
             return
+        emptied = self._unlink_if_unused()
+        os.close(self._fd)  # closing the only descriptor drops the flock
+        self._fd = None
+        for folder in emptied:  # after the close: NFS keeps an open, removed file as .nfsXXXX
+            try:
+                folder.rmdir()
+            except OSError:  # something else is there now: leave it, and those above it
+                break
+
+    def _unlink_if_unused(self) -> list[Path]:
+        """Remove the ``.lock`` that ``acquire`` made if the run wrote nothing beside it (the
+        lock still held: a starter that opened it meanwhile finds it gone and takes a new
+        one); return the folders ``acquire`` made, deepest first, to remove once empty."""
+        made, self._made = self._made, []
+        if self.path not in made:
+            return []
         try:
             if [p.name for p in self.path.parent.iterdir()] != [self.NAME]:
-                return
+                return []
             self.path.unlink()
-            for folder in self._made[:-1]:
-                folder.rmdir()
-        except OSError:  # something else is there now, or it can't be removed: leave it
-            pass
-        self._made = []
+        except OSError:  # it can't be removed: leave it
+            return []
+        return made[:-1]
 
 
 _HELD: dict[Path, RunLock] = {}  # run folders this process has locked, by resolved path

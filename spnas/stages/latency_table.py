@@ -51,7 +51,7 @@ def _check_as_the_checkpoint(cfg: LatencyConfig, space: SpaceSpec, num_classes: 
         given = getattr(cfg, name)
         if given != value and given != getattr(default, name):
             raise SpnasError(f"--checkpoint {cfg.checkpoint} has {name} {value}, not --{name} "
-                             f"{given}; drop --{name}: the checkpoint fixes the space")
+                             f"{given}; drop --{name}: the checkpoint fixes the space and classes")
 
 
 def _measure_and_check(space: SpaceSpec, child, device: torch.device, cfg: LatencyConfig,

@@ -48,8 +48,11 @@ def is_arch_file(text: str) -> bool:
     return text.endswith(".json") or Path(text).is_file()
 
 
-def load_arch(cfg: ArchConfig, data: DataConfig) -> Arch:
-    """``--arch``: an arch file, or a string/indices of the space the flags describe."""
+def load_arch(cfg: ArchConfig, data: DataConfig, resumed: bool = False) -> Arch:
+    """``--arch``: an arch file, or a string/indices of the space the flags describe.
+
+    ``resumed``: the space settings are a resumed run's config.json, where an older spnas
+    recorded them as given even when an arch file said otherwise; they are not checked."""
     if not cfg.arch:
         raise SpnasError("--arch is required: an arch file (.json), tokens ('k3 k5 x ...') "
                          "or choice indices ('1,0,3,...')")
@@ -61,7 +64,8 @@ def load_arch(cfg: ArchConfig, data: DataConfig) -> Arch:
     if is_arch_file(cfg.arch):
         arch = arch_from_text_or_file(cfg.arch, None)
         check_layout(arch, data, f"arch file {cfg.arch}")
-        check_file_space(cfg, arch)
+        if not resumed:
+            check_file_space(cfg, arch)
         return arch
     return arch_from_text_or_file(cfg.arch, make_space(cfg.space, data_layout(data),
                                                        **space_options(cfg)))
@@ -228,7 +232,7 @@ def retrain(cfg: TrainConfig) -> dict:
     """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
     rc: RetrainConfig = cfg.model
     require_resumed(rc.arch, cfg.run, "retrain", "--arch")
-    arch = load_arch(rc, cfg.data)
+    arch = load_arch(rc, cfg.data, resumed=cfg.run.resume)
     dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}
     model = place(build_child(arch, len(splits.classes), **model_args), device,
