@@ -115,7 +115,7 @@ class RunConfig(_MemoryFormat, Checked):
     exp_name: str = opt("run", "run folder name under --save_path", check=plain_folder_name)
     save_path: str = opt("checkpoints", "folder of the run folders (the run is "
                          "save_path/exp_name)")
-    seed: int = opt(0, "seed of every random draw: data order, augmentation, paths, init")
+    seed: int = opt(0, "seed of every random draw: data order, augmentation, paths, init", check="seed")
     print_freq: int = opt(100, "steps between metric lines", unit="steps", check="positive")
     val_interval: int = opt(5, "epochs between validations (and always after the last epoch)",
                             unit="epochs", check="positive")
@@ -317,7 +317,7 @@ class SearchConfig(Checked):
                                        group="budget")
     latency_table: str | None = opt(None, "JSON file from 'spnas latency-table'", group="budget",
                                     metavar="FILE")
-    seed: int = opt(0, "seed of every draw of the search, and of the recalibration images")
+    seed: int = opt(0, "seed of every draw of the search, and of the recalibration images", check="seed")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -368,7 +368,7 @@ class SearchRunConfig(_MemoryFormat, Checked):
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     data: DataOverrides = field(default_factory=DataOverrides)  # type: ignore[valid-type]
     split_seed: int | None = opt(None, "seed of the train/val split; none = the checkpoint's "
-                                 "training seed")
+                                 "training seed", check="seed")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = opt(False, AMP_HELP)
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)

@@ -44,6 +44,8 @@ _CHECKS = {
     "prob": (lambda v: 0 <= v <= 1, "must be within 0..1"),
     "open_prob": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
     "fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    # torch's generators take a 64-bit seed
+    "seed": (lambda v: -2**63 <= v < 2**63, f"must be a whole number in {-2**63}..{2**63 - 1}"),
 }
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
 
@@ -248,6 +250,8 @@ def coerce(name: str, value, f: dataclasses.Field, hint):
     try:
         if parse is not None and isinstance(value, str):
             return parse(value)
+        if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"  # quoted in YAML ('true'), as --set takes it
         if kind in _KIND_NAMES and isinstance(value, bool) != (kind is bool):
             raise ValueError
         if kind is float:

@@ -97,6 +97,10 @@ def init_distributed(device_name: str) -> tuple[Dist, torch.device]:
                          "(or have your launcher set them)")
     local = "LOCAL_RANK" if "LOCAL_RANK" in os.environ else "SLURM_LOCALID"
     d = Dist(_env_int("RANK", "0"), world, _env_int(local, "0"))
+    if not 0 <= d.rank < world:  # a process that is not rank 0 writes nothing, and says nothing
+        raise SpnasError(f"RANK={d.rank} is set but WORLD_SIZE={world}, so this process would "
+                         f"be one of no group (ranks are 0..{world - 1}); unset RANK, or start "
+                         "with torchrun --nproc_per_node N")
     device = resolve_device(device_name, d.local_rank)
     if device.type == "cuda":  # the current device too: CUDA graphs capture on the current
         torch.cuda.set_device(device)  # device's streams, whatever the tensors' device says

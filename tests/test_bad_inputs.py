@@ -258,6 +258,10 @@ def without_torchrun(monkeypatch, **env: str) -> None:
         monkeypatch.setenv(name, value)
 
 
+def no_run_folder(tmp: Path) -> None:
+    assert not (tmp / "run").exists(), "a refused run left its folder"
+
+
 def resume_from(config_json: str, tmp: Path):
     """``check_resume`` of a resumed run whose folder's config.json holds ``config_json``."""
     from spnas.config import RunConfig
@@ -556,6 +560,13 @@ CASES = [
     Case("world-size-not-a-number", lambda t, m: (without_torchrun(m, WORLD_SIZE="two"),
                                                   train_argv(t))[1], ERROR,
          "WORLD_SIZE='two' is not a whole number"),
+    Case("seed-beyond-64-bits", lambda t, m: train_argv(t, "--seed", str(2**64)), ERROR,
+         f"--seed must be a whole number in {-2**63}..{2**63 - 1}, got {2**64}", watch=None,
+         after=no_run_folder),
+    Case("rank-without-world-size", lambda t, m: (without_torchrun(m, RANK="1"),
+                                                  train_argv(t))[1], ERROR,
+         "RANK=1 is set but WORLD_SIZE=1, so this process would be one of no group (ranks are "
+         "0..0); unset RANK", watch=None, after=no_run_folder),
     Case("import-reference-not-a-torch-file", lambda t, m: [
         "import-reference", str(file_with(t / "hw.pth", b"hello\n")), "--out", str(t / "x.pt")],
          ERROR, "hw.pth is not a readable torch file (not a file torch.save wrote)"),

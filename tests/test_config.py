@@ -195,6 +195,9 @@ def test_config_files_set_settings_and_explicit_flags_win(tmp_path):
         assert cfg.optim.weight_decay == 0.0 and cfg.optim.batch_size == 128  # the rest: defaults
         cfg = config_of("retrain", "--config", tmp_path / name, "--epochs", "9", "--no-cutout")
         assert (cfg.optim.lr, cfg.optim.epochs, cfg.data.cutout) == (3e-4, 9, False)
+    (tmp_path / "q.yaml").write_text("cutout: 'true'\nauto_aug: 'False'\n")  # quoted: text
+    cfg = config_of("retrain", "--config", tmp_path / "q.yaml")
+    assert (cfg.data.cutout, cfg.data.auto_aug) == (True, False)
     (tmp_path / "s.yaml").write_text("max_flops: 80M\nmethod: random\nresize: true\n")
     cfg = config_of("search", "--config", tmp_path / "s.yaml")
     assert (cfg.search.max_flops, cfg.search.method, cfg.data.resize) == (80e6, "random", True)
@@ -207,6 +210,10 @@ def test_config_files_set_settings_and_explicit_flags_win(tmp_path):
     ("- lr\n", "must hold a mapping of settings, not list"),
     ("lr: [\n", "is not valid YAML"),
     ("model_type: SupernetConfig\nlr: 0.1\n", "holds the settings of a SupernetConfig run"),
+    ("optim:\n  lr: 0.05\nlr: 0.07\n", "sets lr twice (optim.lr and lr); keep one of them"),
+    ("weight_decay: 0\noptim: {weight-decay: 1}\n", "sets weight_decay twice (weight_decay and "
+                                                   "optim.weight-decay)"),
+    ("cutout: 'maybe'\n", "setting cutout must be true or false, got 'maybe'"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
     pytest.importorskip("yaml")

@@ -32,7 +32,7 @@ from typing import Any
 
 from spnas.config import RunConfig, plain_folder_name
 from spnas.errors import SpnasError
-from spnas.fields import base_type, coerce_settings, flat_fields, from_flat, leaf_fields, settings_of
+from spnas.fields import SECTIONS, base_type, coerce_settings, from_flat, leaf_fields, settings_of
 from spnas.resume import RENAMED, checked_saved_settings, read_saved_config
 
 GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
@@ -186,9 +186,25 @@ def read_recipe(path: str | Path) -> dict:
 
 def read_config_file(path: str | Path) -> dict:
     """A flat {name: value} dict from a YAML or JSON file (nested sections are flattened,
-    old names renamed, ``--weight-decay`` spellings read as ``weight_decay``)."""
-    flat = flat_fields(read_recipe(path), RENAMED)
-    return {k.replace("-", "_"): v for k, v in flat.items()}
+    old names renamed, ``--weight-decay`` spellings read as ``weight_decay``). A setting
+    given twice (``lr`` and ``optim: {lr}``) is refused: which one wins would be a guess."""
+    flat: dict = {}
+    where: dict[str, str] = {}
+
+    def add(data: dict, section: str) -> None:
+        for key, value in data.items():
+            place = f"{section}.{key}" if section else str(key)
+            if isinstance(value, dict) and key in SECTIONS:
+                add(value, place)
+                continue
+            name = RENAMED.get(key, key).replace("-", "_") if isinstance(key, str) else key
+            if name in where:
+                raise SpnasError(f"--config {path} sets {name} twice ({where[name]} and "
+                                 f"{place}); keep one of them")
+            flat[name], where[name] = value, place
+
+    add(read_recipe(path), "")
+    return flat
 
 
 def file_settings(path: str | Path, default, command: str | None = None) -> dict:
