@@ -179,6 +179,30 @@ def test_resume_needs_a_pipeline_folder(tmp_path, fake_cifar, capsys, held):
     assert (sorted(p.name for p in out.iterdir()) == sorted(held)) if held else not out.exists()
 
 
+@pytest.mark.parametrize("recipe, message", [
+    ({"supernet": {"layers": 2}, "retrain": {"layers": 3}},
+     "gives the retrain stage layers 3 but the supernet layers 2"),
+    ({"retrain": {"space": "mbconv"}}, "gives the retrain stage space mbconv but the supernet "
+                                       "space spos"),
+    ({"retrain": {"num_choices": 1}}, "retrain stage num_choices 1 but the supernet num_choices 4"),
+    ({"supernet": {"resize": True}}, "gives the retrain stage resize False but the supernet "
+                                     "resize True"),
+    ({"layers": 2, "resize": True}, None),  # at the top level: both stages
+    ({"supernet": {"layers": 2}}, None),  # retrain's default: the arch file says
+])
+def test_a_retrain_stage_of_another_space_than_the_supernet_fails_first(tmp_path, recipe,
+                                                                       message):
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline
+    if message is None:
+        Pipeline(recipe, tmp_path / "p")._check_recipe()
+        assert (tmp_path / "p" / "recipe.json").is_file()
+        return
+    with pytest.raises(SpnasError, match=message):
+        Pipeline(recipe, tmp_path / "p")._check_recipe()
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_pipeline_refused_before_its_first_stage_starts_afresh(tmp_path, capsys):
     """Its recipe.json alone (the first stage left no folder): a new start, even with another
     recipe, needs no --resume; once a stage has its folder, it does."""

@@ -128,6 +128,23 @@ def stage_settings(shared: dict, own: dict[str, dict]) -> dict[str, Any]:
             for stage, make in STAGE_DEFAULTS.items()}
 
 
+def check_retrain_space(settings: dict[str, Any], shared: dict, own: dict[str, dict]) -> None:
+    """The retrain stage trains the search's best arch, which is of the supernet's space: a
+    recipe that gives the retrain stage another space or size, or other images (``resize``:
+    the layout), fails before any stage runs, not after the supernet and the search."""
+    supernet, retrain = settings["supernet"], settings["retrain"]
+    given = recipe_values(retrain, shared, own["retrain"], "retrain")
+    theirs = {"space": supernet.model.space, "layers": supernet.model.layers,
+              "num_choices": supernet.model.num_choices, "resize": supernet.data.resize}
+    mine = to_flat(retrain)
+    for name, value in theirs.items():
+        if (name in given or name == "resize") and mine[name] != value:
+            raise SpnasError(f"the recipe gives the retrain stage {name} {mine[name]} but the "
+                             f"supernet {name} {value}; the retrain stage trains the search's "
+                             f"best arch, of the supernet's space: give {name} once, at the top "
+                             "level, or the same in both sections")
+
+
 def check_budget_early(settings: dict[str, Any]) -> None:
     """Refuse a search budget below the cheapest arch of the supernet's space before the
     supernet trains (the search checks it again). CIFAR only: a folder's classes are
@@ -212,6 +229,7 @@ class Pipeline:
         path = self.out / "recipe.json"
         if not self.done_path("search").exists():
             check_budget_early(self.settings)
+        check_retrain_space(self.settings, self.shared, self.own)
         if not path.is_file():
             if self.resume:
                 raise SpnasError(f"{self.out} holds no pipeline (no recipe.json): nothing to "
