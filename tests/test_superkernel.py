@@ -171,6 +171,21 @@ def test_search_with_a_measured_table_and_a_target(fake_cifar, tmp_path):
     assert all(r["loss"] == pytest.approx(r["ce"]) for r in train)  # below the target: no penalty
 
 
+@pytest.mark.parametrize("over, said", [
+    ({"--target_mmacs": 1}, "WARNING: the target latency 1 MMAC is below the cheapest network's"),
+    ({"--target_mmacs": 1e5}, "WARNING: the target latency 100000 MMAC is above the dearest "
+                              "network's"),
+    ({"--warmup_frac": 1, "--threshold_lr_scale": 1e-9},  # the thresholds stay at 0: all k5e6
+     "every layer stayed k5e6: the warm-up (--warmup_frac) covered every step"),
+])
+def test_a_search_that_cannot_trade_latency_says_why(fake_cifar, tmp_path, over, said):
+    argv = search_argv(fake_cifar, tmp_path, "t", **{"--num_steps": 2, **over})
+    assert main(argv) == 0
+    log = (tmp_path / "t" / "train.log").read_text()
+    assert said in log, log[-600:]
+    assert ("WARNING: the target" in log) == ("--target_mmacs" in over)
+
+
 @pytest.mark.parametrize("side", [32, 224])
 def test_a_table_timed_on_other_inputs_is_warned_of(fake_cifar, tmp_path, side):
     table = synthetic_table()

@@ -236,6 +236,22 @@ def load_table(cfg: SuperkernelConfig, space: SpaceSpec, num_classes: int,
     return table
 
 
+def _target_warning(sk: SuperkernelConfig, table: LatencyTable) -> str | None:
+    """A warning when the target lies outside what the space's networks can reach."""
+    t = sk.target_latency
+    if t is None:
+        return None
+    low, high = table.minimum(), table.maximum()
+    if low <= t <= high:
+        return None
+    what = (f"below the cheapest network's {low:.4g} {table.unit}: every network is over it, "
+            "so the latency loss pushes to the cheapest one" if t < low else
+            f"above the dearest network's {high:.4g} {table.unit}: no network is over it, so "
+            "the latency loss never applies")
+    return (f"WARNING: the target latency {t:g} {table.unit} is {what}; a target in "
+            f"{low:.4g}..{high:.4g} {table.unit} trades latency for accuracy")
+
+
 def _describe(table: LatencyTable, path: str | None) -> str:
     if path is None:
         return ("latency: no --latency_table given, so the table is MACs (millions) per layer, "
@@ -346,9 +362,9 @@ def search_superkernel(cfg: TrainConfig) -> dict:
     total = cfg.optim.epochs * spe
     run_dir = run_dir_for(cfg.run)
     validate = make_validator(splits, cfg, device, table, None if ema is None else ema.deploy)
-    warning = table.resolution_warning(resolution)  # a MACs table is made at it
+    warnings = [table.resolution_warning(resolution), _target_warning(sk, table)]
     trainer = Trainer(build_task(model, table, cfg, total, spe, validate, ema,
-                                 (warning,) if warning else ()), loader, cfg, run_dir, dist_info)
+                                 tuple(w for w in warnings if w)), loader, cfg, run_dir, dist_info)
     result = trainer.fit()
     if not dist_info.main:
         return result
@@ -388,6 +404,15 @@ def finish(model: SuperkernelNet, table: LatencyTable, cfg: TrainConfig, result:
              + (f", measured {measured:.3f} ms" if measured is not None else "")
              + f"; wrote {run_dir / 'arch.json'} and {', '.join(p.name for p in plots)}")
     if all(model.spec.tokens[c] == "k5e6" for c in arch):
-        log.info("every layer stayed k5e6: the latency pressure was too weak; raise --lam or "
-                 "--threshold_lr_scale, or give a target (--target_latency_ms)")
+        if warm >= result["step"]:
+            why = ("the warm-up (--warmup_frac) covered every step, so the latency loss never "
+                   "applied; lower --warmup_frac, or train more --epochs")
+        elif sk.target_latency is not None:
+            why = ("the latency pressure was too weak; raise --lam or --threshold_lr_scale, or "
+                   "lower the target")
+        else:
+            target = "--target_latency_ms" if table.unit == "ms" else "--target_mmacs"
+            why = ("the latency pressure was too weak; raise --lam or --threshold_lr_scale, or "
+                   f"give a target ({target})")
+        log.info(f"every layer stayed k5e6: {why}")
     return {**result, "arch": str(arch), **metrics}
