@@ -195,3 +195,7 @@ def test_a_resume_with_fewer_epochs_than_done_is_refused(fake_cifar, tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "past this resume's 3 steps (--epochs 1); resume with --epochs 2 " \
         "or more" in err[0], err
+    # the same --epochs: nothing to do, and it says so
+    assert main(train_argv(fake_cifar, tmp_path, "a", **{"--epochs": 2, "--resume": None})) == 0
+    assert "the run had finished all its 6 steps (--epochs 2): nothing to train; resume with " \
+        "more --epochs" in capsys.readouterr().err

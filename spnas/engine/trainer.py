@@ -195,6 +195,10 @@ class Trainer:
         self.task.load_extra_state(ckpt.get("extra") or {})
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
+        if self.step == self.total:
+            self.log.info(f"the run had finished all its {self.total} steps (--epochs "
+                          f"{self.cfg.optim.epochs}): nothing to train; resume with more "
+                          "--epochs to train on")
         self._catch_up_best()
 
     def _catch_up_best(self) -> None:
