@@ -475,9 +475,16 @@ class ProfileConfig(ArchConfig):
 
 
 def _runs(runs) -> str | None:
-    if isinstance(runs, (list, tuple)) and all(isinstance(r, (str, os.PathLike)) for r in runs):
-        return None
-    return f"must be a run or a list of runs (folders or files), got {runs!r}"
+    if not (isinstance(runs, (list, tuple)) and all(isinstance(r, (str, os.PathLike))
+                                                    for r in runs)):
+        return f"must be a run or a list of runs (folders or files), got {runs!r}"
+    seen: dict[str, str] = {}
+    for r in runs:  # two curves of one run would be drawn over each other, under one name
+        key = os.path.realpath(os.path.expanduser(r))
+        if key in seen:
+            return f"names one run twice ({seen[key]} and {r}); give each run once"
+        seen[key] = str(r)
+    return None
 
 
 def _given(path) -> str | None:

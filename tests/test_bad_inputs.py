@@ -512,6 +512,10 @@ CASES = [
     Case("curves-empty-baseline", lambda t, m: ["curves", str(metrics_run(
         t, {"type": "train", "step": 1, "loss": 2.3})), "--baseline", "", "--out",
         str(t / "plots")], ERROR, "--baseline is empty", watch="run"),
+    Case("curves-one-run-twice", lambda t, m: ["curves", str(metrics_run(
+        t, {"type": "train", "step": 1, "loss": 2.3})), str(t / "run" / ".." / "run"), "--out",
+        str(t / "plots")], ERROR, "runs names one run twice ({tmp}/run and {tmp}/run/../run); "
+        "give each run once", watch="run"),
     Case("write-over-a-folder", lambda t, m: call(
         atomic_write_text, folder_with_a_file(t / "run" / "report.md"), "text"), ERROR,
          "{tmp}/run/report.md: it is a folder where a file is needed", watch="run"),
