@@ -131,6 +131,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     except (RuntimeError, ValueError):
         raise SpnasError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cpu":
+        if device.index not in (None, 0):  # torch takes cpu:N, and ignores N
+            raise SpnasError(f"--device {name}: the CPU has no numbered devices; use --device cpu")
         return device
     if device.type != "cuda":
         raise SpnasError(f"--device {name}: spnas runs on the CPU or CUDA GPUs, not "

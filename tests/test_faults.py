@@ -226,6 +226,8 @@ CASES = {
     "min-lr-neg": ({"--min_lr": -1e-4}, 2, "--min_lr must be 0 or more", SAME),
     "mps": ({"--device": "mps"}, 2, "--device mps: spnas runs on the CPU or CUDA GPUs ... use --dev", SAME),
     "meta": ({"--device": "meta"}, 2, "--device meta: spnas runs on the CPU or CUDA GPUs", SAME),
+    "cpu-n": ({"--device": "cpu:1"}, 2, "--device cpu:1: the CPU has no numbered devices; use "
+              "--device cpu", SAME),
     "cuda-1-of-1": (one_gpu, 2, "--device cuda:1: this machine has 1 CUDA device(s), cuda:0..cuda:0", SAME),
     "abbrev": ({"--epoch": 3}, 2, "unrecognized arguments: --epoch 3", SAME),
     "fresh-over-run": ({"--resume": False}, 2, "already holds a run ... pass --resume", SAME),

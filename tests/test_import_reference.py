@@ -340,6 +340,19 @@ def test_files_that_are_not_the_original_state_dict(network_state, tmp_path):
         run_import(tmp_path / "nope.pth", tmp_path / "o.pt")
 
 
+def test_a_wrapped_state_dict_imports_and_a_diverged_one_is_refused(network_state, tmp_path):
+    plain = run_import(save(network_state, tmp_path / "a.pth"), tmp_path / "a.pt")
+    wrapped = {"state_dict": network_state, "epoch": 599, "best_top1": 0.93}
+    inside = run_import(save(wrapped, tmp_path / "b.pth"), tmp_path / "b.pt")
+    assert (inside["kind"], inside["arch"]) == (plain["kind"], plain["arch"])
+    a, b = (load_checkpoint(tmp_path / n)["model"] for n in ("a.pt", "b.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sd = dict(network_state)
+    sd["classifier.weight"] = sd["classifier.weight"].clone()
+    sd["classifier.weight"][0, 0] = float("nan")
+    expect_error(tmp_path, sd, r"classifier.weight holds NaN or infinite values")
+
+
 def test_a_missing_extra_or_misshapen_key(network_state, tmp_path):
     sd = dict(network_state)
     del sd["choice_block.6.cb_main.1.running_var"]

@@ -105,6 +105,8 @@ def read_state(src: Path) -> dict[str, torch.Tensor]:
         raise SpnasError(f"{src} holds a {type(state).__name__}, not a state_dict")
     if state.get("format") == FORMAT:
         raise SpnasError(f"{src} is already an spnas checkpoint; use it as it is")
+    if isinstance(state.get("state_dict"), dict):  # {"state_dict": ..., "epoch": ...}
+        state = state["state_dict"]
     for k, v in state.items():
         if not isinstance(k, str):
             raise SpnasError(f"{src} is not a state_dict: its key {k!r} is not text (a "
@@ -112,6 +114,9 @@ def read_state(src: Path) -> dict[str, torch.Tensor]:
         if not isinstance(v, torch.Tensor):
             raise SpnasError(f"{src} is not a state_dict: its entry {k!r} is a "
                              f"{type(v).__name__}, not a tensor")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise SpnasError(f"{src}: {k} holds NaN or infinite values (a run that diverged, "
+                             "or a damaged file); import one saved before that")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
