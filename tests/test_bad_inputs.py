@@ -591,6 +591,11 @@ CASES = [
         file_with(t / "s" / "candidates.jsonl", b"{}\n"), file_with(t / "s" / "search.json", b"[1]"),
         call(prepare_out_dir, t / "s", {}, True))[2], ERROR,
          "search.json is unreadable (TypeError", watch="s"),
+    Case("search-into-a-training-run", lambda t, m: (
+        file_with(t / "s" / "config.json", b"{}"), file_with(t / "s" / "last.pt", b"x"),
+        call(prepare_out_dir, t / "s", {}, False))[2], ERROR,
+         "{tmp}/s holds a training run (last.pt, config.json); give the search a folder of its "
+         "own with --out", watch="s"),
     Case("search-record-accuracy-not-a-number", lambda t, m: call(read_record, file_with(
         t / "s" / "candidates.jsonl", b'{"arch": "k3 x", "val_acc": "x"}\n')), ERROR,
          "candidates.jsonl record 1 lacks its arch text or a number (val_acc", watch="s"),

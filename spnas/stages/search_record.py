@@ -22,6 +22,10 @@ RECORD = "candidates.jsonl"
 def prepare_out_dir(out: Path, settings: dict, resume: bool) -> list[dict]:
     """The candidates recorded by an earlier run of this search (none for a new one)."""
     record, meta = out / RECORD, out / "search.json"
+    trained = [n for n in ("last.pt", "best.pt", "config.json") if (out / n).exists()]
+    if trained:  # its files would mix with a training run's
+        raise SpnasError(f"{out} holds a training run ({', '.join(trained)}); give the search "
+                         "a folder of its own with --out")
     if not (record.exists() and record.stat().st_size):
         if resume and not meta.exists():
             raise SpnasError(f"--resume: {out} holds no search to continue; drop --resume to "
