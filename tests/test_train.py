@@ -104,6 +104,15 @@ def test_short_supernet_run_leaves_checkpoints_metrics_and_log(fake_cifar, tmp_p
     assert isinstance(rebuilt, SposSupernet) and len(rebuilt.layers) == 4
 
 
+def test_amp_on_the_cpu_trains_in_fp32_and_says_so(fake_cifar, tmp_path, capsys):
+    assert main(train_argv(fake_cifar, tmp_path, "fp32", **{"--epochs": 1})) == 0
+    assert "--amp" not in capsys.readouterr().err
+    assert main(train_argv(fake_cifar, tmp_path, "amp", **{"--epochs": 1, "--amp": None})) == 0
+    assert "--amp: bf16 autocast runs on CUDA only; this run trains in fp32" in \
+        capsys.readouterr().err
+    assert losses(tmp_path / "amp") == losses(tmp_path / "fp32")
+
+
 def test_same_seed_same_curve_other_seed_other_curve(fake_cifar, tmp_path):
     for exp, seed in (("a", 0), ("b", 0), ("c", 1)):
         assert main(train_argv(fake_cifar, tmp_path, exp, **{"--seed": seed, "--epochs": 1})) == 0

@@ -259,6 +259,8 @@ class Trainer:
                       f"{spe}), batch {self.loader.batch_size}, device {self.device}, run {self.dir}")
         if self.lr_note:
             self.log.info(self.lr_note)
+        if run.amp and self.device.type != "cuda":
+            self.log.info("--amp: bf16 autocast runs on CUDA only; this run trains in fp32")
         self.log.progress(self.total, self.step)
         window = _Window(self.device)
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
