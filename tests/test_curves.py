@@ -324,3 +324,12 @@ def test_plot_draws_window_means_over_thin_raw_curves():
     ax = figure(4, 3).subplots()
     draw_curves(ax, [c])
     assert [line.get_label() for line in ax.lines] == ["run (train)"]
+
+
+def test_a_curve_of_one_step_is_drawn_as_a_point():
+    from spnas.engine.plots import figure
+    ax = figure(4, 3).subplots()
+    draw_curves(ax, [Curve("one", [1], [2.3]), Curve("two", [1, 2], [2.3, 2.2])])
+    markers = {line.get_label(): line.get_marker() for line in ax.lines}
+    assert markers["one (train)"] not in (None, "None", "", " ")  # a line of no length is unseen
+    assert markers["two (train)"] in (None, "None", "")

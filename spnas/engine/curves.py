@@ -334,8 +334,9 @@ def draw_curves(ax, curves: list[Curve], window: int | None = None) -> None:
             if pts:
                 ax.plot(*zip(*pts), "o-", color=colour, lw=1.8, ms=4, zorder=3,
                         label=f"{c.name} (mean per {window} steps)")
-        else:
-            ax.plot(c.steps, c.losses, color=colour, lw=1.2, label=f"{c.name} (train)")
+        else:  # a lone point is a line of no length: give it a marker
+            ax.plot(c.steps, c.losses, color=colour, lw=1.2, label=f"{c.name} (train)",
+                    marker="." if len(c.steps) == 1 else None)
         if c.val_steps:
             ax.plot(c.val_steps, c.val_losses, "s" if window else "o", color=colour, ms=4,
                     mec="black" if window else colour, zorder=4, label=f"{c.name} (val)")
