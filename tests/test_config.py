@@ -214,6 +214,9 @@ def test_config_files_set_settings_and_explicit_flags_win(tmp_path):
     ("weight_decay: 0\noptim: {weight-decay: 1}\n", "sets weight_decay twice (weight_decay and "
                                                    "optim.weight-decay)"),
     ("cutout: 'maybe'\n", "setting cutout must be true or false, got 'maybe'"),
+    ("data:\n  lr: 0.07\n", "data.lr is not a data setting; write lr in its optim section or "
+                            "at the top level"),
+    ("run:\n  arch: x\n", "run.arch is not a run setting; write arch in its model section"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
     pytest.importorskip("yaml")

@@ -184,10 +184,15 @@ def read_recipe(path: str | Path) -> dict:
     return data
 
 
-def read_config_file(path: str | Path) -> dict:
+def read_config_file(path: str | Path, default=None) -> dict:
     """A flat {name: value} dict from a YAML or JSON file (nested sections are flattened,
     old names renamed, ``--weight-decay`` spellings read as ``weight_decay``). A setting
-    given twice (``lr`` and ``optim: {lr}``) is refused: which one wins would be a guess."""
+    given twice (``lr`` and ``optim: {lr}``) is refused: which one wins would be a guess.
+    With ``default`` (the stage's config), a setting a hand-written file puts in another
+    section than the stage's (``data: {lr}``) is refused too; a run's ``config.json`` (it
+    names its ``model_type``) is not checked so, as an older spnas may have kept a setting
+    elsewhere."""
+    data = read_recipe(path)
     flat: dict = {}
     where: dict[str, str] = {}
 
@@ -203,8 +208,20 @@ def read_config_file(path: str | Path) -> dict:
                                  f"{place}); keep one of them")
             flat[name], where[name] = value, place
 
-    add(read_recipe(path), "")
+    add(data, "")
+    if default is not None and "model_type" not in data:
+        _check_sections(path, default, where)
     return flat
+
+
+def _check_sections(path, default, where: dict[str, str]) -> None:
+    home = {p[-1]: ".".join(p[:-1]) for p, _, _, _ in leaf_fields(default)}
+    for name, place in where.items():
+        section = place.rpartition(".")[0]
+        if section and name in home and home[name] != section:
+            right = f"in its {home[name]} section" if home[name] else "at the top level"
+            raise SpnasError(f"--config {path}: {place} is not a {section} setting; write "
+                             f"{name} {right} or at the top level")
 
 
 def file_settings(path: str | Path, default, command: str | None = None) -> dict:
@@ -214,7 +231,7 @@ def file_settings(path: str | Path, default, command: str | None = None) -> dict
     if data.get("model_type") not in (None, expected) and hasattr(default, "model"):
         raise SpnasError(f"--config {path} holds the settings of a {data['model_type']} run; this "
                          f"command's are {expected}")
-    values = {k: v for k, v in read_config_file(path).items() if k not in IGNORED_KEYS}
+    values = {k: v for k, v in read_config_file(path, default).items() if k not in IGNORED_KEYS}
     unknown = sorted(set(values) - set(settings_of(default)))
     if unknown:
         where = f"'spnas {command}'" if command else "this command"
