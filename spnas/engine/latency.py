@@ -27,6 +27,7 @@ from spnas.engine.counting import build_cost_table, capture_layer_inputs, defaul
 from spnas.errors import SpnasError
 from spnas.runtime import device_description, place, sync
 from spnas.spaces.common import ChildNet
+from spnas.spaces.spos import spos_options, spos_space
 
 
 @torch.inference_mode()
@@ -92,10 +93,10 @@ class LatencyTable:
             return None
         r, space = self.resolution, self.space
         sizes = ""
-        if space.name == "spos":  # the options that size it (the defaults: 20 layers, 4 choices)
-            sizes = "".join(f" --option {k}={v}" for k, v, full in (
-                ("layers", space.num_layers, 20), ("num_choices", len(space.allowed[0]), 4))
-                if v != full)
+        if space.name == "spos":  # the options that size it, where they are not the defaults
+            full = spos_options(spos_space())
+            sizes = "".join(f" --option {k}={v}" for k, v in spos_options(space).items()
+                            if v != full[k])
         return (f"WARNING: the latency table was measured at {r}x{r}, the networks take "
                 f"{resolution}x{resolution}, so its {self.unit} are for other inputs; measure "
                 f"one at theirs: spnas latency-table --space {space.name} --layout "

@@ -71,6 +71,11 @@ def spos_space(layers: int = 20, num_choices: int = 4, layout: str = "cifar") ->
                      allowed=(tuple(range(num_choices)),) * layers, stages=tuple(stages))
 
 
+def spos_options(space: SpaceSpec) -> dict[str, int]:
+    """The options ``spos_space`` makes ``space`` with: its layers and blocks per layer."""
+    return {"layers": space.num_layers, "num_choices": len(space.allowed[0])}
+
+
 def init_spos_weights(model: nn.Module) -> None:
     """The original SPOS code's init (see the module docstring)."""
     for m in model.modules():

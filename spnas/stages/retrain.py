@@ -41,6 +41,7 @@ from spnas.files import atomic_write_text
 from spnas.runtime import Dist, place
 from spnas.spaces import build_child, make_space
 from spnas.spaces.common import ChildNet
+from spnas.spaces.spos import spos_options
 
 
 # ---- the architecture ------------------------------------------------------------------
@@ -89,7 +90,7 @@ def check_file_space(cfg: ArchConfig, arch: Arch) -> None:
     space, default = arch.space, ArchConfig()
     says: dict[str, str | int] = {"space": space.name}
     if space.name == "spos":
-        says.update(layers=space.num_layers, num_choices=len(space.allowed[0]))
+        says.update(spos_options(space))
     for name in ("space", "layers", "num_choices"):
         given = getattr(cfg, name)
         if given == getattr(default, name) or (name in says and given == says[name]):
