@@ -14,17 +14,15 @@ import json
 from pathlib import Path
 
 from spnas.files import atomic_write_text
+from spnas.resume import read_saved_config
 
 REFERENCE_CSV = Path(__file__).resolve().parents[3] / "shared" / "reference" / \
     "spos_c10_supernet_b96_steps.csv"
 
 
 def _reference_matches(run_dir: Path) -> bool:
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    o, d = (cfg.get(k) if isinstance(cfg, dict) else None for k in ("optim", "data"))
+    cfg = read_saved_config(run_dir / "config.json") or {}
+    o, d = cfg.get("optim"), cfg.get("data")
     if not (isinstance(o, dict) and isinstance(d, dict)):  # not a config spnas wrote
         return False
     return (o.get("batch_size") == 96 and o.get("lr") == 0.025 and not d.get("cutout")
