@@ -205,16 +205,16 @@ class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / self.NAME
         self._fd: int | None = None
-        self._made: list[Path] = []  # the folders (deepest first) and file acquire() created
+        self._made_dirs: list[Path] = []  # the folders acquire() created, deepest first
+        self._made_file = False  # whether acquire() created .lock
 
     def _make_parents(self) -> None:
-        folder = self.path.parent
-        missing = []
+        folder, self._made_dirs = self.path.parent, []
         while not folder.exists() and folder != folder.parent:
-            missing.append(folder)
+            self._made_dirs.append(folder)
             folder = folder.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._made = missing + ([] if self.path.exists() else [self.path])
+        self._made_file = not self.path.exists()
 
     @property
     def held(self) -> bool:
@@ -233,7 +233,7 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                self._made = []  # the live run's, not ours
+                self._made_dirs, self._made_file = [], False  # the live run's, not ours
                 raise SpnasError(f"{self.path.parent} is in use by another run (a live process "
                                  f"holds {self.path}); wait for it to end, or choose another "
                                  "--exp_name or --save_path") from None
@@ -268,16 +268,17 @@ class RunLock:
         """Remove the ``.lock`` that ``acquire`` made if the run wrote nothing beside it (the
         lock still held: a starter that opened it meanwhile finds it gone and takes a new
         one); return the folders ``acquire`` made, deepest first, to remove once empty."""
-        made, self._made = self._made, []
-        if self.path not in made:
+        made, self._made_dirs = self._made_dirs, []
+        if not self._made_file:
             return []
+        self._made_file = False
         try:
             if [p.name for p in self.path.parent.iterdir()] != [self.NAME]:
                 return []
             self.path.unlink()
         except OSError:  # it can't be removed: leave it
             return []
-        return made[:-1]
+        return made
 
 
 _HELD: dict[Path, RunLock] = {}  # run folders this process has locked, by resolved path
