@@ -151,6 +151,17 @@ def test_a_mistake_in_any_stage_fails_before_any_stage_runs(tmp_path, fake_cifar
     assert not out.exists()  # no stage ran, no recipe.json: the fixed command starts afresh
 
 
+def test_a_budget_is_checked_early_at_an_image_folders_side(tmp_path, capsys):
+    from conftest import write_image_folders
+    data = write_image_folders(tmp_path / "data", n_train=10, n_test=10, size=64)
+    flags = ["--set", "dataset=folder", "--set", "classes=10", "--set", "image_size=64"]
+    # the smoke recipe's cheapest arch: 69M FLOPs at 32x32, 276M at 64x64
+    assert run(ROOT / "recipes" / "smoke.yaml", tmp_path / "out", data, *flags,
+               "--set", "search.max_flops=200M") == 2
+    assert "search stage: --max_flops 200M is below the cheapest arch" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("recipe, message", [
     ({"retrain": 5}, "recipe section 'retrain' must be a mapping of settings, got 5"),
     ({"out": "x"}, "the recipe's top level sets out, which the pipeline sets itself"),

@@ -12,10 +12,18 @@ from spnas.data.datasets import Splits, load_dataset, make_splits
 from spnas.errors import SpnasError
 from spnas.runtime import Dist
 
+RESIZED = 224  # the side --resize trains and evaluates at
+
+
+def input_side(data: DataConfig, images: torch.Tensor) -> int:
+    """The side of the images a network sees: 224 with --resize, else the data's own (32 for
+    CIFAR's batches; an image folder's is --image_size). ``images``: N x C x H x W."""
+    return RESIZED if data.resize else images.shape[-1]
+
 
 def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
     aug = AugmentConfig(cutout=data.cutout_length if data.cutout else 0,
-                        auto_aug=data.auto_aug, resize=224 if data.resize else 0)
+                        auto_aug=data.auto_aug, resize=RESIZED if data.resize else 0)
     mean_std = MEAN_STD.get(data.dataset, IMAGENET_MEAN_STD)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return BatchTransform(aug, mean_std, memory_format=fmt)

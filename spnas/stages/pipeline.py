@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from spnas.config import EvaluateConfig, ExportConfig, SearchRunConfig
+from spnas.config import DataConfig, EvaluateConfig, ExportConfig, SearchRunConfig
+from spnas.data.loading import RESIZED
 from spnas.defaults import RetrainStage, SupernetStage
 from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of, to_flat
@@ -145,22 +146,34 @@ def check_retrain_space(settings: dict[str, Any], shared: dict, own: dict[str, d
                              "level, or the same in both sections")
 
 
+def known_input_side(data: DataConfig) -> int | None:
+    """The side the network will see, where the settings alone tell it: 224 with --resize,
+    an image folder's --image_size, CIFAR's 32; None for CIFAR with another --image_size
+    (its batches are 32x32, its image folders that side: known once the data is found)."""
+    if data.resize:
+        return RESIZED
+    if data.dataset == "folder":
+        return data.image_size
+    return 32 if data.image_size == 32 else None
+
+
 def check_budget_early(settings: dict[str, Any]) -> None:
     """Refuse a search budget below the cheapest arch of the supernet's space before the
-    supernet trains (the search checks it again). CIFAR only: a folder's classes are
-    known once it is read."""
+    supernet trains (the search checks it again). Only where the classes and the input side
+    are known before the data is read: CIFAR, or --classes, at 32x32 or with --resize."""
     search, supernet = settings["search"], settings["supernet"]
     if search.search.max_flops is None and search.search.max_params is None:
         return
-    classes = supernet.data.classes or {"cifar10": 10, "cifar100": 100}.get(supernet.data.dataset)
-    if classes is None:
+    data = supernet.data
+    classes = data.classes or {"cifar10": 10, "cifar100": 100}.get(data.dataset)
+    resolution = known_input_side(data)
+    if classes is None or resolution is None:
         return
     from spnas.engine.evolution import Budget
     from spnas.engine.runlog import RunLog
     from spnas.stages.search import check_budget, cost_model
     from spnas.stages.train import supernet_space
     quiet = RunLog(".", enabled=False)
-    resolution = 224 if supernet.data.resize else 32
     costs = cost_model(supernet_space(supernet.model, supernet.data), classes, resolution, None,
                        quiet)
     try:

@@ -34,7 +34,7 @@ import torch
 from spnas.arch import SpaceSpec
 from spnas.config import DataConfig, RunConfig, SearchConfig, SearchRunConfig, derive_seed
 from spnas.data.datasets import Splits
-from spnas.data.loading import build_transform, load_splits, recal_transform
+from spnas.data.loading import build_transform, input_side, load_splits, recal_transform
 from spnas.engine.checkpoint import checkpoint_space, load_checkpoint, model_from_checkpoint, weights_digest
 from spnas.engine.counting import CostTable, build_cost_table
 from spnas.engine.evolution import (
@@ -127,7 +127,7 @@ def _prepare(cfg: SearchRunConfig, ckpt: dict, data: DataConfig, split_seed: int
         raise SpnasError(f"the data has {len(splits.classes)} classes, the supernet "
                          f"{ckpt['num_classes']}; pass the --dataset/--data_path it was trained on")
     x, y = scoring_split(splits, cfg.scoring.score_on, log)
-    resolution = 224 if data.resize else splits.train[0].shape[-1]
+    resolution = input_side(data, splits.train[0])
     costs = cost_model(space, ckpt["num_classes"], resolution, cfg.search.latency_table, log)
     budget = Budget.of(cfg.search)
     check_budget(costs, budget, resolution, log)

@@ -36,7 +36,7 @@ from torch import nn
 
 from spnas.arch import Arch, SpaceSpec
 from spnas.config import OptimConfig, SuperkernelConfig, TrainConfig
-from spnas.data.loading import build_transform, train_loader
+from spnas.data.loading import build_transform, input_side, train_loader
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.latency import LatencyTable, macs_latency_table, measure_arch_ms
 from spnas.engine.runlog import RunLog, run_dir_for
@@ -355,7 +355,7 @@ def search_superkernel(cfg: TrainConfig) -> dict:
     model = place(SuperkernelNet(space, num_classes, sk.dropout, sk.mask_at, sk.bn_eps,
                                  sk.bn_momentum, sk.init), device, cfg.run.channels_last_for(device))
     ema = TfEma(model, sk.ema_decay) if sk.ema_decay > 0 else None
-    resolution = 224 if cfg.data.resize else cfg.data.image_size
+    resolution = input_side(cfg.data, splits.train[0])
     table = load_table(sk, space, num_classes, resolution)
     loader = train_loader(splits, cfg, device, dist_info)
     spe = loader.steps_per_epoch
