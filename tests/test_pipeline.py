@@ -151,6 +151,19 @@ def test_a_mistake_in_any_stage_fails_before_any_stage_runs(tmp_path, fake_cifar
     assert not out.exists()  # no stage ran, no recipe.json: the fixed command starts afresh
 
 
+def test_a_second_pipeline_in_a_live_ones_out_is_refused(tmp_path, fake_cifar, capsys):
+    from spnas.engine.runlog import RunLock
+    out = tmp_path / "out"
+    live = RunLock(out).acquire()  # as a running pipeline holds it
+    try:
+        assert run(ROOT / "recipes" / "smoke.yaml", out, fake_cifar) == 2
+    finally:
+        live.release()
+    err = capsys.readouterr().err
+    assert "is in use by another run" in err and err.strip().endswith("choose another --out")
+    assert not out.exists()  # nothing written: the live one's .lock went with it
+
+
 def test_a_budget_is_checked_early_at_an_image_folders_side(tmp_path, capsys):
     from conftest import write_image_folders
     data = write_image_folders(tmp_path / "data", n_train=10, n_test=10, size=64)

@@ -194,19 +194,21 @@ class RunLock:
     a lock file races with the next taker); a second run is refused in one line.
 
     One exception: a run that wrote nothing (refused before it started: bad data, a bad
-    setting) leaves no trace. When the lock is given up and ``.lock`` is the only file in
-    the folder, the ``.lock`` this lock made is removed while the lock is still held, then
-    the folders it made. A starter that opened the file meanwhile sees that its lock is on
+    setting) leaves no trace. When the lock is given up and the folder holds the same
+    names as when it was taken, the ``.lock`` this lock made is removed while the lock is
+    still held, then the folders it made. A starter that opened the file meanwhile sees that its lock is on
     a file no longer in the folder, and takes the lock again.
     """
 
     NAME = ".lock"
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, elsewhere: str = "--exp_name or --save_path"):
         self.path = Path(run_dir) / self.NAME
+        self.elsewhere = elsewhere  # the flags that choose another folder, for the refusal
         self._fd: int | None = None
         self._made_dirs: list[Path] = []  # the folders acquire() created, deepest first
         self._made_file = False  # whether acquire() created .lock
+        self._found: set[str] = set()  # the other names in the folder when it did
 
     def _make_parents(self) -> None:
         folder, self._made_dirs = self.path.parent, []
@@ -236,9 +238,10 @@ class RunLock:
                 self._made_dirs, self._made_file = [], False  # the live run's, not ours
                 raise SpnasError(f"{self.path.parent} is in use by another run (a live process "
                                  f"holds {self.path}); wait for it to end, or choose another "
-                                 "--exp_name or --save_path") from None
+                                 f"{self.elsewhere}") from None
             if self._names_the_file(fd):
                 self._fd = fd
+                self._found = self._others()
                 return self
             os.close(fd)  # a lock on a file no longer in the folder keeps no one out
         raise SpnasError(f"{self.path} kept being removed while this run took it (another run "
@@ -264,8 +267,11 @@ class RunLock:
             except OSError:  # something else is there now: leave it, and those above it
                 break
 
+    def _others(self) -> set[str]:
+        return {p.name for p in self.path.parent.iterdir()} - {self.NAME}
+
     def _unlink_if_unused(self) -> list[Path]:
-        """Remove the ``.lock`` that ``acquire`` made if the run wrote nothing beside it (the
+        """Remove the ``.lock`` that ``acquire`` made if the run added nothing beside it (the
         lock still held: a starter that opened it meanwhile finds it gone and takes a new
         one); return the folders ``acquire`` made, deepest first, to remove once empty."""
         made, self._made_dirs = self._made_dirs, []
@@ -273,7 +279,7 @@ class RunLock:
             return []
         self._made_file = False
         try:
-            if [p.name for p in self.path.parent.iterdir()] != [self.NAME]:
+            if self._others() != self._found:
                 return []
             self.path.unlink()
         except OSError:  # it can't be removed: leave it

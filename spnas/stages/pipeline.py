@@ -46,6 +46,7 @@ import torch
 from spnas.config import DataConfig, EvaluateConfig, ExportConfig, SearchRunConfig
 from spnas.data.loading import RESIZED
 from spnas.defaults import RetrainStage, SupernetStage
+from spnas.engine.runlog import RunLock, RunLog
 from spnas.errors import SpnasError
 from spnas.fields import coerce_settings, from_flat, settings_of, to_flat
 from spnas.files import atomic_write_text
@@ -170,7 +171,6 @@ def check_budget_early(settings: dict[str, Any]) -> None:
     if classes is None or resolution is None:
         return
     from spnas.engine.evolution import Budget
-    from spnas.engine.runlog import RunLog
     from spnas.stages.search import check_budget, cost_model
     from spnas.stages.train import supernet_space
     quiet = RunLog(".", enabled=False)
@@ -220,23 +220,34 @@ class Pipeline:
         self.times: dict[str, float] = {}
         self.results: dict[str, Any] = {}
         self.dist, self.device = Dist(), torch.device("cpu")  # run() reads torchrun's
+        self.lock = RunLock(self.out, elsewhere="--out")  # rank 0's, while run() runs
 
     def done_path(self, stage: str) -> Path:
         return self.out / stage / "done.json"
 
     def run(self) -> dict:
         self.dist, self.device = init_distributed(str(self.shared.get("device") or "auto"))
-        self._rank0(self._check_recipe)
-        for stage in STAGES:
-            self._stage(stage)
-        from spnas.stages.pipeline_report import write_report
-        paths = self._rank0(lambda: write_report(self.out, self.results, self.times, self.recipe))
+        try:
+            self._rank0(self._start)
+            for stage in STAGES:
+                self._stage(stage)
+            from spnas.stages.pipeline_report import write_report
+            paths = self._rank0(lambda: write_report(self.out, self.results, self.times,
+                                                     self.recipe))
+        finally:
+            self.lock.release()
         return {"stages": self.results, "seconds": self.times,
                 "report": [str(p) for p in paths] if paths else None}
 
     def _rank0(self, fn):
         """``fn()`` on rank 0 alone; the other processes wait for it (and stop if it fails)."""
         return rank0_first(fn, self.dist, self.device)
+
+    def _start(self) -> None:
+        """Lock ``out`` (a second pipeline there would rewrite recipe.json under this one's
+        stages), then check the recipe and record it."""
+        self.lock.acquire()
+        self._check_recipe()
 
     def _check_recipe(self) -> None:
         path = self.out / "recipe.json"
@@ -247,7 +258,7 @@ class Pipeline:
             if self.resume:
                 raise SpnasError(f"{self.out} holds no pipeline (no recipe.json): nothing to "
                                  "--resume; start without --resume, or check --out")
-            if self.out.exists() and any(self.out.iterdir()):
+            if self.out.exists() and any(p.name != RunLock.NAME for p in self.out.iterdir()):
                 raise SpnasError(f"{self.out} is not empty and holds no pipeline; choose another --out")
         else:
             self._compare(path)
