@@ -169,10 +169,12 @@ class ArchConfig(Checked):
 
     arch: str = opt("", "the network: an arch file (.json), tokens ('k5 k3 x ...') or "
                     "choice indices ('1,0,3,...')", default_text="required")
-    space: str = opt("spos", "space of an arch string (an arch file names its own)",
-                     choices=("spos", "mbconv"))
-    layers: int = opt(20, "searchable layers of the spos space", check="positive")
-    num_choices: int = opt(4, "blocks per layer of the spos space", check="positive")
+    space: str | None = opt(None, "space of an arch string; none = an arch file's own, or spos "
+                            "for a string", choices=("spos", "mbconv"))
+    layers: int | None = opt(None, "searchable layers of the spos space; none = an arch file's, "
+                             "or 20 for a string", check="positive")
+    num_choices: int | None = opt(None, "blocks per layer of the spos space; none = an arch "
+                                  "file's, or 4 for a string", check="positive")
 
 
 @dataclass
@@ -391,11 +393,14 @@ class LatencyConfig(_MemoryFormat, Checked):
     """``spnas latency-table``: time every (layer, choice) of a space on one device."""
 
     out: str = opt("latency.json", "the table (JSON)", metavar="FILE")
-    space: str = opt("spos", "a registered space (spaces.SPACE_SPECS)", choices=("spos", "mbconv"))
-    layout: str = opt("cifar", "strides of the space", choices=("cifar", "imagenet"))
+    space: str | None = opt(None, "a registered space (spaces.SPACE_SPECS); none = the "
+                            "--checkpoint's, or spos", choices=("spos", "mbconv"))
+    layout: str | None = opt(None, "strides of the space; none = the --checkpoint's, or cifar",
+                             choices=("cifar", "imagenet"))
     options: dict = opt(help="space options, e.g. {'layers': 8}", factory=dict, cli=False)
     checkpoint: str | None = opt(None, "take the space and classes from this checkpoint instead")
-    classes: int = opt(10, "classes of the classifier", check="positive")
+    classes: int | None = opt(None, "classes of the classifier; none = the --checkpoint's, or 10",
+                              check="positive")
     device: str = opt("cpu", "cpu, cuda or cuda:N")
     batch_size: int = opt(1, "images per timed forward", check="positive")
     resolution: int | None = opt(None, "input side; none = the layout's (32 cifar, 224 imagenet)",

@@ -181,11 +181,11 @@ def set_entry(layer: int, token: str, value) -> Callable[[dict], None]:
     return lambda d: d["layers"][layer].__setitem__(token, value)
 
 
-def child_checkpoint(tmp: Path, broken: bool = False) -> Path:
+def child_checkpoint(tmp: Path, broken: bool = False, layout: str = "cifar") -> Path:
     """A 2-layer SPOS child in run/best.pt trained on tmp/data (250 + 100 fake images)."""
     write_official(tmp / "data")
     torch.manual_seed(0)
-    net = build_child(Arch.parse("k3 x", spos_space(2)), 10)
+    net = build_child(Arch.parse("k3 x", spos_space(2, layout=layout)), 10)
     if broken:  # a diverged run: NaN logits
         net.classifier.weight.data.fill_(float("nan"))
     config = TrainConfig(dataclasses.replace(DataConfig(), data_path=str(tmp / "data"),
@@ -417,6 +417,13 @@ CASES = [
         "profile", "--device", "cpu", "--arch", str(arch_file(t, lambda d: None, mbconv_space())),
         "--num_choices", "3"], ERROR, "arch.json is of the mbconv space, which --num_choices "
          "does not size (mbconv/cifar, 20 layers); drop --num_choices 3"),
+    Case("arch-file-of-other-layers-given-as-the-default", lambda t, m: [
+        "profile", "--device", "cpu", "--arch", str(arch_file(t, lambda d: None)),
+        "--layers", "20"], ERROR, "arch.json has layers 4 (spos/cifar, 4 layers); drop --layers 20"),
+    Case("arch-file-mbconv-with-space-spos-typed-out", lambda t, m: [
+        "profile", "--device", "cpu", "--arch", str(arch_file(t, lambda d: None, mbconv_space())),
+        "--space", "spos"], ERROR, "arch.json has space mbconv (mbconv/cifar, 20 layers); drop "
+         "--space spos"),
     Case("arch-file-with-its-own-sizes", lambda t, m: [
         "profile", "--device", "cpu", "--arch", str(arch_file(t, lambda d: None)), "--layers", "4",
         "--num_choices", "2", "--repeats", "1", "--warmup", "0"], 0, "spos/cifar, 4 layers"),
@@ -454,6 +461,9 @@ CASES = [
         t, checkpoint=child_checkpoint(t)) + ["--space", "mbconv"], ERROR,
          "best.pt has space spos, not --space mbconv; drop --space: the checkpoint fixes the space",
          watch="run"),
+    Case("latency-layout-given-as-the-default-against-its-checkpoint", lambda t, m: latency_argv(
+        t, checkpoint=child_checkpoint(t, layout="imagenet")) + ["--layout", "cifar"], ERROR,
+         "best.pt has layout imagenet, not --layout cifar; drop --layout", watch="run"),
     Case("latency-classes-against-its-checkpoint", lambda t, m: latency_argv(
         t, checkpoint=child_checkpoint(t)) + ["--classes", "100"], ERROR,
          "best.pt has classes 10, not --classes 100; drop --classes", watch="run"),

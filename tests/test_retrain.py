@@ -172,7 +172,7 @@ def test_profile_takes_an_mbconv_arch_string_and_refuses_spos_sizes_for_it(capsy
     assert f"({conv_linear_macs(build_child(arch, 10)):,})" in lines[3]
     assert main(argv + ["--layers", "8"]) == 2
     err = capsys.readouterr().err
-    assert "--layers and --num_choices size the spos space; --space mbconv" in err
+    assert "size the spos space; --space mbconv has a fixed size, drop --layers 8" in err
     assert len(err.strip().splitlines()) == 1
 
 

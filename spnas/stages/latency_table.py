@@ -32,7 +32,8 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
         space, num_classes = checkpoint_space(ckpt), int(ckpt["num_classes"])
         _check_as_the_checkpoint(cfg, space, num_classes)
     else:
-        space, num_classes = make_space(cfg.space, cfg.layout, **cfg.options), cfg.classes
+        space = make_space(cfg.space or "spos", cfg.layout or "cifar", **cfg.options)
+        num_classes = cfg.classes or 10
     device = resolve_device(cfg.device)
     child = lambda a: build_child(a, num_classes)  # noqa: E731
     with torch_threads(cfg.threads):
@@ -44,12 +45,11 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
 
 def _check_as_the_checkpoint(cfg: LatencyConfig, space: SpaceSpec, num_classes: int) -> None:
     """The checkpoint fixes the space and classes: a --space, --layout or --classes given
-    (not its default) that says otherwise is refused, not silently ignored."""
-    default = LatencyConfig()
+    that says otherwise is refused, not silently ignored."""
     has = {"space": space.name, "layout": space.layout, "classes": num_classes}
     for name, value in has.items():
         given = getattr(cfg, name)
-        if given != value and given != getattr(default, name):
+        if given is not None and given != value:
             raise SpnasError(f"--checkpoint {cfg.checkpoint} has {name} {value}, not --{name} "
                              f"{given}; drop --{name}: the checkpoint fixes the space and classes")
 

@@ -68,32 +68,35 @@ def load_arch(cfg: ArchConfig, data: DataConfig, resumed: bool = False) -> Arch:
         if not resumed:
             check_file_space(cfg, arch)
         return arch
-    return arch_from_text_or_file(cfg.arch, make_space(cfg.space, data_layout(data),
+    return arch_from_text_or_file(cfg.arch, make_space(cfg.space or "spos", data_layout(data),
                                                        **space_options(cfg)))
 
 
 def space_options(cfg: ArchConfig) -> dict:
-    """The options of ``cfg.space`` that --layers and --num_choices give: the spos space's
-    size; the mbconv space has none (20 layers of k3e3 k3e6 k5e3 k5e6 skip)."""
-    if cfg.space == "spos":
-        return {"layers": cfg.layers, "num_choices": cfg.num_choices}
-    default = ArchConfig()
-    if (cfg.layers, cfg.num_choices) != (default.layers, default.num_choices):
+    """The options of the space of an arch string that --layers and --num_choices give (none:
+    the spec's default, 20 and 4): the spos space's size; the mbconv space has none (20
+    layers of k3e3 k3e6 k5e3 k5e6 skip)."""
+    sizes = {k: v for k, v in (("layers", cfg.layers), ("num_choices", cfg.num_choices))
+             if v is not None}
+    if (cfg.space or "spos") == "spos":
+        return sizes
+    if sizes:
+        drop = " ".join(f"--{k} {v}" for k, v in sizes.items())
         raise SpnasError(f"--layers and --num_choices size the spos space; --space {cfg.space} "
-                         "has a fixed size, drop them")
+                         f"has a fixed size, drop {drop}")
     return {}
 
 
 def check_file_space(cfg: ArchConfig, arch: Arch) -> None:
-    """An arch file names its space; --space, --layers or --num_choices given (not their
-    defaults) that describe another are refused, not silently ignored."""
-    space, default = arch.space, ArchConfig()
+    """An arch file names its space; --space, --layers or --num_choices given that describe
+    another are refused, not silently ignored."""
+    space = arch.space
     says: dict[str, str | int] = {"space": space.name}
     if space.name == "spos":
         says.update(spos_options(space))
     for name in ("space", "layers", "num_choices"):
         given = getattr(cfg, name)
-        if given == getattr(default, name) or (name in says and given == says[name]):
+        if given is None or (name in says and given == says[name]):
             continue
         has = (f"has {name} {says[name]}" if name in says
                else f"is of the {space.name} space, which --{name} does not size")
