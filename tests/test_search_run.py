@@ -62,7 +62,7 @@ def poisoned_test_set(monkeypatch):
     monkeypatch.setattr(search_run, "load_splits", load)
 
 
-def test_search_writes_its_folder_within_budget_without_the_test_set(supernet, tmp_path,
+def test_search_writes_its_folder_within_budget_without_the_test_set(supernet, tmp_path, capsys,
                                                                      poisoned_test_set):
     out = tmp_path / "evo"
     assert main(search_argv(supernet, out)) == 0
@@ -83,10 +83,11 @@ def test_search_writes_its_folder_within_budget_without_the_test_set(supernet, t
     log = (out / "search.log").read_text()
     assert "this space: 77.1M-83.5M multiply-accumulates, 0.0884M-0.0954M params at 32x32" in log
     assert "WARNING" not in log  # 82.5M is inside the range: it filters
-    # the test set is used only when asked for, with a warning
+    # the test set is used only when asked for, with a warning (the stop leaves no folder)
+    capsys.readouterr()
     with pytest.raises(AssertionError, match="test set was read"):
         main(search_argv(supernet, tmp_path / "t", **{"--score_on": "test"}))
-    assert "WARNING: scoring candidates on the TEST set" in (tmp_path / "t" / "search.log").read_text()
+    assert "WARNING: scoring candidates on the TEST set" in capsys.readouterr().err
 
 
 def test_random_search(supernet, tmp_path):
@@ -188,7 +189,26 @@ def test_bad_search_flags_are_one_line_errors(supernet, tmp_path, capsys, flags,
     assert main(search_argv(supernet, tmp_path / "x", **flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("spnas: error:") and message in err
-    assert not (tmp_path / "x" / "candidates.jsonl").exists()
+    assert not (tmp_path / "x").exists()  # no folder, log or .lock left behind
+
+
+def test_a_refused_search_leaves_a_folder_as_it_found_it(supernet, tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    assert main(search_argv(supernet, tmp_path / "x", **{"--max_flops": "10M"})) == 2
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["notes.txt"]
+
+
+def test_a_second_search_in_a_live_ones_out_is_refused(supernet, tmp_path, capsys):
+    from spnas.engine.runlog import RunLock
+    live = RunLock(tmp_path / "x").acquire()  # as a running search holds it
+    try:
+        assert main(search_argv(supernet, tmp_path / "x")) == 2
+    finally:
+        live.release()
+    err = capsys.readouterr().err.strip()
+    assert "is in use by another run" in err and err.endswith("choose another --out")
+    assert not (tmp_path / "x").exists()
 
 
 def test_budget_counts_read_like_papers_write_them():

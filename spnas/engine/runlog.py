@@ -195,16 +195,19 @@ class RunLock:
 
     One exception: a run that wrote nothing (refused before it started: bad data, a bad
     setting) leaves no trace. When the lock is given up and the folder holds the same
-    names as when it was taken, the ``.lock`` this lock made is removed while the lock is
+    names as when it was taken, besides ``logs`` (its log files: a refused run may have
+    logged why), the ``.lock`` this lock made and those logs are removed while the lock is
     still held, then the folders it made. A starter that opened the file meanwhile sees that its lock is on
     a file no longer in the folder, and takes the lock again.
     """
 
     NAME = ".lock"
 
-    def __init__(self, run_dir: str | Path, elsewhere: str = "--exp_name or --save_path"):
+    def __init__(self, run_dir: str | Path, elsewhere: str = "--exp_name or --save_path",
+                 logs: tuple[str, ...] = ()):
         self.path = Path(run_dir) / self.NAME
         self.elsewhere = elsewhere  # the flags that choose another folder, for the refusal
+        self.logs = frozenset(logs)  # names that alone are no output of the run
         self._fd: int | None = None
         self._made_dirs: list[Path] = []  # the folders acquire() created, deepest first
         self._made_file = False  # whether acquire() created .lock
@@ -271,16 +274,20 @@ class RunLock:
         return {p.name for p in self.path.parent.iterdir()} - {self.NAME}
 
     def _unlink_if_unused(self) -> list[Path]:
-        """Remove the ``.lock`` that ``acquire`` made if the run added nothing beside it (the
-        lock still held: a starter that opened it meanwhile finds it gone and takes a new
-        one); return the folders ``acquire`` made, deepest first, to remove once empty."""
+        """Remove the ``.lock`` that ``acquire`` made if the run added nothing beside it but
+        its logs, and those logs (the lock still held: a starter that opened it meanwhile
+        finds it gone and takes a new one); return the folders ``acquire`` made, deepest
+        first, to remove once empty."""
         made, self._made_dirs = self._made_dirs, []
         if not self._made_file:
             return []
         self._made_file = False
         try:
-            if self._others() != self._found:
+            added = self._others() - self._found
+            if added - self.logs or not self._found <= self._others():
                 return []
+            for name in sorted(added):
+                (self.path.parent / name).unlink()
             self.path.unlink()
         except OSError:  # it can't be removed: leave it
             return []
@@ -316,7 +323,7 @@ def lock_run_dir(run_dir: Path, resume: bool) -> RunLock:
     key = run_dir.resolve()
     if key in _HELD:
         _HELD.pop(key).release()
-    lock = _HELD[key] = RunLock(run_dir).acquire()
+    lock = _HELD[key] = RunLock(run_dir, logs=("train.log",)).acquire()
     removed = remove_stale_temp_files(run_dir)
     if removed:
         RunLog(run_dir).info(f"removed {len(removed)} temporary file(s) of interrupted "

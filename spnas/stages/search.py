@@ -47,11 +47,11 @@ from spnas.engine.evolution import (
     rank,
 )
 from spnas.engine.latency import LatencyTable
-from spnas.engine.runlog import RunLog
+from spnas.engine.runlog import RunLock, RunLog
 from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
-from spnas.runtime import init_distributed, place, rank0_first, setup_torch
+from spnas.runtime import Dist, init_distributed, place, rank0_first, setup_torch
 from spnas.spaces import build_child
 from spnas.stages.search_record import RECORD, Replay, log_run_changes, prepare_out_dir
 from spnas.stages.search_report import FLOPS_UNIT, plot_search, write_arch_files
@@ -77,8 +77,23 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
                 "data": {k: v for k, v in dataclasses.asdict(data).items()
                          if k not in ("data_path", "download")}}
     dist_info, device = init_distributed(cfg.device)
-    # rank 0 checks the folder first (and drops a torn last line); then the others read it
-    records = rank0_first(lambda: prepare_out_dir(out, settings, cfg.resume), dist_info, device)
+    # rank 0's, while it runs: a second search in the folder would mix its candidates in
+    lock = RunLock(out, elsewhere="--out", logs=("search.log",))
+    try:
+        return _search_in(out, lock, cfg, ckpt, data, split_seed, held_out, settings,
+                          checkpoint, dist_info, device)
+    finally:
+        lock.release()  # a search refused before search.json leaves no folder or log
+
+
+def _search_in(out: Path, lock: RunLock, cfg: SearchRunConfig, ckpt: dict, data: DataConfig,
+               split_seed: int, held_out: bool, settings: dict, checkpoint: str, dist_info: Dist,
+               device: torch.device) -> list[Candidate]:
+    def check_out():  # rank 0 first (it drops a torn last line); then the others read it
+        lock.acquire()
+        return prepare_out_dir(out, settings, cfg.resume)
+
+    records = rank0_first(check_out, dist_info, device)
     if not dist_info.main:
         records = prepare_out_dir(out, settings, cfg.resume)
     log = RunLog(out, enabled=dist_info.main, metrics_name=RECORD, log_name="search.log",
