@@ -1,5 +1,6 @@
 """Files written whole or not at all: a temporary file in the same folder, fsynced, then
-renamed over the target; and the clean-up of temporaries a killed process left behind."""
+renamed over the target; the clean-up of temporaries a killed process left behind; and
+folders made for a write, removed again when it fails."""
 from __future__ import annotations
 
 import errno
@@ -100,3 +101,24 @@ def remove_stale_temp_files(folder: str | Path) -> list[str]:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def make_folders(folder: str | Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it made, deepest first (for
+    ``remove_empty_folders`` when what was to go there fails)."""
+    made, up = [], Path(folder)
+    while not up.exists() and up != up.parent:
+        made.append(up)
+        up = up.parent
+    Path(folder).mkdir(parents=True, exist_ok=True)  # a file in the way: FileExistsError
+    return made
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as ``make_folders`` gives them) while they are empty;
+    one that is not (someone else's files are there now) stays, and those above it."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -129,8 +129,8 @@ def test_download_checks_md5_and_reads_the_result(tmp_path):
         t.add(src, arcname="cifar-10-batches-py")
     data = tmp_path / "data"
     with pytest.raises(SpnasError, match="has MD5 .* expected 0+"):
-        download(served.as_uri(), data / "cifar-10-python.tar.gz", "0" * 32)
-    assert not data.exists()  # the damaged download is not left behind, nor the folder it made
+        download(served.as_uri(), data / "deeper" / "cifar-10-python.tar.gz", "0" * 32)
+    assert not data.exists()  # the damaged download is not left behind, nor the folders it made
     download(served.as_uri(), data / "cifar-10-python.tar.gz", md5sum(served))
     assert md5sum(data / "cifar-10-python.tar.gz") == md5sum(served)
 

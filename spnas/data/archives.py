@@ -2,7 +2,6 @@
 unpacked safely (regular files and folders only, nothing outside the target, all or nothing)."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
@@ -14,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from spnas.errors import SpnasError
-from spnas.files import exclusive
+from spnas.files import exclusive, make_folders, remove_empty_folders
 
 
 def _checked_members(tarball: Path, tar: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo]:
@@ -148,21 +147,17 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
-def _drop(part: Path, folder_made: bool) -> None:
-    """Remove a failed download's ``.part`` file, and its folder when the download made it
-    and it is empty now."""
+def _drop(part: Path, folders_made: list[Path]) -> None:
+    """Remove a failed download's ``.part`` file, and the folders the download made."""
     part.unlink(missing_ok=True)
-    if folder_made:
-        with contextlib.suppress(OSError):  # not empty: someone else's files are there
-            part.parent.rmdir()
+    remove_empty_folders(folders_made)
 
 
 def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> None:
     """Fetch ``url`` to ``dest`` through a ``.part`` file, with a progress bar, MD5 checked."""
     from tqdm import tqdm
     part = dest.with_name(dest.name + ".part")
-    made = not dest.parent.exists()  # a failed download leaves no empty folder it made
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    made = make_folders(dest.parent)  # a failed download leaves no empty folder it made
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r, open(part, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from spnas.config import RunConfig, TrainConfig, plain_folder_name
 from spnas.errors import SpnasError
-from spnas.files import atomic_write_text, remove_stale_temp_files
+from spnas.files import atomic_write_text, make_folders, remove_empty_folders, remove_stale_temp_files
 from spnas.resume import refuse_changes, resume_changes
 
 fcntl: ModuleType | None
@@ -214,11 +214,7 @@ class RunLock:
         self._found: set[str] = set()  # the other names in the folder when it did
 
     def _make_parents(self) -> None:
-        folder, self._made_dirs = self.path.parent, []
-        while not folder.exists() and folder != folder.parent:
-            self._made_dirs.append(folder)
-            folder = folder.parent
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made_dirs = make_folders(self.path.parent)
         self._made_file = not self.path.exists()
 
     @property
@@ -264,11 +260,7 @@ class RunLock:
         emptied = self._unlink_if_unused()
         os.close(self._fd)  # closing the only descriptor drops the flock
         self._fd = None
-        for folder in emptied:  # after the close: NFS keeps an open, removed file as .nfsXXXX
-            try:
-                folder.rmdir()
-            except OSError:  # something else is there now: leave it, and those above it
-                break
+        remove_empty_folders(emptied)  # after the close: NFS keeps an open, removed file as .nfsXXXX
 
     def _others(self) -> set[str]:
         return {p.name for p in self.path.parent.iterdir()} - {self.NAME}
