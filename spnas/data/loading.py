@@ -8,7 +8,7 @@ import torch
 
 from spnas.config import DataConfig, TrainConfig, derive_seed
 from spnas.data.augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
-from spnas.data.datasets import Splits, load_dataset, make_splits
+from spnas.data.datasets import Dataset, Splits, load_dataset, make_splits
 from spnas.errors import SpnasError
 from spnas.runtime import Dist
 
@@ -29,9 +29,15 @@ def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
     return BatchTransform(aug, mean_std, memory_format=fmt)
 
 
+def read_dataset(data: DataConfig) -> Dataset:
+    """The whole dataset ``data`` names (found, downloaded if allowed, and read)."""
+    return load_dataset(data.dataset, data.data_path, download_ok=data.download,
+                        image_size=data.image_size)
+
+
 def load_splits(data: DataConfig, seed: int) -> Splits:
-    ds = load_dataset(data.dataset, data.data_path, download_ok=data.download,
-                      image_size=data.image_size)
+    """Train/val/test of ``data`` as a run with ``seed`` splits them; ``--classes`` checked."""
+    ds = read_dataset(data)
     if data.classes is not None and data.classes != ds.num_classes:
         raise SpnasError(f"--classes {data.classes} but {data.dataset} under {data.data_path} "
                          f"has {ds.num_classes} classes; fix --classes or --dataset")

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from spnas.config import CHECKPOINT_HELP, DataConfig, EvaluateConfig
-from spnas.data.datasets import Splits, load_dataset, make_splits
-from spnas.data.loading import build_transform
+from spnas.data.datasets import Splits, make_splits
+from spnas.data.loading import build_transform, read_dataset
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
 from spnas.engine.plots import plot_confusion
@@ -68,8 +68,7 @@ def _other_data(ckpt: dict, data: DataConfig) -> str:
 def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int) -> Splits:
     """Train/val/test as the run split them (its seed and val_size)."""
     seed = int(((ckpt.get("config") or {}).get("run") or {}).get("seed", 0))
-    ds = load_dataset(data.dataset, data.data_path, download_ok=data.download,
-                      image_size=data.image_size)
+    ds = read_dataset(data)
     if ds.num_classes != num_classes:  # before the split, whose sizes would not fit either
         raise SpnasError(f"{ckpt['path']} classifies {num_classes} classes, but {data.dataset} "
                          f"under {data.data_path} has {ds.num_classes}; pass the "

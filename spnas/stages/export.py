@@ -23,14 +23,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from spnas.config import ExportConfig
-from spnas.data.datasets import load_dataset
-from spnas.data.loading import build_transform
+from spnas.data.loading import build_transform, read_dataset
 from spnas.engine.checkpoint import checkpoint_space
 from spnas.engine.counting import default_resolution
 from spnas.errors import SpnasError
@@ -112,8 +112,7 @@ def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) 
     inputs = {"random": torch.randn(3, 3, res, res, generator=gen) * 2}
     if images:
         data = checkpoint_data(ckpt, data_path)
-        ds = load_dataset(data.dataset, data.data_path, download_ok=False,
-                          image_size=data.image_size)
+        ds = read_dataset(replace(data, download=False))  # checks never download
         inputs["real images"] = build_transform(data, False).plain(ds.test_x[:images])
     return inputs
 
