@@ -22,9 +22,26 @@ RENAMED = {"formula": "latency_formula", "lr_decay_factor": "decay_factor",
            "lr_decay_epochs": "decay_epochs"}
 
 
+# what a config.json written before space/layers/num_choices defaulted to none (2026-12-02)
+# recorded for a network given by an arch file, which names its own space: not settings given
+LEGACY_ARCH_DEFAULTS = {"space": "spos", "layers": 20, "num_choices": 4}
+
+
+def without_legacy_defaults(flat: dict) -> dict:
+    """``flat`` (a run's settings) without ``LEGACY_ARCH_DEFAULTS`` where its ``arch`` is an
+    arch file: an older spnas recorded them for every such run, whatever the file's space."""
+    arch = flat.get("arch")
+    if not (isinstance(arch, str) and arch.endswith(".json")):
+        return flat
+    if any(flat.get(k) != v for k, v in LEGACY_ARCH_DEFAULTS.items()):
+        return flat
+    return {k: v for k, v in flat.items() if k not in LEGACY_ARCH_DEFAULTS}
+
+
 def saved_settings(saved: dict) -> dict:
-    """{leaf name: value} of a run's config.json (old names renamed; no ``PER_COMMAND``)."""
-    return {k: v for k, v in flat_fields(saved, RENAMED).items()
+    """{leaf name: value} of a run's config.json (old names renamed, older defaults dropped
+    (``without_legacy_defaults``); no ``PER_COMMAND``)."""
+    return {k: v for k, v in without_legacy_defaults(flat_fields(saved, RENAMED)).items()
             if k != "model_type" and k not in PER_COMMAND}
 
 

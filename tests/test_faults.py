@@ -376,3 +376,19 @@ def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_taken_again(tmp_path, 
         runlog.RunLock(run).acquire()  # the lock it holds is the one in the folder
     starter.release()
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("discard, left", [
+    ((), [".lock", "last.pt", "train.log"]),  # a resume that logged: its log stays
+    (("train.log",), ["last.pt"]),  # told the run was refused before it began
+])
+def test_a_lock_takes_away_a_log_only_when_told(tmp_path, discard, left):
+    """A run in a folder of files copied without .lock and log, which adds only its log
+    (it rewrote the files it found), did work: its log is kept unless the caller knows it
+    was refused before it began. A folder the lock did not make stays either way."""
+    from spnas.engine import runlog
+    (tmp_path / "last.pt").write_bytes(b"weights")
+    lock = runlog.RunLock(tmp_path).acquire()
+    (tmp_path / "train.log").write_text("resumed at step 2\n")
+    lock.release(discard=discard)
+    assert sorted(p.name for p in tmp_path.iterdir()) == left

@@ -237,3 +237,24 @@ def test_space_flags_against_an_arch_file_are_refused_but_not_on_resume(data, tm
     flags = {"--arch": False, "--layers": False, "--epochs": 2, "--resume": None}
     assert main(retrain_argv(data, tmp_path, "r", **flags)) == 0
     assert json.loads((tmp_path / "r" / "results.json").read_text())["step"] == 4
+
+
+def test_an_older_config_json_with_the_old_defaults_resumes_and_starts_runs(data, tmp_path):
+    """Before these settings defaulted to none, config.json recorded spos/20/4 for every
+    arch file: a resume from Python (which gives none) and a new run from that file
+    (--config) take them as not given, not as a contradiction of a 4-layer arch file."""
+    import spnas
+    from spnas.fields import flat_fields, from_flat
+    Arch.parse(ARCH, spos_space(4)).save(tmp_path / "arch.json")
+    flags = {"--arch": str(tmp_path / "arch.json"), "--layers": False, "--epochs": 1}
+    assert main(retrain_argv(data, tmp_path, "r", **flags)) == 0
+    config = tmp_path / "r" / "config.json"
+    saved = json.loads(config.read_text())
+    started = flat_fields(saved)  # the settings as the run was started
+    saved["model"].update(space="spos", layers=20, num_choices=4)  # as the older spnas wrote them
+    config.write_text(json.dumps(saved))
+    again = {k: v for k, v in started.items() if k != "model_type"}
+    spnas.retrain(from_flat(spnas.RetrainStage(), {**again, "epochs": 2, "resume": True}))
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["step"] == 4
+    assert main(["retrain", "--config", str(config), "--exp_name", "n"]) == 0
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["model"]["layers"] is None

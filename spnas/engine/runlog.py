@@ -195,19 +195,18 @@ class RunLock:
 
     One exception: a run that wrote nothing (refused before it started: bad data, a bad
     setting) leaves no trace. When the lock is given up and the folder holds the same
-    names as when it was taken, besides ``logs`` (its log files: a refused run may have
-    logged why), the ``.lock`` this lock made and those logs are removed while the lock is
-    still held, then the folders it made. A starter that opened the file meanwhile sees that its lock is on
-    a file no longer in the folder, and takes the lock again.
+    names as when it was taken (besides those ``release`` is told to discard: the log of a
+    run its caller knows was refused before it began), the ``.lock`` this lock made is
+    removed while the lock is still held, then the folders it made. A starter that opened
+    the file meanwhile sees that its lock is on a file no longer in the folder, and takes
+    the lock again.
     """
 
     NAME = ".lock"
 
-    def __init__(self, run_dir: str | Path, elsewhere: str = "--exp_name or --save_path",
-                 logs: tuple[str, ...] = ()):
+    def __init__(self, run_dir: str | Path, elsewhere: str = "--exp_name or --save_path"):
         self.path = Path(run_dir) / self.NAME
         self.elsewhere = elsewhere  # the flags that choose another folder, for the refusal
-        self.logs = frozenset(logs)  # names that alone are no output of the run
         self._fd: int | None = None
         self._made_dirs: list[Path] = []  # the folders acquire() created, deepest first
         self._made_file = False  # whether acquire() created .lock
@@ -254,10 +253,12 @@ class RunLock:
         mine = os.fstat(fd)
         return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
-    def release(self) -> None:
+    def release(self, discard: tuple[str, ...] = ()) -> None:
+        """Give the lock up. ``discard``: names that, if this run added them and nothing
+        else, are removed with the ``.lock`` (a refused run's log)."""
         if self._fd is None:
             return
-        emptied = self._unlink_if_unused()
+        emptied = self._unlink_if_unused(frozenset(discard))
         os.close(self._fd)  # closing the only descriptor drops the flock
         self._fd = None
         remove_empty_folders(emptied)  # after the close: NFS keeps an open, removed file as .nfsXXXX
@@ -265,9 +266,9 @@ class RunLock:
     def _others(self) -> set[str]:
         return {p.name for p in self.path.parent.iterdir()} - {self.NAME}
 
-    def _unlink_if_unused(self) -> list[Path]:
+    def _unlink_if_unused(self, discard: frozenset[str]) -> list[Path]:
         """Remove the ``.lock`` that ``acquire`` made if the run added nothing beside it but
-        its logs, and those logs (the lock still held: a starter that opened it meanwhile
+        ``discard``, and those (the lock still held: a starter that opened it meanwhile
         finds it gone and takes a new one); return the folders ``acquire`` made, deepest
         first, to remove once empty."""
         made, self._made_dirs = self._made_dirs, []
@@ -276,7 +277,7 @@ class RunLock:
         self._made_file = False
         try:
             added = self._others() - self._found
-            if added - self.logs or not self._found <= self._others():
+            if added - discard or not self._found <= self._others():
                 return []
             for name in sorted(added):
                 (self.path.parent / name).unlink()
@@ -315,7 +316,7 @@ def lock_run_dir(run_dir: Path, resume: bool) -> RunLock:
     key = run_dir.resolve()
     if key in _HELD:
         _HELD.pop(key).release()
-    lock = _HELD[key] = RunLock(run_dir, logs=("train.log",)).acquire()
+    lock = _HELD[key] = RunLock(run_dir).acquire()
     removed = remove_stale_temp_files(run_dir)
     if removed:
         RunLog(run_dir).info(f"removed {len(removed)} temporary file(s) of interrupted "

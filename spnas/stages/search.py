@@ -78,12 +78,15 @@ def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
                          if k not in ("data_path", "download")}}
     dist_info, device = init_distributed(cfg.device)
     # rank 0's, while it runs: a second search in the folder would mix its candidates in
-    lock = RunLock(out, elsewhere="--out", logs=("search.log",))
+    lock = RunLock(out, elsewhere="--out")
     try:
         return _search_in(out, lock, cfg, ckpt, data, split_seed, held_out, settings,
                           checkpoint, dist_info, device)
+    except SpnasError:  # refused; before it began (no search.json): no folder or log left
+        lock.release(discard=() if (out / "search.json").exists() else ("search.log",))
+        raise
     finally:
-        lock.release()  # a search refused before search.json leaves no folder or log
+        lock.release()
 
 
 def _search_in(out: Path, lock: RunLock, cfg: SearchRunConfig, ckpt: dict, data: DataConfig,
