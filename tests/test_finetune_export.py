@@ -31,9 +31,9 @@ def busy_child(num_classes: int, seed: int = 0, dropout: float = 0.1):
     return net.eval()
 
 
-def save_child(path, net, data_path, seed=0, val_size=5000):
+def save_child(path, net, data_path, seed=0, val_size=5000, **data):
     config = TrainConfig(dataclasses.replace(DataConfig(), data_path=str(data_path),
-                                             download=False, val_size=val_size)).to_dict()
+                                             download=False, val_size=val_size, **data)).to_dict()
     config["run"]["seed"] = seed
     save_checkpoint(path, {"kind": "child", "space": net.arch.space.to_dict(),
                            "arch": str(net.arch), "num_classes": net.classifier.out_features,
@@ -145,6 +145,27 @@ def test_export_matches_pytorch(fake_cifar, tmp_path, capsys, fmt):
     before = target.read_bytes()
     assert main(["export", "--checkpoint", str(ckpt), "--format", fmt]) == 2  # no overwrite
     assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("check_images", [4, 0])
+def test_export_of_a_network_of_64_pixel_image_folders_takes_their_side(tmp_path, capsys,
+                                                                        check_images):
+    """The ONNX graph is traced at one input side: the run's (an image folder's
+    --image_size), not the cifar layout's 32, with or without the check on real images."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(module)
+    from conftest import write_image_folders
+    data = write_image_folders(tmp_path / "data", n_train=10, n_test=10, size=64)
+    net = busy_child(10)
+    ckpt = save_child(tmp_path / "best.pt", net, data, val_size=0, dataset="folder",
+                      image_size=64)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx",
+                 "--check_images", str(check_images)]) == 0
+    assert "random [3, 3, 64, 64]" in capsys.readouterr().out
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(load_back("onnx", tmp_path / "best.onnx")(x), net(x),
+                                   rtol=0, atol=1e-4)
 
 
 def test_export_refuses_a_mismatch_and_writes_nothing(fake_cifar, tmp_path, monkeypatch, capsys):

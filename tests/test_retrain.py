@@ -258,3 +258,17 @@ def test_an_older_config_json_with_the_old_defaults_resumes_and_starts_runs(data
     assert json.loads((tmp_path / "r" / "results.json").read_text())["step"] == 4
     assert main(["retrain", "--config", str(config), "--exp_name", "n"]) == 0
     assert json.loads((tmp_path / "n" / "config.json").read_text())["model"]["layers"] is None
+
+
+def test_a_network_of_64_pixel_image_folders_is_counted_at_their_side(tmp_path):
+    """results.json gives the side the network took and its MACs there, not the cifar
+    layout's 32 (4x fewer MACs)."""
+    from conftest import write_image_folders
+    data = write_image_folders(tmp_path / "data", n_train=40, n_test=20, size=64)
+    flags = {"--dataset": "folder", "--image_size": 64, "--val_size": 10, "--epochs": 1,
+             "--ema": False, "--batch_size": 8}
+    assert main(retrain_argv(data, tmp_path, "r", **flags)) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    table = build_cost_table(spos_space(4), lambda a: build_child(a, 10), 10, 64)
+    assert results["resolution"] == 64
+    assert results["macs"] == table.arch_macs(Arch.parse(ARCH, spos_space(4)))

@@ -21,6 +21,17 @@ def input_side(data: DataConfig, images: torch.Tensor) -> int:
     return RESIZED if data.resize else images.shape[-1]
 
 
+def settings_input_side(data: DataConfig) -> int | None:
+    """The side ``input_side`` will give, where the settings alone tell it (before the data
+    is read): 224 with --resize, an image folder's --image_size, 32 for CIFAR; None for
+    CIFAR with another --image_size (its batches are 32x32, its image folders that side)."""
+    if data.resize:
+        return RESIZED
+    if data.dataset == "folder":
+        return data.image_size
+    return 32 if data.image_size == 32 else None
+
+
 def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
     aug = AugmentConfig(cutout=data.cutout_length if data.cutout else 0,
                         auto_aug=data.auto_aug, resize=RESIZED if data.resize else 0)

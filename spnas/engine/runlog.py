@@ -213,7 +213,10 @@ class RunLock:
         self._found: set[str] = set()  # the other names in the folder when it did
 
     def _make_parents(self) -> None:
-        self._made_dirs = make_folders(self.path.parent)
+        """Make the folder; the folders made add to those an earlier try made (a retry
+        finds them there), deepest first."""
+        made = set(self._made_dirs) | set(make_folders(self.path.parent))
+        self._made_dirs = sorted(made, key=lambda f: len(f.parts), reverse=True)
         self._made_file = not self.path.exists()
 
     @property

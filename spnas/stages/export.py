@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from spnas.config import ExportConfig
-from spnas.data.loading import build_transform, read_dataset
+from spnas.data.loading import build_transform, input_side, read_dataset, settings_input_side
 from spnas.engine.checkpoint import checkpoint_space
 from spnas.engine.counting import default_resolution
 from spnas.errors import SpnasError
@@ -106,15 +106,18 @@ def export_target(checkpoint: Path, fmt: str, out: str | Path | None) -> Path:
 
 
 def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) -> dict:
-    """Random inputs, and the first ``images`` test images normalised as the run did."""
-    res = default_resolution(checkpoint_space(ckpt))
-    gen = torch.Generator().manual_seed(seed)
-    inputs = {"random": torch.randn(3, 3, res, res, generator=gen) * 2}
+    """Random inputs of the side the run's network took (the export is traced on them),
+    and the first ``images`` test images normalised as the run did."""
+    data = checkpoint_data(ckpt, data_path)
+    inputs = {}
     if images:
-        data = checkpoint_data(ckpt, data_path)
         ds = read_dataset(replace(data, download=False))  # checks never download
         inputs["real images"] = build_transform(data, False).plain(ds.test_x[:images])
-    return inputs
+        res = input_side(data, ds.test_x)
+    else:
+        res = settings_input_side(data) or default_resolution(checkpoint_space(ckpt))
+    gen = torch.Generator().manual_seed(seed)
+    return {"random": torch.randn(3, 3, res, res, generator=gen) * 2, **inputs}
 
 
 @torch.no_grad()

@@ -43,8 +43,8 @@ from typing import Any
 
 import torch
 
-from spnas.config import DataConfig, EvaluateConfig, ExportConfig, SearchRunConfig
-from spnas.data.loading import RESIZED
+from spnas.config import EvaluateConfig, ExportConfig, SearchRunConfig
+from spnas.data.loading import settings_input_side
 from spnas.defaults import RetrainStage, SupernetStage
 from spnas.engine.runlog import RunLock, RunLog
 from spnas.errors import SpnasError
@@ -147,27 +147,16 @@ def check_retrain_space(settings: dict[str, Any], shared: dict, own: dict[str, d
                              "level, or the same in both sections")
 
 
-def known_input_side(data: DataConfig) -> int | None:
-    """The side the network will see, where the settings alone tell it: 224 with --resize,
-    an image folder's --image_size, CIFAR's 32; None for CIFAR with another --image_size
-    (its batches are 32x32, its image folders that side: known once the data is found)."""
-    if data.resize:
-        return RESIZED
-    if data.dataset == "folder":
-        return data.image_size
-    return 32 if data.image_size == 32 else None
-
-
 def check_budget_early(settings: dict[str, Any]) -> None:
     """Refuse a search budget below the cheapest arch of the supernet's space before the
     supernet trains (the search checks it again). Only where the classes and the input side
-    are known before the data is read: CIFAR, or --classes, at 32x32 or with --resize."""
+    are known before the data is read: CIFAR or --classes, and ``settings_input_side``."""
     search, supernet = settings["search"], settings["supernet"]
     if search.search.max_flops is None and search.search.max_params is None:
         return
     data = supernet.data
     classes = data.classes or {"cifar10": 10, "cifar100": 100}.get(data.dataset)
-    resolution = known_input_side(data)
+    resolution = settings_input_side(data)
     if classes is None or resolution is None:
         return
     from spnas.engine.evolution import Budget

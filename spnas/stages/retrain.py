@@ -27,9 +27,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import ArchConfig, DataConfig, RetrainConfig, RunConfig, TrainConfig
 from spnas.data.datasets import Splits
-from spnas.data.loading import build_transform, train_loader
+from spnas.data.loading import build_transform, input_side, train_loader
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from spnas.engine.counting import count_macs, count_params, default_resolution
+from spnas.engine.counting import count_macs, count_params
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.graphs import GraphedBlocks
 from spnas.engine.plots import plot_training_curves
@@ -209,7 +209,7 @@ def final_test(shipped: ChildNet, step: int, splits: Splits, cfg: TrainConfig,
               for which, (net, at) in nets.items()}
     tested.setdefault("best", dict(tested["last"]))
     tested["best"]["val_acc"] = best["metrics"].get("best")
-    res = default_resolution(shipped.arch.space)
+    res = input_side(cfg.data, splits.train[0])
     probe = torch.zeros(1, 3, res, res, device=device)
     results = {"step": step, "arch": str(shipped.arch), "space": shipped.arch.space.describe(),
                "num_classes": len(splits.classes), "dataset": cfg.data.dataset,
