@@ -39,6 +39,9 @@ def plain_folder_name(name: str) -> str | None:
     return None
 
 
+RESIZED = 224  # the side --resize trains and evaluates at
+
+
 @dataclass
 class DataConfig(Checked):
     dataset: str = opt("cifar10", "cifar10 or cifar100 (official tarball or batches), or folder "

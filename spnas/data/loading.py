@@ -6,13 +6,11 @@ from dataclasses import replace
 
 import torch
 
-from spnas.config import DataConfig, TrainConfig, derive_seed
+from spnas.config import RESIZED, DataConfig, TrainConfig, derive_seed
 from spnas.data.augment import IMAGENET_MEAN_STD, MEAN_STD, AugmentConfig, BatchTransform
 from spnas.data.datasets import Dataset, Splits, load_dataset, make_splits
 from spnas.errors import SpnasError
 from spnas.runtime import Dist
-
-RESIZED = 224  # the side --resize trains and evaluates at
 
 
 def input_side(data: DataConfig, images: torch.Tensor) -> int:

@@ -21,13 +21,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from spnas.arch import Arch, SpaceSpec
+from spnas.config import RESIZED
 from spnas.errors import SpnasError
 from spnas.spaces.common import ChildNet
 
 
 def default_resolution(space: SpaceSpec) -> int:
     """Input size a layout is built for: 32 (CIFAR) or 224 (ImageNet / --resize)."""
-    return 224 if space.layout == "imagenet" else 32
+    return RESIZED if space.layout == "imagenet" else 32
 
 
 def count_macs(module: nn.Module, *inputs) -> int:
