@@ -101,8 +101,8 @@ def test_each_shipped_recipe_runs_end_to_end_when_cut_short(tmp_path, fake_cifar
 
 @pytest.mark.parametrize("extra, message", [
     ((), "already holds this pipeline; pass --resume"),
-    (("--resume", "--set", "supernet.lr=0.5"), "ran another recipe (supernet differ"),
-    (("--resume", "--set", "export.check_images=4"), "(export differ; see"),  # finished last
+    (("--resume", "--set", "supernet.lr=0.5"), "ran another recipe (supernet.lr "),
+    (("--resume", "--set", "export.check_images=4"), "(export.check_images 8, now 4; see"),  # finished last
 ])
 def test_a_finished_pipeline_is_never_overwritten(smoke, capsys, extra, message):
     root, out = smoke
@@ -251,14 +251,44 @@ def test_a_resume_may_change_only_stages_not_started(tmp_path, capsys):
     (out / "supernet").mkdir()  # supernet started; search, retrain ... not yet
     later = {**first, "retrain": {"epochs": 2}, "export": {"format": "onnx"}}
     Pipeline(later, out, resume=True)._check_recipe()
-    assert "export, retrain changed since" in capsys.readouterr().out
+    assert "export.format, retrain.epochs changed since" in capsys.readouterr().out
     assert json.loads((out / "recipe.json").read_text()) == later
-    for change, differ in [({"supernet": {"epochs": 2}}, "supernet"), ({"seed": 1}, "seed")]:
-        with pytest.raises(SpnasError, match=rf"ran another recipe \({differ} differ.* supernet "
+    for change, differ in [({"supernet": {"epochs": 2}}, "supernet.epochs 1, now 2"),
+                           ({"seed": 1}, "seed 0, now 1")]:
+        with pytest.raises(SpnasError, match=rf"ran another recipe \({differ}; see .* supernet "
                                              "started with it"):
             Pipeline({**later, **change}, out, resume=True)._check_recipe()
     (out / "retrain").mkdir()  # retrain started: it, and every stage before it, are fixed now
-    with pytest.raises(SpnasError, match=r"\(search differ.* and search started with it"):
+    with pytest.raises(SpnasError, match=r"\(search.population not set, now 3; see .* and search started with it"):
         Pipeline({**later, "search": {"population": 3}}, out, resume=True)._check_recipe()
     Pipeline({**later, "evaluate": {"batch_size": 50}}, out, resume=True)._check_recipe()
     assert json.loads((out / "recipe.json").read_text())["evaluate"] == {"batch_size": 50}
+
+
+def test_a_flag_without_a_stage_beats_every_sections_own_value(tmp_path, monkeypatch):
+    from spnas.fields import to_flat
+    from spnas.stages.pipeline import Pipeline, apply_settings, pipeline
+    recipe = {"seed": 0, "supernet": {"seed": 5, "data_path": "/recipe"},
+              "retrain": {"seed": 6, "epochs": 1}, "evaluate": {"data_path": "/other"}}
+    monkeypatch.setattr(Pipeline, "run", lambda self: (self.recipe, self.settings))
+    given, settings = pipeline(apply_settings(recipe, [("seed", "3")]), tmp_path / "p",
+                               overrides={"data_path": "/mine", "device": None})
+    flat = {stage: to_flat(cfg) for stage, cfg in settings.items()}
+    assert {stage: f["seed"] for stage, f in flat.items() if "seed" in f} == {
+        "supernet": 3, "search": 3, "retrain": 3}
+    assert flat["supernet"]["data_path"] == flat["retrain"]["data_path"] == "/mine"
+    assert flat["evaluate"]["data_path"] == "/other"  # other data, named in its own section
+    assert given["retrain"] == {"epochs": 1} and "device" not in given
+    assert apply_settings(recipe, [("retrain.seed", "7")])["retrain"]["seed"] == 7
+
+
+def test_a_resume_elsewhere_may_change_a_sections_data_path(tmp_path, capsys):
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline
+    out = tmp_path / "p"
+    first = {"supernet": {"epochs": 1, "data_path": "/there"}}
+    Pipeline(first, out)._check_recipe()
+    (out / "supernet").mkdir()
+    Pipeline({"supernet": {"epochs": 1, "data_path": "/here"}}, out, resume=True)._check_recipe()
+    with pytest.raises(SpnasError, match=r"\(supernet.epochs 1, now 2; see"):
+        Pipeline({"supernet": {"epochs": 2}}, out, resume=True)._check_recipe()

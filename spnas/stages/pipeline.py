@@ -16,8 +16,9 @@ apply to every stage that has a setting of that name (``data_path``,
 ``dataset``, ``seed``, ``device`` ...), and a section per stage sets that
 stage's own (``supernet: {epochs: 600, lr: 0.025}``); evaluate and export read
 the retrained network's data (``NOT_SHARED``) unless their own section names
-other data. Flags given to
-``spnas pipeline`` override the recipe's top level. Every stage's settings are
+other data. Flags given to ``spnas pipeline`` (``--data_path``, ``--set NAME=V`` ...)
+set the recipe's top level and replace the same setting in every stage's section
+(``with_shared``; ``--set STAGE.NAME=V`` sets one section's). Every stage's settings are
 built and checked before any stage runs or ``OUT/recipe.json`` is written, so a
 mistake anywhere fails at once. A finished stage leaves
 ``OUT/<stage>/done.json`` and is not run again; a stopped one resumes
@@ -187,6 +188,29 @@ def split_recipe(recipe: dict) -> tuple[dict, dict[str, dict]]:
     return shared, {s: dict(sections.get(s) or {}) for s in STAGES}
 
 
+def recipe_changes(before: dict, now: dict) -> dict[str, tuple[Any, Any]]:
+    """{NAME or STAGE.NAME: (before, now)} for each setting the two recipes give differently,
+    but ``MACHINE_KEYS`` (at the top level or in a section); None: not given."""
+    now = _jsonable(now)
+    changes = {}
+    for key in before.keys() | now.keys():
+        was, is_ = before.get(key), now.get(key)
+        if key in STAGES and (isinstance(was, dict) or isinstance(is_, dict)):
+            was, is_ = (v if isinstance(v, dict) else {} for v in (was, is_))
+            changes.update({f"{key}.{k}": (was.get(k), is_.get(k)) for k in was.keys() | is_.keys()
+                            if k not in MACHINE_KEYS and was.get(k) != is_.get(k)})
+        elif key not in MACHINE_KEYS and was != is_:
+            changes[key] = (was, is_)
+    return changes
+
+
+def _change_text(name: str, was, now) -> str:
+    """'supernet.lr 0.025, now 0.5' ('not set' for None)."""
+    def text(v):
+        return "not set" if v is None else json.dumps(v, default=str)
+    return f"{name} {text(was)}, now {text(now)}"
+
+
 def _read_done(done: Path) -> tuple[Any, float]:
     """A finished stage's result and seconds, from its ``done.json``."""
     try:
@@ -263,19 +287,21 @@ class Pipeline:
         if not isinstance(before, dict):
             raise SpnasError(f"{path} is not a pipeline's recipe (a JSON mapping); choose "
                              "another --out")
-        changed = sorted(k for k in before.keys() | self.recipe.keys()
-                         if k not in MACHINE_KEYS and before.get(k) != _jsonable(self.recipe.get(k)))
+        changes = recipe_changes(before, self.recipe)
+        changed = sorted(changes)
         names = stage_names()
-        touched = {k: {k} if k in STAGES else {s for s in STAGES if k in names[s]} for k in changed}
+        touched = {k: {k.partition(".")[0]} if "." in k else {s for s in STAGES if k in names[s]}
+                   for k in changed}
         ran = [i for i, s in enumerate(STAGES) if (self.out / s).exists()]
         started = set(STAGES[:max(ran) + 1]) if ran else set()  # and every stage before one
         refused = [k for k in changed if touched[k] & started]
         if refused:
             hit = sorted(set().union(*(touched[k] for k in refused)) & started, key=STAGES.index)
-            raise SpnasError(f"{self.out} ran another recipe ({', '.join(refused)} differ; see "
-                             f"{path}) and {', '.join(hit)} started with it (it or a later stage has "
-                             "its folder); resume with the same settings (only stages not "
-                             "started yet may change), or choose another --out")
+            what = "; ".join(_change_text(k, *changes[k]) for k in refused)
+            raise SpnasError(f"{self.out} ran another recipe ({what}; see {path}) and "
+                             f"{', '.join(hit)} started with it (it or a later stage has its "
+                             "folder); resume with the same settings (only stages not started "
+                             "yet may change), or choose another --out")
         if not self.resume and not ran:  # refused before its first stage began: nothing to keep
             print(f"pipeline: {self.out} holds a pipeline that started no stage; it starts "
                   "afresh", flush=True)
@@ -391,8 +417,24 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def with_shared(recipe: dict, overrides: dict) -> dict:
+    """``recipe`` with each of ``overrides`` (top-level names; None: not given) set for every
+    stage: at the top level, and in place of a stage section's own value of the name, which
+    would win over the top level (but for ``NOT_SHARED``: there the section's own stays)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.items()}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        out[name] = value
+        for stage in STAGES:
+            if isinstance(out.get(stage), dict) and name not in NOT_SHARED.get(stage, ()):
+                out[stage].pop(name, None)
+    return out
+
+
 def apply_settings(recipe: dict, settings: list[tuple[str, str]]) -> dict:
-    """``recipe`` with ``[(STAGE.NAME or NAME, text)]`` set; the text is read as YAML would."""
+    """``recipe`` with ``[(STAGE.NAME or NAME, text)]`` set; the text is read as YAML would.
+    A NAME without a stage is set for every stage (``with_shared``)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.items()}
     for key, text in settings:
         stage, _, name = key.rpartition(".")
@@ -400,9 +442,11 @@ def apply_settings(recipe: dict, settings: list[tuple[str, str]]) -> dict:
         if stage:
             if stage not in STAGES:
                 raise SpnasError(f"--set {key}: no stage {stage!r}; stages: {', '.join(STAGES)}")
-            out.setdefault(stage, {})[name] = value
+            if not isinstance(out.get(stage), dict):
+                out[stage] = {}
+            out[stage][name] = value
         else:
-            out[name] = value
+            out = with_shared(out, {name: value})
     return out
 
 
@@ -426,5 +470,4 @@ def pipeline(recipe: dict | str | Path, out: str | Path, resume: bool = False,
     if not isinstance(recipe, dict):
         from spnas.cli.generate import read_recipe
         recipe = read_recipe(recipe)
-    recipe = {**recipe, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    return Pipeline(recipe, out, resume).run()
+    return Pipeline(with_shared(recipe, overrides or {}), out, resume).run()
