@@ -47,7 +47,7 @@ class DataConfig(Checked):
     dataset: str = opt("cifar10", "cifar10 or cifar100 (official tarball or batches), or folder "
                        "(train/<class>/ + test/<class>/ image folders)", choices=DATASETS)
     data_path: str = opt("data", "folder with the dataset (official tarball, unpacked batches, or "
-                         "train/<class>/ + test/<class>/ image folders); downloaded if absent")
+                         "train/<class>/ + test/<class>/ image folders); downloaded if absent", path=True)
     classes: int | None = opt(None, "number of classes, checked against the data; none = the "
                               "data's", check="positive")
     val_size: int = opt(5000, "training images held out for validation (stratified); 0 = validate "
@@ -117,7 +117,7 @@ class _MemoryFormat:
 class RunConfig(_MemoryFormat, Checked):
     exp_name: str = opt("run", "run folder name under --save_path", check=plain_folder_name)
     save_path: str = opt("checkpoints", "folder of the run folders (the run is "
-                         "save_path/exp_name)")
+                         "save_path/exp_name)", path=True)
     seed: int = opt(0, "seed of every random draw: data order, augmentation, paths, init", check="seed")
     print_freq: int = opt(100, "steps between metric lines", unit="steps", check="positive")
     val_interval: int = opt(5, "epochs between validations (and always after the last epoch)",
@@ -171,7 +171,7 @@ class ArchConfig(Checked):
     """Which network: an arch file or string, and the space a string is read in."""
 
     arch: str = opt("", "the network: an arch file (.json), tokens ('k5 k3 x ...') or "
-                    "choice indices ('1,0,3,...')", default_text="required")
+                    "choice indices ('1,0,3,...')", default_text="required", path=True)
     space: str | None = opt(None, "space of an arch string; none = an arch file's own, or spos "
                             "for a string", choices=("spos", "mbconv"))
     layers: int | None = opt(None, "searchable layers of the spos space; none = an arch file's, "
@@ -193,8 +193,8 @@ class RetrainConfig(ArchConfig):
 @dataclass
 class FinetuneConfig(Checked):
     checkpoint: str = opt("", "the network: a child checkpoint (or its run folder), or a "
-                          "supernet checkpoint with --arch", default_text="required")
-    arch: str | None = opt(None, "the path to take out of a supernet checkpoint")
+                          "supernet checkpoint with --arch", default_text="required", path=True)
+    arch: str | None = opt(None, "the path to take out of a supernet checkpoint", path=True)
     dropout: float | None = opt(None, "dropout before the classifier; none = the checkpoint's",
                                 unit="probability", check="fraction")
     freeze_epochs: int = opt(0, "first epochs with the backbone frozen (weights and BN "
@@ -218,7 +218,7 @@ class SuperkernelConfig(Checked):
                              "else cifar", choices=("cifar", "imagenet"))
     latency_table: str | None = opt(None, "per-layer latency table from 'spnas latency-table "
                                     "--space mbconv'; none = a table of MACs, no timing",
-                                    metavar="FILE")
+                                    metavar="FILE", path=True)
     lam: float = opt(0.1, "weight of ln(predicted latency) after the warm-up, in the convention "
                      "of --lam_scale", check="nonneg")
     lam_scale: float = opt(1.0, "the penalty is lam x lam_scale x ln R; 1000 is the paper code's "
@@ -321,7 +321,7 @@ class SearchConfig(Checked):
                                        unit="milliseconds per batch", check="positive",
                                        group="budget")
     latency_table: str | None = opt(None, "JSON file from 'spnas latency-table'", group="budget",
-                                    metavar="FILE")
+                                    metavar="FILE", path=True)
     seed: int = opt(0, "seed of every draw of the search, and of the recalibration images", check="seed")
 
     def __post_init__(self) -> None:
@@ -367,8 +367,10 @@ DataOverrides = _overrides(DataConfig, "DataOverrides", "the checkpoint's")
 class SearchRunConfig(_MemoryFormat, Checked):
     """One ``spnas search`` run: which supernet, which data, where the results go."""
 
-    checkpoint: str = opt("", "the supernet: a checkpoint (.pt) or its run folder", default_text="required")
-    out: str | None = opt(None, "output folder; none = search_<method> beside the checkpoint")
+    checkpoint: str = opt("", "the supernet: a checkpoint (.pt) or its run folder",
+                          default_text="required", path=True)
+    out: str | None = opt(None, "output folder; none = search_<method> beside the checkpoint",
+                          path=True)
     search: SearchConfig = field(default_factory=SearchConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     data: DataOverrides = field(default_factory=DataOverrides)  # type: ignore[valid-type]
@@ -395,13 +397,13 @@ class SearchRunConfig(_MemoryFormat, Checked):
 class LatencyConfig(_MemoryFormat, Checked):
     """``spnas latency-table``: time every (layer, choice) of a space on one device."""
 
-    out: str = opt("latency.json", "the table (JSON)", metavar="FILE")
+    out: str = opt("latency.json", "the table (JSON)", metavar="FILE", path=True)
     space: str | None = opt(None, "a registered space (spaces.SPACE_SPECS); none = the "
                             "--checkpoint's, or spos", choices=("spos", "mbconv"))
     layout: str | None = opt(None, "strides of the space; none = the --checkpoint's, or cifar",
                              choices=("cifar", "imagenet"))
     options: dict = opt(help="space options, e.g. {'layers': 8}", factory=dict, cli=False)
-    checkpoint: str | None = opt(None, "take the space and classes from this checkpoint instead")
+    checkpoint: str | None = opt(None, "take the space and classes from this checkpoint instead", path=True)
     classes: int | None = opt(None, "classes of the classifier; none = the --checkpoint's, or 10",
                               check="positive")
     device: str = opt("cpu", "cpu, cuda or cuda:N")
@@ -433,14 +435,14 @@ class EvaluateConfig(Checked):
     """``spnas evaluate`` / ``spnas.evaluate``: a trained network on a split of its data (or
     of other data with the same classes)."""
 
-    checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required")
+    checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required", path=True)
     split: str = opt("test", "the split evaluated; val: the held-out split the run validated on",
                      choices=("test", "val", "train"))
-    data_path: str | None = opt(None, "where the data is; none = the run's")
+    data_path: str | None = opt(None, "where the data is; none = the run's", path=True)
     dataset: str | None = opt(None, "the dataset; none = the run's", choices=DATASETS)
     out: str | None = opt(None, "folder for evaluation.json and confusion.png; none = "
                           "eval_<checkpoint>_<split> beside the checkpoint (with the dataset and "
-                          "data folder added for data other than the run's)")
+                          "data folder added for data other than the run's)", path=True)
     batch_size: int = opt(500, "images per forward", check="positive")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = opt(False, "bf16 autocast on CUDA; off: fp32")
@@ -450,14 +452,14 @@ class EvaluateConfig(Checked):
 class ExportConfig(Checked):
     """``spnas export`` / ``spnas.export``: ONNX or TorchScript, loaded back and checked."""
 
-    checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required")
+    checkpoint: str = opt("", CHECKPOINT_HELP, default_text="required", path=True)
     format: str = opt("onnx", "the file format (onnx needs the onnx extra: onnx, onnxscript "
                       "and onnxruntime)",
                       choices=("onnx", "torchscript"))
     out: str | None = opt(None, "the file to write, or an existing folder (or one ending in /) "
                           "to write <name>.onnx / <name>.torchscript.pt into; a folder is never "
-                          "replaced; none = beside the checkpoint")
-    data_path: str | None = opt(None, "where the data is; none = the run's")
+                          "replaced; none = beside the checkpoint", path=True)
+    data_path: str | None = opt(None, "where the data is; none = the run's", path=True)
     check_images: int = opt(64, "test images compared with PyTorch; 0 = random inputs only",
                             unit="images", check="nonneg")
     tolerance: float = opt(1e-3, "largest absolute difference of the logits allowed",
@@ -506,10 +508,10 @@ class CurvesConfig(Checked):
 
     runs: tuple[str, ...] = opt((), "run folders, metrics.jsonl files, CSV files (columns step, "
                                 "loss) or text logs", check=_runs, positional=True,
-                                metavar="RUN", default_text="required")
+                                metavar="RUN", default_text="required", path=True)
     baseline: str | None = opt(None, "reference run to compare each run with (same kinds of "
-                               "input); none = plot only", check=_given)
-    out: str = opt(".", "folder for loss.jpg and loss.png")
+                               "input); none = plot only", check=_given, path=True)
+    out: str = opt(".", "folder for loss.jpg and loss.png", path=True)
     rtol: float = opt(0.05, "pass when the mean |relative difference| is at most this ...",
                       check="nonneg")
     atol: float = opt(0.0002, "... or the mean |difference| is at most this", check="nonneg")
@@ -541,8 +543,9 @@ class ImportReferenceConfig(Checked):
 
     src: str = opt("", "torch.save(model.state_dict()) of the original's train_supernet.py (a "
                    "supernet) or retrain_best_choice.py (one network)", positional=True,
-                   metavar="SRC.pth", default_text="required")
-    out: str = opt("", "the spnas checkpoint to write", metavar="DST.pt", default_text="required")
+                   metavar="SRC.pth", default_text="required", path=True)
+    out: str = opt("", "the spnas checkpoint to write", metavar="DST.pt", default_text="required",
+                   path=True)
     resize: bool | None = opt(None, "check that the file is in the --resize (imagenet) layout; "
                               "--no-resize: the CIFAR layout", default_text="the file's")
     classes: int | None = opt(None, "check the number of classes", check="positive",

@@ -16,9 +16,11 @@ is due becomes a float). Other metadata: ``choices``; ``flags`` (extra
 spellings); ``parse`` (a text parser such as ``count_arg``, for flags and
 files); ``cli=False`` (no generated flag); ``group`` (the help section);
 ``label`` (the flag named in errors); ``default_text`` (the default as help
-states it); ``metavar``; ``positional`` (a positional argument, shown as its
-``metavar``, named in errors as the setting, which is how a settings file gives it:
-a ``tuple[str, ...]`` takes any number, a ``str`` one or none).
+states it); ``metavar``; ``path=True`` (a file or folder, or a tuple of them: a
+leading ``~`` is the home folder, as a shell has it, from a file or Python too);
+``positional`` (a positional argument, shown as its ``metavar``, named in errors as
+the setting, which is how a settings file gives it: a ``tuple[str, ...]`` takes any
+number, a ``str`` one or none).
 
 Settings are addressed by their leaf names (``lr``, ``cutout``), unique within a
 stage's config, so a flat file, a nested ``config.json`` and the flags all name
@@ -132,6 +134,15 @@ def _typed(name: str, value, f: dataclasses.Field, hint):
     return value
 
 
+def expand_home(value):
+    """A path setting's value with a leading ``~`` expanded (each of a tuple's paths)."""
+    if isinstance(value, (str, os.PathLike)):
+        return os.path.expanduser(os.fspath(value))
+    if isinstance(value, tuple):
+        return tuple(expand_home(v) if isinstance(v, (str, os.PathLike)) else v for v in value)
+    return value
+
+
 class Checked:
     """Mixin for dataclasses whose fields carry ``opt`` metadata: checked on construction.
 
@@ -148,6 +159,8 @@ class Checked:
             if "help" not in f.metadata:
                 continue
             value = _typed(f.name, getattr(self, f.name), f, hints[f.name])
+            if f.metadata.get("path"):
+                value = expand_home(value)
             object.__setattr__(self, f.name, value)
             check_value(f.name, value, f)
 

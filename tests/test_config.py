@@ -426,3 +426,33 @@ def test_the_readme_lists_what_a_resume_may_change():
     assert sentence, "README: the 'Only ... may change' sentence of the Resume paragraph"
     listed = set(re.findall(r"`(\w+)`", sentence.group(1)))
     assert listed == set(RESUMABLE) - {"resume"}
+
+
+PATH_SETTINGS = {"data_path", "save_path", "arch", "checkpoint", "out", "runs", "baseline", "src",
+                 "latency_table"}
+
+
+@pytest.mark.parametrize("command", STAGES)
+def test_a_leading_tilde_in_a_file_or_folder_setting_is_the_home_folder(command, tmp_path,
+                                                                         monkeypatch):
+    from spnas.fields import from_flat
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = STAGES[command]()
+    names = {path[-1] for path, *_ in leaf_fields(default)} & PATH_SETTINGS
+    assert names, command
+    for name in names:
+        cfg = from_flat(default, {name: ("~/x",) if name == "runs" else "~/x"})
+        got = to_flat(cfg)[name]
+        assert got == ((str(tmp_path / "x"),) if name == "runs" else str(tmp_path / "x")), name
+
+
+def test_the_shell_did_not_expand_a_tilde_the_run_does(tmp_path, monkeypatch):
+    from spnas.cli.generate import read_recipe
+    from spnas.stages.pipeline import Pipeline
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = config_of("search", "--checkpoint=~/sn", "--out=~/found", "--data_path=~/data")
+    assert (cfg.checkpoint, cfg.out, cfg.data.data_path) == (
+        str(tmp_path / "sn"), str(tmp_path / "found"), str(tmp_path / "data"))
+    (tmp_path / "r.json").write_text(json.dumps({"seed": 3}))
+    assert read_recipe("~/r.json") == {"seed": 3}
+    assert Pipeline({}, "~/p").out == tmp_path / "p"

@@ -156,8 +156,8 @@ def _add_flag(g, f: dataclasses.Field, hint, value, note: str | None) -> None:
 def read_recipe(path: str | Path) -> dict:
     """The mapping a YAML or JSON settings file holds, as written (sections kept).
 
-    PyYAML is imported only for .yaml/.yml files."""
-    p = Path(path)
+    PyYAML is imported only for .yaml/.yml files; a leading ``~`` is the home folder."""
+    p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:

@@ -226,7 +226,7 @@ class Pipeline:
     """Runs the stages of one recipe in ``out``; see the module docstring."""
 
     def __init__(self, recipe: dict, out: str | Path, resume: bool = False):
-        self.out, self.resume = Path(out), resume
+        self.out, self.resume = Path(out).expanduser(), resume
         self.shared, self.own = split_recipe(recipe)
         self.settings = stage_settings(self.shared, self.own)  # checked before anything runs
         self.recipe = recipe
