@@ -268,3 +268,15 @@ def test_the_backbone_bns_train_again_from_the_first_unfrozen_step():
     assert all(bn.training for bn in bns)
     assert not any(torch.equal(b, bn.running_mean) for b, bn in zip(before, bns))
     assert all(p.requires_grad for p in net.parameters())
+
+
+def test_a_finetune_resumes_after_its_source_checkpoint_moved(fake_cifar, tmp_path, capsys):
+    ckpt = save_child(tmp_path / "src.pt", busy_child(5), fake_cifar)
+    argv = finetune_argv(fake_cifar, ckpt, tmp_path, "ft", **{"--epochs": 2})
+    assert main(argv + ["--stop_after", "3"]) == 0
+    stopped = load_checkpoint(tmp_path / "ft" / "last.pt")
+    ckpt.rename(tmp_path / "moved.pt")
+    assert main(["finetune", "--resume", "--save_path", str(tmp_path), "--exp_name", "ft"]) == 0
+    done = load_checkpoint(tmp_path / "ft" / "last.pt")
+    assert stopped["step"] == 3 and done["step"] == 6
+    assert done["num_classes"] == 10 and "resumed from" in (tmp_path / "ft" / "train.log").read_text()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from spnas.config import FinetuneConfig, TrainConfig, derive_seed
 from spnas.data.loading import recal_transform, steps_per_epoch
 from spnas.engine.checkpoint import checkpoint_space, child_arch, load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import plain_forward, recalibrate_bn, recalibration_batches
-from spnas.engine.runlog import require_resumed
+from spnas.engine.runlog import require_resumed, run_dir_for
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import start_run
 from spnas.errors import SpnasError
@@ -86,6 +87,20 @@ def load_pretrained(fc: FinetuneConfig) -> Pretrained:
                   tuple(ckpt.get("classes") or ()))
 
 
+def resumed_network(last: Path) -> Pretrained:
+    """A resumed fine-tune's network as its ``last.pt`` holds it: the weights that file
+    restores replace the source's anyway (and the supernet's BN statistics), so the source
+    ``--checkpoint`` need not be where it was when the run started."""
+    ckpt = load_checkpoint(last, kinds=("child",))
+    child = model_from_checkpoint(ckpt)
+    if not isinstance(child, ChildNet):
+        raise SpnasError(f"{last} does not hold a standalone network; delete it to start the "
+                         "fine-tune afresh, or check --exp_name")
+    return Pretrained(child, dict(ckpt.get("model_args") or {}),
+                      f"{ckpt.get('arch')} (resumed from {last})", False,
+                      tuple(ckpt.get("classes") or ()))
+
+
 class BackboneFreeze:
     """A Task forward that freezes all but the classifier for the first ``steps`` steps."""
 
@@ -141,7 +156,8 @@ def finetune(cfg: TrainConfig) -> dict:
                          f"got {fc.freeze_epochs}")
     if fc.freeze_epochs and world_size() > 1:  # before any data is loaded
         raise SpnasError("--freeze_epochs runs in one process; drop it or run without torchrun")
-    src = load_pretrained(fc)
+    last = run_dir_for(cfg.run) / "last.pt"
+    src = resumed_network(last) if cfg.run.resume and last.is_file() else load_pretrained(fc)
     check_layout(src.net.arch, cfg.data, "the network")
     dist_info, device, splits = start_run(cfg)
     model = place(src.net, device, cfg.run.channels_last_for(device))
