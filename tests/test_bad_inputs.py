@@ -705,3 +705,25 @@ def test_a_closed_stdout_ends_the_command_quietly():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).parents[1])
     assert (r.returncode, r.stderr) == (141, ""), r.stderr
+
+
+def test_running_out_of_memory_is_one_line_saying_what_to_shrink(capsys):
+    def too_big(_):
+        torch.empty(10**13)  # the CPU allocator refuses 40 TB at once
+
+    def cuda_full(_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 "
+                                     "has a total capacity of 139.81 GiB ...")
+
+    for fn, where in ((too_big, "memory: 37252.9 GiB asked for"),
+                      (cuda_full, "GPU memory: 20 GiB asked for")):
+        assert run_guarded(fn, None) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"spnas: error: out of {where}; "
+                                                       "make the work smaller (--batch_size"), lines
+
+    def bug(_):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):  # a bug keeps its traceback
+        run_guarded(bug, None)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 
 from spnas.cli.curves import add_curves_parser, run_curves
@@ -137,9 +138,34 @@ def run_guarded(fn, args) -> int:
         else:
             raise
         return 2
+    except (MemoryError, RuntimeError) as e:
+        text = out_of_memory_text(e)
+        if text is None:
+            raise
+        print(f"spnas: error: {text}", file=sys.stderr)
+        return 2
     finally:
         close_distributed(finished)
     return code if isinstance(code, int) else 0
+
+
+def out_of_memory_text(e: BaseException) -> str | None:
+    """The one line for an allocation that failed (torch's CUDA or CPU allocator, or Python's),
+    or None for any other error."""
+    text = str(e)
+    if not (isinstance(e, MemoryError) or "out of memory" in text
+            or "can't allocate memory" in text):
+        return None
+    size = re.search(r"[Tt]ried to allocate ([\d.]+) (bytes|[KMGT]iB)", text)
+    asked = ""
+    if size:
+        amount, unit = float(size.group(1)), size.group(2)
+        asked = (f": {amount / 2**30:.1f} GiB asked for" if unit == "bytes" else
+                 f": {amount:g} {unit} asked for")
+    where = "GPU memory" if "CUDA" in text or "cuda" in text else "memory"
+    return (f"out of {where}{asked}; make the work smaller (--batch_size, "
+            "--eval_batch, --recal_batch, --resolution, the image side) or use another "
+            "--device; what was written before, checkpoints among them, is kept")
 
 
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
