@@ -157,6 +157,7 @@ class Checked:
         hints = type_hints(type(self))
         for f in dataclasses.fields(self):
             if "help" not in f.metadata:
+                self._check_section(f, hints[f.name])
                 continue
             value = _typed(f.name, getattr(self, f.name), f, hints[f.name])
             if f.metadata.get("path"):
@@ -164,25 +165,56 @@ class Checked:
             object.__setattr__(self, f.name, value)
             check_value(f.name, value, f)
 
+    def _check_section(self, f: dataclasses.Field, hint) -> None:
+        """A section (a dataclass field, such as ``optim``) holds its dataclass; a dict of its
+        settings is read as the section's default with those set (the stage's own default:
+        ``SupernetStage(optim={"lr": 0.1})`` keeps batch 96)."""
+        kind = base_type(hint)
+        value = getattr(self, f.name)
+        if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)) or value is None:
+            return
+        if isinstance(value, dict) and f.default_factory is not MISSING:
+            default = f.default_factory()
+            unknown = sorted(set(value) - {g.name for g in dataclasses.fields(default)})
+            if unknown:
+                raise SpnasError(f"{type(self).__name__}.{f.name} has no setting "
+                                 f"{', '.join(map(str, unknown))}; see {kind.__name__}'s fields")
+            value = dataclasses.replace(default, **value)
+            object.__setattr__(self, f.name, value)
+        if not isinstance(value, kind):
+            article = "an" if kind.__name__[0] in "AEIOU" else "a"
+            raise TypeError(f"{type(self).__name__}.{f.name} must be {article} {kind.__name__} "
+                            f"(or a dict of its settings), got {type(value).__name__}")
+
 
 _Call = typing.TypeVar("_Call", bound=typing.Callable[..., Any])
 
 
-def takes_config(cls: type, required: str) -> typing.Callable[[_Call], _Call]:
-    """Decorator of a stage call that takes one ``cls`` instance (positionally or as ``cfg=``):
-    any other call, such as spnas 0.1's positional and keyword arguments
-    (``evaluate_checkpoint(path, split)``), is a ``TypeError`` naming the dataclass."""
+def takes_config(cls: type, required: str = "", *, model: type | None = None,
+                 name: str = "") -> typing.Callable[[_Call], _Call]:
+    """Decorator of a stage call that takes one ``cls`` instance (positionally or as ``cfg=``),
+    whose ``model`` section, with ``model``, is one of those: any other call, such as spnas
+    0.1's positional and keyword arguments (``evaluate_checkpoint(path, split)``) or a
+    training stage's config given to another stage, is a ``TypeError`` naming the dataclass
+    (``name``, else ``cls``'s) and ``required``, the setting it needs."""
+    shown = name or cls.__name__
+
+    def fits(cfg) -> bool:
+        return isinstance(cfg, cls) and (model is None or isinstance(getattr(cfg, "model", None), model))
+
     def wrap(fn: _Call) -> _Call:
         @functools.wraps(fn)
         def call(*args, **kwargs):
             if not args and set(kwargs) == {"cfg"}:
                 args, kwargs = (kwargs["cfg"],), {}
-            if len(args) != 1 or kwargs or not isinstance(args[0], cls):
-                name = cls.__name__
-                article = "an" if name[0] in "AEIOU" else "a"
+            if len(args) != 1 or kwargs or not fits(args[0]):
+                article = "an" if shown[0] in "AEIOU" else "a"
                 got = ", ".join([type(a).__name__ for a in args] + [f"{k}=" for k in kwargs])
-                raise TypeError(f"{fn.__name__} takes {article} {name} "
-                                f"(spnas.{name}({required}=...)), got {got or 'nothing'}")
+                if len(args) == 1 and not kwargs and isinstance(args[0], cls) and model:
+                    got += f" with a {type(getattr(args[0], 'model', None)).__name__} model"
+                given = f"{required}=..." if required else ""
+                raise TypeError(f"{fn.__name__} takes {article} {shown} "
+                                f"(spnas.{shown}({given})), got {got or 'nothing'}")
             return fn(args[0])
         return typing.cast(_Call, call)
     return wrap

@@ -57,3 +57,39 @@ def test_one_version():
 def test_an_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError):
         spnas.trian_supernet
+
+
+@pytest.mark.parametrize("name, stage", [
+    ("train_supernet", "SupernetStage"), ("retrain", "RetrainStage"),
+    ("finetune", "FinetuneStage"), ("superkernel", "SuperkernelStage"),
+    ("search", "SearchRunConfig")])
+def test_a_stage_called_with_another_stages_config_is_a_type_error(name, stage):
+    other = spnas.RetrainStage() if stage != "RetrainStage" else spnas.SupernetStage()
+    for call in ((other,), ("runs/x",), ()):
+        with pytest.raises(TypeError, match=rf"takes an? {stage} \(spnas.{stage}\("):
+            getattr(spnas, name)(*call)
+
+
+def test_a_section_takes_its_dataclass_or_a_dict_of_its_settings():
+    cfg = spnas.SupernetStage(optim={"lr": 0.1})
+    assert (cfg.optim.lr, cfg.optim.batch_size, cfg.optim.epochs) == (0.1, 96, 600)  # the stage's
+    with pytest.raises(spnas.SpnasError, match="SupernetStage.optim has no setting lrr"):
+        spnas.SupernetStage(optim={"lrr": 0.1})
+    with pytest.raises(spnas.SpnasError, match="--lr must be positive"):
+        spnas.SupernetStage(optim={"lr": -1})
+    with pytest.raises(TypeError, match="RetrainStage.model must be a RetrainConfig"):
+        spnas.RetrainStage(model=spnas.SupernetStage().model)
+    with pytest.raises(TypeError, match="SearchRunConfig.search must be a SearchConfig"):
+        spnas.SearchRunConfig(checkpoint="x", search=5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (({}, 5), "out must be str or a path, got int"),
+    ((5, "out"), "recipe must be dict or str or a path, got int"),
+    (({}, "out", "yes"), "resume must be bool, got str"),
+    (({}, "out", False, [("seed", 1)]), "overrides must be dict or None, got list")])
+def test_the_pipeline_call_checks_its_arguments(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match=message):
+        spnas.pipeline(*args)
+    assert not list(tmp_path.iterdir())

@@ -32,6 +32,7 @@ from spnas.engine.runlog import require_resumed, run_dir_for
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import start_run
 from spnas.errors import SpnasError
+from spnas.fields import takes_config
 from spnas.runtime import place, world_size
 from spnas.spaces import build_child
 from spnas.spaces.common import ChildNet
@@ -144,6 +145,7 @@ def _recalibrate(model: nn.Module, train_x: torch.Tensor, cfg: TrainConfig, n: i
     return f"recalibrated {count} BatchNorm layers on {min(n, len(train_x))} training images"
 
 
+@takes_config(TrainConfig, model=FinetuneConfig, name="FinetuneStage")
 def finetune(cfg: TrainConfig) -> dict:
     """Fine-tune ``cfg.model.checkpoint`` on ``cfg.data``; returns the results."""
     fc: FinetuneConfig = cfg.model

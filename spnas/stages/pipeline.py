@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -466,7 +467,16 @@ def _scalar(text: str):
 
 def pipeline(recipe: dict | str | Path, out: str | Path, resume: bool = False,
              overrides: dict | None = None) -> dict:
-    """Run (or resume) the whole pipeline of ``recipe`` (a dict or a YAML/JSON file) in ``out``."""
+    """Run (or resume) the whole pipeline of ``recipe`` (a dict or a YAML/JSON file) in ``out``;
+    ``overrides``: {top-level setting: value}, set for every stage (``with_shared``)."""
+    for name, value, kinds in (("recipe", recipe, (dict, str, os.PathLike)),
+                               ("out", out, (str, os.PathLike)), ("resume", resume, (bool,)),
+                               ("overrides", overrides, (dict, type(None)))):
+        if not isinstance(value, kinds):
+            want = " or ".join("a path" if k is os.PathLike else "None" if k is type(None) else
+                               k.__name__ for k in kinds)
+            raise TypeError(f"pipeline's {name} must be {want}, got {type(value).__name__} "
+                            "(spnas.pipeline('recipes/smoke.yaml', 'runs/smoke'))")
     if not isinstance(recipe, dict):
         from spnas.cli.generate import read_recipe
         recipe = read_recipe(recipe)

@@ -37,6 +37,7 @@ from spnas.engine.runlog import RunLog, read_metrics, require_resumed, run_dir_f
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
 from spnas.errors import SpnasError
+from spnas.fields import takes_config
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, place
 from spnas.spaces import build_child, make_space
@@ -232,6 +233,7 @@ def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: T
     return out
 
 
+@takes_config(TrainConfig, model=RetrainConfig, name="RetrainStage")
 def retrain(cfg: TrainConfig) -> dict:
     """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
     rc: RetrainConfig = cfg.model

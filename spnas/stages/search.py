@@ -50,6 +50,7 @@ from spnas.engine.latency import LatencyTable
 from spnas.engine.runlog import RunLock, RunLog
 from spnas.engine.scoring import SupernetScorer, input_dtype, recal_set, val_set
 from spnas.errors import SpnasError
+from spnas.fields import takes_config
 from spnas.files import atomic_write_text
 from spnas.runtime import Dist, init_distributed, place, rank0_first, setup_torch
 from spnas.spaces import build_child
@@ -57,6 +58,7 @@ from spnas.stages.search_record import RECORD, Replay, log_run_changes, prepare_
 from spnas.stages.search_report import FLOPS_UNIT, plot_search, write_arch_files
 
 
+@takes_config(SearchRunConfig, "checkpoint")
 def search_supernet(cfg: SearchRunConfig) -> list[Candidate]:
     """Run (or resume) the search ``cfg`` describes; returns the top-k, best first.
 

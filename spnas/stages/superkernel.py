@@ -43,6 +43,7 @@ from spnas.engine.runlog import RunLog, run_dir_for
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import Task, Trainer, start_run
 from spnas.errors import SpnasError
+from spnas.fields import takes_config
 from spnas.runtime import place, torch_threads
 from spnas.spaces import build_child
 from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
@@ -346,6 +347,7 @@ def search_layout(cfg: TrainConfig) -> str:
     return cfg.model.layout or ("imagenet" if cfg.data.resize else "cifar")
 
 
+@takes_config(TrainConfig, model=SuperkernelConfig, name="SuperkernelStage")
 def search_superkernel(cfg: TrainConfig) -> dict:
     """Run the superkernel search as ``cfg`` says; write arch.json and plots; return the result."""
     dist_info, device, splits = start_run(cfg, graphs=False)

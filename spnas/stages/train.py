@@ -14,6 +14,7 @@ from spnas.engine.graphs import GraphedBlocks
 from spnas.engine.runlog import run_dir_for
 from spnas.engine.schedule import param_groups
 from spnas.engine.trainer import Task, Trainer, cross_entropy_loss, start_run
+from spnas.fields import takes_config
 from spnas.runtime import place
 from spnas.spaces.spos import SposSupernet, spos_space
 
@@ -90,6 +91,7 @@ def supernet_step_forward(model: SposSupernet, space: SpaceSpec, seed: int, run:
     return forward
 
 
+@takes_config(TrainConfig, model=SupernetConfig, name="SupernetStage")
 def train_supernet(cfg: TrainConfig) -> dict:
     """Train the SPOS supernet as ``cfg`` says; returns the final metrics."""
     model_cfg: SupernetConfig = cfg.model
