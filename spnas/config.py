@@ -348,19 +348,23 @@ class ScoringConfig(Checked):
                           "per candidate", unit="GiB", check="nonneg")
 
 
-def _overrides(cls, name: str, default_text: str):
-    """A dataclass with ``cls``'s settings, each optional (default None = not overridden)."""
+def _overrides(cls, name: str, default_text: str, leave_out: tuple[str, ...] = ()):
+    """A dataclass with ``cls``'s settings but ``leave_out``, each optional (default None = not
+    overridden)."""
     from spnas.fields import type_hints
     hints = type_hints(cls)
     specs = [(f.name, hints[f.name] | None,
               field(default=None, metadata={**f.metadata, "default_text": default_text}))
-             for f in dataclasses.fields(cls)]
+             for f in dataclasses.fields(cls) if f.name not in leave_out]
     doc = f"``{cls.__name__}`` settings overriding a checkpoint's (None = the checkpoint's)."
     return dataclasses.make_dataclass(name, specs, bases=(Checked,),
                                       namespace={"__module__": __name__, "__doc__": doc})
 
 
-DataOverrides = _overrides(DataConfig, "DataOverrides", "the checkpoint's")
+# the training augmentation: a search recalibrates BN on crop/flip alone and scores plain
+# images (loading.recal_transform), so it has no use for these
+TRAINING_ONLY = ("cutout", "cutout_length", "auto_aug")
+DataOverrides = _overrides(DataConfig, "DataOverrides", "the checkpoint's", TRAINING_ONLY)
 
 
 @dataclass
@@ -386,10 +390,14 @@ class SearchRunConfig(_MemoryFormat, Checked):
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):  # {DataConfig field: value}, as earlier versions took
-            try:
-                self.data = DataOverrides(**self.data)
-            except TypeError as e:
-                raise SpnasError(f"data overrides: {e}; give DataConfig fields") from None
+            names = {f.name for f in dataclasses.fields(DataOverrides)}
+            unknown = sorted(set(self.data) - names)
+            if unknown:
+                why = (" (training augmentation: a search recalibrates BN on crop/flip and "
+                       "scores plain images)" if set(unknown) <= set(TRAINING_ONLY) else "")
+                raise SpnasError(f"the search's data has no setting {', '.join(unknown)}{why}; "
+                                 f"its settings: {', '.join(sorted(names))}")
+            self.data = DataOverrides(**self.data)
         super().__post_init__()
 
 

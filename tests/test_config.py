@@ -100,7 +100,7 @@ def test_help_states_every_default_and_unit():
     paper = " ".join(sub["superkernel"].format_help().split())
     assert "(default: 0.1; --recipe paper: 0.02)" in paper
     search = " ".join(sub["search"].format_help().split())
-    assert "--cutout, --no-cutout cutout augmentation (default: the checkpoint's)" in search
+    assert "--resize, --no-resize train at 224" in search and "(default: the checkpoint's)" in search
 
 
 def test_config_choices_match_the_registries():
@@ -179,7 +179,7 @@ def test_python_values_of_the_wrong_type_are_refused():
     with pytest.raises(SpnasError, match="--dataset must be one of cifar10, cifar100, folder"):
         C.DataConfig(dataset="imagenet")
     assert C.OptimConfig(lr=1).lr == 1.0 and isinstance(C.OptimConfig(lr=1).lr, float)
-    assert C.SearchRunConfig(data={"cutout": True}).data.cutout is True
+    assert C.SearchRunConfig(data={"resize": True}).data.resize is True
 
 
 # ---- --config FILE -------------------------------------------------------------------------

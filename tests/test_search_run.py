@@ -269,3 +269,17 @@ def test_resume_of_no_search_is_refused(supernet, tmp_path, capsys):
     assert main(search_argv(supernet, tmp_path / "none", **{"--resume": None})) == 2
     assert "holds no search to continue" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_the_search_takes_no_training_augmentation_it_would_not_use(capsys):
+    from spnas.cli import main
+    from spnas.config import SearchRunConfig
+    from spnas.errors import SpnasError
+    for flag in ("--cutout", "--auto_aug", "--cutout_length=8"):
+        with pytest.raises(SystemExit):
+            main(["search", "--checkpoint", "x", flag])
+        assert f"unrecognized arguments: {flag}" in capsys.readouterr().err
+    with pytest.raises(SpnasError, match=r"no setting auto_aug \(training augmentation: a search "
+                                         r"recalibrates BN on crop/flip"):
+        SearchRunConfig(checkpoint="x", data={"auto_aug": True})
+    assert SearchRunConfig(checkpoint="x", data={"val_size": 100}).data.val_size == 100
