@@ -391,7 +391,7 @@ class SearchRunConfig(_MemoryFormat, Checked):
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):  # {DataConfig field: value}, as earlier versions took
             names = {f.name for f in dataclasses.fields(DataOverrides)}
-            unknown = sorted(set(self.data) - names)
+            unknown: list[str] = sorted(set(self.data) - names)
             if unknown:
                 why = (" (training augmentation: a search recalibrates BN on crop/flip and "
                        "scores plain images)" if set(unknown) <= set(TRAINING_ONLY) else "")

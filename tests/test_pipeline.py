@@ -259,7 +259,8 @@ def test_a_resume_may_change_only_stages_not_started(tmp_path, capsys):
                                              "started with it"):
             Pipeline({**later, **change}, out, resume=True)._check_recipe()
     (out / "retrain").mkdir()  # retrain started: it, and every stage before it, are fixed now
-    with pytest.raises(SpnasError, match=r"\(search.population not set, now 3; see .* and search started with it"):
+    fixed = r"\(search.population not set, now 3; see .* and search started with it"
+    with pytest.raises(SpnasError, match=fixed):
         Pipeline({**later, "search": {"population": 3}}, out, resume=True)._check_recipe()
     Pipeline({**later, "evaluate": {"batch_size": 50}}, out, resume=True)._check_recipe()
     assert json.loads((out / "recipe.json").read_text())["evaluate"] == {"batch_size": 50}
