@@ -727,3 +727,14 @@ def test_running_out_of_memory_is_one_line_saying_what_to_shrink(capsys):
 
     with pytest.raises(RuntimeError, match="shapes"):  # a bug keeps its traceback
         run_guarded(bug, None)
+
+
+def test_an_image_size_for_official_cifar_batches_is_refused(fake_cifar, tmp_path, capsys):
+    argv = ["train", "--data_path", str(fake_cifar), "--image_size", "64", "--layers", "4",
+            "--epochs", "1", "--num_steps", "1", "--batch_size", "8", "--val_size", "10",
+            "--save_path", str(tmp_path / "runs"), "--no-download"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--image_size 64 resizes image folders, but cifar10 under" in err[0]
+    assert "is the official 32x32 batches; drop --image_size" in err[0]
+    assert main(argv[:3] + argv[5:]) == 0  # 32, the default: the batches as they are

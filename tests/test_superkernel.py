@@ -186,10 +186,7 @@ def test_a_search_that_cannot_trade_latency_says_why(fake_cifar, tmp_path, over,
     assert ("WARNING: the target" in log) == ("--target_mmacs" in over)
 
 
-@pytest.mark.parametrize("side, over", [
-    (32, {}), (224, {}),
-    (32, {"--image_size": 64}),  # image folders only: CIFAR's batches stay 32x32
-])
+@pytest.mark.parametrize("side, over", [(32, {}), (224, {})])
 def test_a_table_timed_on_other_inputs_is_warned_of(fake_cifar, tmp_path, side, over):
     table = synthetic_table()
     table.resolution = side

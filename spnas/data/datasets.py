@@ -314,6 +314,10 @@ def load_dataset(name: str, data_path: str | Path, *, download_ok: bool = True,
                                               (src.meta_file, *src.train_files, *src.test_files)))
         kind, path = "official", path.parent / src.folder
     if kind == "official":
+        if image_size != 32:  # the batches are 32x32 whatever the setting says
+            raise SpnasError(f"--image_size {image_size} resizes image folders, but {name} "
+                             f"under {root} is the official 32x32 batches; drop --image_size "
+                             "(or --resize to train at 224)")
         _check_complete(name, path)
         return _read_official(name, path)
     return _read_image_folders(name, path, image_size)
