@@ -738,3 +738,17 @@ def test_an_image_size_for_official_cifar_batches_is_refused(fake_cifar, tmp_pat
     assert len(err) == 1 and "--image_size 64 resizes image folders, but cifar10 under" in err[0]
     assert "is the official 32x32 batches; drop --image_size" in err[0]
     assert main(argv[:3] + argv[5:]) == 0  # 32, the default: the batches as they are
+
+
+@pytest.mark.parametrize("flags, side", [([], 32), (["--resize"], 224)])
+def test_a_cutout_larger_than_the_training_images_is_refused(fake_cifar, tmp_path, capsys,
+                                                            flags, side):
+    argv = ["train", "--data_path", str(fake_cifar), "--layers", "4", "--epochs", "1",
+            "--num_steps", "1", "--batch_size", "8", "--val_size", "10", "--no-download",
+            "--save_path", str(tmp_path / "runs"), "--cutout", *flags]
+    assert main([*argv, "--cutout_length", str(side + 1)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--cutout_length {side + 1} is larger than the {side}x{side} " \
+        f"training images (it would blank most of each one); give {side} or less" in err[0]
+    if not flags:  # the whole side is fine (224 is too slow to train here)
+        assert main([*argv, "--cutout_length", str(side)]) == 0

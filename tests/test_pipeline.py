@@ -293,3 +293,12 @@ def test_a_resume_elsewhere_may_change_a_sections_data_path(tmp_path, capsys):
     Pipeline({"supernet": {"epochs": 1, "data_path": "/here"}}, out, resume=True)._check_recipe()
     with pytest.raises(SpnasError, match=r"\(supernet.epochs 1, now 2; see"):
         Pipeline({"supernet": {"epochs": 2}}, out, resume=True)._check_recipe()
+
+
+def test_a_cutout_larger_than_the_images_fails_before_any_stage_runs(tmp_path, fake_cifar, capsys):
+    out = tmp_path / "out"
+    assert run(ROOT / "recipes" / "smoke.yaml", out, fake_cifar, "--set", "retrain.cutout=true",
+               "--set", "retrain.cutout_length=40") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "retrain stage: --cutout_length 40 is larger than the 32x32" in err[0]
+    assert not out.exists()

@@ -30,6 +30,15 @@ def settings_input_side(data: DataConfig) -> int | None:
     return 32 if data.image_size == 32 else None
 
 
+def check_cutout(data: DataConfig, side: int | None) -> None:
+    """Refuse a cutout square larger than the training images (``side``; None: not known
+    before the data is read): it would blank most of every image, or all of it."""
+    if data.cutout and side is not None and data.cutout_length > side:
+        raise SpnasError(f"--cutout_length {data.cutout_length} is larger than the {side}x{side} "
+                         f"training images (it would blank most of each one); give {side} or less "
+                         "(16 at 32x32, as the original recipe)")
+
+
 def build_transform(data: DataConfig, channels_last: bool) -> BatchTransform:
     aug = AugmentConfig(cutout=data.cutout_length if data.cutout else 0,
                         auto_aug=data.auto_aug, resize=RESIZED if data.resize else 0)
@@ -98,6 +107,7 @@ class DeviceLoader:
 def train_loader(splits: Splits, cfg: TrainConfig, device: torch.device,
                  dist_info: Dist = Dist()) -> DeviceLoader:
     """The run's training images on ``device``, augmented as ``cfg.data`` says."""
+    check_cutout(cfg.data, input_side(cfg.data, splits.train[0]))
     return DeviceLoader(*splits.train, cfg.optim.batch_size,
                         build_transform(cfg.data, cfg.run.channels_last_for(device)), device, cfg.run.seed,
                         cfg.optim.num_steps, dist_info, tuple(splits.classes))

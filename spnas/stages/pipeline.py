@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from spnas.config import EvaluateConfig, ExportConfig, SearchRunConfig
-from spnas.data.loading import settings_input_side
+from spnas.data.loading import check_cutout, settings_input_side
 from spnas.defaults import RetrainStage, SupernetStage
 from spnas.engine.runlog import RunLock, RunLog
 from spnas.errors import SpnasError
@@ -268,6 +268,11 @@ class Pipeline:
         if not self.done_path("search").exists():
             check_budget_early(self.settings)
         check_retrain_space(self.settings, self.shared, self.own)
+        for stage in ("supernet", "retrain"):
+            try:
+                check_cutout(self.settings[stage].data, settings_input_side(self.settings[stage].data))
+            except SpnasError as e:
+                raise SpnasError(f"{stage} stage: {e}") from None
         if not path.is_file():
             if self.resume:
                 raise SpnasError(f"{self.out} holds no pipeline (no recipe.json): nothing to "
