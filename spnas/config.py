@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spnas.errors import SpnasError
-from spnas.fields import Checked, opt
+from spnas.fields import Checked, flag_of, opt
 from spnas.fields import count_arg as count_arg  # re-exported: budgets read like papers write them
 
 DATASETS = ("cifar10", "cifar100", "folder")  # = data.DATASETS (a test checks)
@@ -283,6 +283,56 @@ class TrainConfig(Checked):
         d = dataclasses.asdict(self)
         d["model_type"] = type(self.model).__name__ if self.model is not None else None
         return d
+
+
+# Settings a run takes but does not use: (section, setting, when it is unused, why). A
+# run logs a note for each one the user set to other than its default ("said, not silent").
+UNUSED_WHEN: tuple[tuple[str, str, Any, str], ...] = (
+    ("data", "cutout_length", lambda c: not c.data.cutout, "without --cutout"),
+    ("optim", "min_lr", lambda c: c.optim.schedule == "constant", "with --schedule constant"),
+    ("optim", "decay_epochs", lambda c: c.optim.decay_factor is None, "without --decay_factor"),
+    ("optim", "nesterov", lambda c: c.optim.momentum == 0, "with --momentum 0"),
+    ("model", "recal_images", lambda c: isinstance(c.model, SupernetConfig)
+     and not c.model.val_recal, "with --no-val_recal"),
+    ("model", "recal_images", lambda c: isinstance(c.model, FinetuneConfig)
+     and not c.model.arch, "without --arch (a child checkpoint keeps its BN statistics)"),
+    ("model", "ema_decay", lambda c: isinstance(c.model, (RetrainConfig, FinetuneConfig))
+     and not c.model.ema, "without --ema"),
+    ("model", "backbone_lr_scale", lambda c: isinstance(c.model, FinetuneConfig)
+     and c.model.freeze_epochs >= c.optim.epochs, "when --freeze_epochs covers every epoch"),
+    ("model", "rmsprop_alpha", lambda c: isinstance(c.model, SuperkernelConfig)
+     and c.model.optimizer == "sgd", "with --optimizer sgd"),
+    ("model", "rmsprop_eps", lambda c: isinstance(c.model, SuperkernelConfig)
+     and c.model.optimizer == "sgd", "with --optimizer sgd"),
+    ("optim", "nesterov", lambda c: isinstance(c.model, SuperkernelConfig)
+     and c.model.optimizer == "rmsprop_tf", "with --optimizer rmsprop_tf"),
+    ("model", "keep_prob", lambda c: isinstance(c.model, SuperkernelConfig)
+     and c.model.warmup_frac == 0, "with --warmup_frac 0 (no warm-up, no gate dropout)"),
+    ("model", "gate_dropout_rescale", lambda c: isinstance(c.model, SuperkernelConfig)
+     and c.model.warmup_frac == 0, "with --warmup_frac 0 (no warm-up, no gate dropout)"),
+)
+
+
+def unused_settings(cfg: TrainConfig) -> list[str]:
+    """A note for each setting of ``cfg`` given other than its default that the run will
+    not use (``UNUSED_WHEN``), and for a warm-up longer than the run."""
+    notes, said = [], set()
+    for section, name, unused, why in UNUSED_WHEN:
+        obj = getattr(cfg, section)
+        fields = {f.name: f for f in dataclasses.fields(obj)} if obj is not None else {}
+        f = fields.get(name)
+        if f is None or name in said or getattr(obj, name) == f.default or not unused(cfg):
+            continue
+        said.add(name)
+        value = getattr(obj, name)
+        given = flag_of(name, f) + ("" if isinstance(value, bool) else f" {value:g}")
+        notes.append(f"{given} is not used {why}")
+    o = cfg.optim
+    if o.warmup_epochs > o.epochs:
+        notes.append(f"--warmup_epochs {o.warmup_epochs:g} is longer than the run (--epochs "
+                     f"{o.epochs}): the learning rate rises all run long and peaks at "
+                     f"{o.epochs / o.warmup_epochs:.2g} x --lr")
+    return notes
 
 
 def derive_seed(*parts) -> int:

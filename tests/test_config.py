@@ -456,3 +456,51 @@ def test_the_shell_did_not_expand_a_tilde_the_run_does(tmp_path, monkeypatch):
     (tmp_path / "r.json").write_text(json.dumps({"seed": 3}))
     assert read_recipe("~/r.json") == {"seed": 3}
     assert Pipeline({}, "~/p").out == tmp_path / "p"
+
+
+@pytest.mark.parametrize("config, note", [
+    (D.SupernetStage(data=C.DataConfig(cutout_length=8)), "--cutout_length 8 is not used without --cutout"),
+    (D.SupernetStage(optim=C.OptimConfig(schedule="constant", min_lr=0.01)),
+     "--min_lr 0.01 is not used with --schedule constant"),
+    (D.SupernetStage(optim=C.OptimConfig(decay_epochs=3)), "--decay_epochs 3 is not used without"),
+    (D.SupernetStage(optim=C.OptimConfig(momentum=0, nesterov=True)), "--nesterov is not used with "
+     "--momentum 0"),
+    (D.SupernetStage(model=C.SupernetConfig(val_recal=False, recal_images=64)),
+     "--recal_images 64 is not used with --no-val_recal"),
+    (D.RetrainStage(model=C.RetrainConfig(ema_decay=0.99)), "--ema_decay 0.99 is not used without --ema"),
+    (D.FinetuneStage(model=C.FinetuneConfig(checkpoint="c.pt", recal_images=64)),
+     "--recal_images 64 is not used without --arch"),
+    (D.FinetuneStage(optim=C.OptimConfig(epochs=2), model=C.FinetuneConfig(
+        checkpoint="c.pt", freeze_epochs=2, backbone_lr_scale=0.1)),
+     "--backbone_lr_scale 0.1 is not used when --freeze_epochs covers every epoch"),
+    (D.superkernel_recipe(rmsprop_eps=0.1), "--rmsprop_eps 0.1 is not used with --optimizer sgd"),
+    (D.superkernel_recipe("paper", nesterov=True), "--nesterov is not used with --optimizer rmsprop_tf"),
+    (D.superkernel_recipe(warmup_frac=0, keep_prob=0.5), "--keep_prob 0.5 is not used with --warmup_frac 0"),
+    (D.RetrainStage(optim=C.OptimConfig(epochs=2, warmup_epochs=5)), "--warmup_epochs 5 is longer "
+     "than the run (--epochs 2): the learning rate rises all run long and peaks at 0.4 x --lr"),
+])
+def test_a_setting_the_run_will_not_use_gets_a_note(config, note):
+    notes = C.unused_settings(config)
+    assert len(notes) == 1 and notes[0].startswith(note)
+
+
+@pytest.mark.parametrize("config", [
+    D.SupernetStage(), D.RetrainStage(), D.FinetuneStage(), D.superkernel_recipe(),
+    D.superkernel_recipe("paper"),  # its constant schedule, rmsprop_tf and no nesterov agree
+    D.SupernetStage(data=C.DataConfig(cutout=True, cutout_length=8)),
+    D.RetrainStage(optim=C.OptimConfig(epochs=2, warmup_epochs=2), model=C.RetrainConfig(
+        ema=True, ema_decay=0.99)),
+])
+def test_settings_in_use_get_no_note(config):
+    assert C.unused_settings(config) == []
+
+
+def test_a_run_logs_each_unused_setting(fake_cifar, tmp_path, capsys):
+    argv = train_argv(fake_cifar, tmp_path, **{"--epochs": 1, "--cutout_length": 8,
+                                              "--warmup_epochs": 3})
+    assert main(argv) == 0
+    out = capsys.readouterr().err
+    assert "note: --cutout_length 8 is not used without --cutout" in out
+    assert "note: --warmup_epochs 3 is longer than the run (--epochs 1)" in out
+    assert main(train_argv(fake_cifar, tmp_path, exp="plain", **{"--epochs": 1})) == 0
+    assert "note:" not in capsys.readouterr().err

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spnas.arch import Arch, SpaceSpec
-from spnas.config import OptimConfig, TrainConfig, derive_seed
+from spnas.config import OptimConfig, TrainConfig, derive_seed, unused_settings
 from spnas.data.datasets import Splits
 from spnas.data.loading import DeviceLoader, load_splits
 from spnas.engine.checkpoint import check_same_space, load_checkpoint, load_model_state, save_checkpoint
@@ -259,6 +259,8 @@ class Trainer:
                       f"{spe}), batch {self.loader.batch_size}, device {self.device}, run {self.dir}")
         if self.lr_note:
             self.log.info(self.lr_note)
+        for note in unused_settings(self.cfg):
+            self.log.info(f"note: {note}")
         if run.amp and self.device.type != "cuda":
             self.log.info("--amp: bf16 autocast runs on CUDA only; this run trains in fp32")
         self.log.progress(self.total, self.step)
