@@ -13,6 +13,7 @@ from spnas.fields import coerce_settings, flag_of, flat_fields, from_flat, setti
 RESUMABLE = ("epochs", "stop_after", "print_freq", "val_interval", "ckpt_interval", "device",
              "deterministic", "cudnn_benchmark", "cuda_graphs", "tensorboard", "data_path",
              "download", "resume")
+CHANGEABLE = tuple(n for n in RESUMABLE if n != "resume")  # as messages list them
 WHERE = ("save_path", "exp_name")  # where the run folder is: the folder being resumed, not compared
 # what one command does, not a setting of the run: recorded as false/none (so a run folder's
 # config.json starts a whole new run), taken from the command line alone, not compared
@@ -114,4 +115,4 @@ def refuse_changes(refused: list[str], run_dir) -> None:
         raise SpnasError(f"{'; '.join(refused)}: a resumed run keeps the settings it was started "
                          f"with ({run_dir}/config.json; flags not given are taken from it); drop "
                          f"the flag{'s' if len(refused) > 1 else ''}, or start a new run with "
-                         f"another --exp_name. Only {', '.join(RESUMABLE)} may change on resume")
+                         f"another --exp_name. Only {', '.join(CHANGEABLE)} may change on resume")

@@ -615,6 +615,14 @@ CASES = [
     Case("evaluate-an-arch-file", lambda t, m: [
         "evaluate", "--checkpoint", str(file_with(t / "s" / "best_arch.json", b"{}"))], ERROR,
          "best_arch.json is a text file, not a checkpoint", watch="s"),
+    Case("evaluate-an-exported-torchscript-file", lambda t, m: [
+        "evaluate", "--checkpoint", str(torchscript_file(t / "s" / "net.torchscript.pt"))], ERROR,
+         "net.torchscript.pt is an exported TorchScript network, not a checkpoint; it keeps no "
+         "settings to rebuild or train it from: give the training run's best.pt", watch="s"),
+    Case("finetune-from-an-onnx-file", lambda t, m: [
+        "finetune", "--checkpoint", str(file_with(t / "s" / "net.onnx", b"\x08\x07")),
+        "--data_path", str(t / "data")], ERROR,
+         "net.onnx is an exported ONNX network, not a checkpoint", watch="s"),
     Case("retrain-arch-is-a-folder", lambda t, m: (file_with(t / "s" / "best_arch.json", b"{}"), [
         "retrain", "--arch", str(t / "s"), "--data_path", str(t / "data")])[1], ERROR,
          "--arch {tmp}/s is a folder; give an arch file in it (best_arch.json)", watch="s"),
@@ -624,6 +632,14 @@ CASES = [
         "--out", str(t / "eval")], ERROR, "classifies 10 classes, but folder under",
          watch="run"),
 ]
+
+
+def torchscript_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # TorchScript is deprecated; spnas export still writes it
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    return path
 
 
 def snapshot(folder: Path) -> dict[str, str] | None:
@@ -752,3 +768,20 @@ def test_a_cutout_larger_than_the_training_images_is_refused(fake_cifar, tmp_pat
         f"training images (it would blank most of each one); give {side} or less" in err[0]
     if not flags:  # the whole side is fine (224 is too slow to train here)
         assert main([*argv, "--cutout_length", str(side)]) == 0
+
+
+@pytest.mark.parametrize("code, fix", [
+    (errno.ENOSPC, "the disk is full while writing /r/last.pt (x); free space or write elsewhere"),
+    (errno.EROFS, "the file system is read-only while writing /r/last.pt (x); write elsewhere, or "
+                  "let this user write there"),
+    (errno.EACCES, "permission denied while writing /r/last.pt (x); write elsewhere, or let"),
+])
+def test_a_write_that_fails_says_how_to_fix_that_failure(capsys, code, fix):
+    def write(_):
+        raise OSError(code, "x", "/r/last.pt")
+
+    assert run_guarded(write, None) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"spnas: error: {fix}")
+    assert err[0].endswith("(--save_path, --out); what was written before, checkpoints among "
+                           "them, is kept")

@@ -278,6 +278,9 @@ def test_resume_with_a_changed_setting_is_refused_naming_it(run, capsys):
                                                "0.05 (config.json); --layers 3 differs from the "
                                                "run's 4 (config.json): a resumed run keeps")
     assert "--cutout" not in err[0] and "--epochs" not in err[0]  # unchanged; allowed
+    assert err[0].endswith("Only epochs, stop_after, print_freq, val_interval, ckpt_interval, "
+                           "device, deterministic, cudnn_benchmark, cuda_graphs, tensorboard, "
+                           "data_path, download may change on resume")  # --resume is no change
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 

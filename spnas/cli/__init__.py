@@ -127,10 +127,11 @@ def run_guarded(fn, args) -> int:
         return 141  # as a shell reports a process ended by SIGPIPE
     except OSError as e:
         if e.errno in _STORAGE_ERRORS:
+            fix = ("free space or write elsewhere" if e.errno in _FULL else "write elsewhere, "
+                   "or let this user write there")
             print(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing "
-                  f"{e.filename or 'a file'} ({e.strerror}); free space or write elsewhere "
-                  "(--save_path, --out); what was written before, checkpoints among them, is "
-                  "kept", file=sys.stderr)
+                  f"{e.filename or 'a file'} ({e.strerror}); {fix} (--save_path, --out); what "
+                  "was written before, checkpoints among them, is kept", file=sys.stderr)
         elif e.errno in _PATH_ERRORS:
             print(f"spnas: error: {e.filename or 'a path'}: {_PATH_ERRORS[e.errno]} "
                   f"({e.strerror}); check the path given for it (--save_path, --out, "
@@ -171,6 +172,7 @@ def out_of_memory_text(e: BaseException) -> str | None:
 _STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
                    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                    errno.EPERM: "the operation is not permitted"}
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # the others: free space would not help
 # a path that is missing, or given where the other kind of thing is
 _PATH_ERRORS = {errno.ENOENT: "no such file or folder",
                 errno.ENAMETOOLONG: "a name in it is too long",

@@ -95,6 +95,8 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     if path.suffix in (".json", ".jsonl", ".yaml", ".yml"):
         raise SpnasError(f"{path} is a text file, not a checkpoint; give a .pt file or a run "
                          "folder (an arch file from a search trains with spnas retrain --arch)")
+    if path.suffix == ".onnx":
+        raise SpnasError(f"{path} is an exported ONNX network, not a checkpoint; {EXPORTED_HINT}")
     try:
         _check_crcs(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -113,8 +115,13 @@ def load_checkpoint(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     return ckpt
 
 
+EXPORTED_HINT = ("it keeps no settings to rebuild or train it from: give the training run's "
+                 "best.pt (or its run folder), which spnas export read")
+
+
 def _check_crcs(path: Path) -> None:
-    """Raise ``zipfile.BadZipFile`` naming the first member whose bytes fail their CRC-32.
+    """Raise ``zipfile.BadZipFile`` naming the first member whose bytes fail their CRC-32
+    (or ``SpnasError`` for a TorchScript archive, which ``torch.load`` calls unreadable).
 
     One sequential read of the file (about 0.1 s for 50 MB). A file that zipfile
     cannot open at all (truncated, or not a zip) is left to torch.load, whose
@@ -125,6 +132,9 @@ def _check_crcs(path: Path) -> None:
     except zipfile.BadZipFile:
         return
     with archive:
+        if any(n.endswith("/constants.pkl") for n in archive.namelist()):
+            raise SpnasError(f"{path} is an exported TorchScript network, not a checkpoint; "
+                             f"{EXPORTED_HINT}")
         bad = archive.testzip()
     if bad is not None:
         raise zipfile.BadZipFile(f"CRC-32 mismatch in {bad}")

@@ -42,7 +42,7 @@ from spnas.engine.runlog import (
 from spnas.engine.schedule import effective_optim, lr_at
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
-from spnas.resume import RESUMABLE
+from spnas.resume import CHANGEABLE
 from spnas.runtime import Dist, init_distributed, rank0_first, setup_torch
 
 
@@ -237,7 +237,7 @@ class Trainer:
             changes = check_resume(self.cfg, self.dir)
             self.restore()
             for change in changes:
-                self.log.info(f"resume: {change}; allowed ({', '.join(RESUMABLE[:-1])})")
+                self.log.info(f"resume: {change}; allowed ({', '.join(CHANGEABLE)})")
         else:
             check_run_dir(self.dir, resume=False)
             self.log.start_afresh()
