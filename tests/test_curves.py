@@ -333,3 +333,26 @@ def test_a_curve_of_one_step_is_drawn_as_a_point():
     markers = {line.get_label(): line.get_marker() for line in ax.lines}
     assert markers["one (train)"] not in (None, "None", "", " ")  # a line of no length is unseen
     assert markers["two (train)"] in (None, "None", "")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_a_baseline_with_a_loss_no_error_can_divide_by_is_refused(tmp_path, capsys, bad):
+    write_run(tmp_path / "base", [*BASE[:5], bad, *BASE[6:]])
+    write_run(tmp_path / "run", BASE)
+    argv = ["curves", str(tmp_path / "run"), "--baseline", str(tmp_path / "base"),
+            "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the baseline base has loss {bad:g} at step 6; a baseline needs " \
+        "finite, non-zero losses" in err[0]
+    assert main([*argv, "--max_step", "5"]) == 0  # the steps before it compare
+
+
+def test_one_step_is_said_in_the_singular(tmp_path, capsys):
+    write_run(tmp_path / "base", BASE[:1])
+    write_run(tmp_path / "run", BASE[:2])
+    assert main(["curves", str(tmp_path / "run"), "--baseline", str(tmp_path / "base"),
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "compared 1 logged step (steps 1-1); the baseline has 1 logged step, 0 not compared" in out
+    assert "compared the 1 logged step both runs have; 1 step is in only one of them" in out

@@ -218,7 +218,7 @@ class Comparison:
         else:
             what = _plural(self.steps, "logged step")
         lines = [f"{run} vs {baseline}: compared {what} (steps {self.first}-{self.last}); the baseline "
-                 f"has {self.baseline_steps} {unit}, {left} not compared"]
+                 f"has {_plural(self.baseline_steps, unit[:-1])}, {left} not compared"]
         if self.skipped:
             lines[0] += (f"; {_plural(self.skipped, 'window')} left out, holding no record of one run "
                          "(is --window shorter than its logging interval?)")
@@ -226,11 +226,13 @@ class Comparison:
             lines[0] += (f"; {_plural(self.straddling, 'record')} straddling two windows, each counted "
                          "in its step's window (make --window a multiple of the logging interval)")
         if self.only_in_one and not self.window:
-            lines.append(f"{run} vs {baseline}: compared the {self.steps} logged steps both runs "
-                         f"have; {self.only_in_one} steps are in only one of them")
+            both = "the 1 logged step" if self.steps == 1 else f"the {self.steps} logged steps"
+            one = "1 step is" if self.only_in_one == 1 else f"{self.only_in_one} steps are"
+            lines.append(f"{run} vs {baseline}: compared {both} both runs have; {one} in only "
+                         "one of them")
         if self.overlap < SHORT_OVERLAP:
             lines.append(f"WARNING: the comparison covers {self.covered} of the baseline's "
-                         f"{self.baseline_steps} {unit} ({self.overlap:.1%}), under a quarter; "
+                         f"{_plural(self.baseline_steps, unit[:-1])} ({self.overlap:.1%}), under a quarter; "
                          "it says little about the rest (--min_overlap makes this a failure"
                          f"{'' if self.window else '; --window N compares means over N steps'})")
         return lines
@@ -305,6 +307,12 @@ def compare(run: Curve, baseline: Curve, rtol: float = 0.05, atol: float = 0.000
     Per step: the losses at the steps both runs logged. Windows: the weighted means over
     the windows both runs cover completely (see ``window_means``). Either: steps <= max_step.
     """
+    bad = next(((st, loss) for st, loss in zip(baseline.steps, baseline.losses)
+                if (not math.isfinite(loss) or loss == 0) and (not max_step or st <= max_step)), None)
+    if bad is not None:
+        raise SpnasError(f"the baseline {baseline.name} has loss {bad[1]:g} at step {bad[0]}; a "
+                         "baseline needs finite, non-zero losses (relative errors divide by them): "
+                         "give another baseline, or --max_step below that step")
     got = (_compare_windows(run, baseline, window, max_step) if window
            else _compare_steps(run, baseline, max_step))
     errors: tuple[float, float, float, float] = got.pop("errors")  # as _errors returns them
