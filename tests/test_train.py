@@ -294,3 +294,25 @@ def test_validation_as_the_original_one_random_path_per_batch(fake_cifar, tmp_pa
         right = sum(int((net(t.plain(x[i:i + 16]), Arch.sample(space, rng)).argmax(1)
                          == y[i:i + 16]).sum()) for i in range(0, len(x), 16))
     assert val["val_acc"] == pytest.approx(right / len(x))
+
+
+@pytest.mark.parametrize("at, said", [
+    (2, "interrupted after step 2 of 6: no checkpoint had been written yet, so those steps are "
+        "lost"),
+    (3, "interrupted after step 3 of 6; {run}/last.pt holds step 3: --resume continues from "
+        "there\n"),
+    (4, "interrupted after step 4 of 6; {run}/last.pt holds step 3: --resume continues from there "
+        "(step 4 is trained again)"),
+])
+def test_an_interrupted_run_says_what_it_kept(fake_cifar, tmp_path, monkeypatch, capsys, at, said):
+    real_batch = DeviceLoader.batch
+
+    def ctrl_c_at(self, epoch, i):
+        if epoch * self.steps_per_epoch + i == at:
+            raise KeyboardInterrupt
+        return real_batch(self, epoch, i)
+
+    monkeypatch.setattr(DeviceLoader, "batch", ctrl_c_at)
+    assert main(train_argv(fake_cifar, tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert said.format(run=tmp_path / "run") in err and err.endswith("spnas: interrupted\n")

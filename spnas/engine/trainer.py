@@ -313,9 +313,25 @@ class Trainer:
                 self.save("last.pt")
                 self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
                               "--resume with a larger --stop_after continues")
+        except KeyboardInterrupt:
+            self.log.info(self._interrupted_text())
+            raise
         finally:
             self.log.close()
         return {"step": self.step, "best": self.best, **self.last_val}
+
+    def _interrupted_text(self) -> str:
+        """What an interrupted run keeps, and what it loses."""
+        done = f"interrupted after step {self.step} of {self.total}"
+        if self.saved_step is None:
+            return (f"{done}: no checkpoint had been written yet, so those steps are lost (one "
+                    "is written at each validation, every --val_interval epochs, and every "
+                    "--ckpt_interval steps)")
+        first, last = self.saved_step + 1, self.step
+        again = ("" if last < first else f" (step {last} is trained again)" if last == first
+                 else f" (steps {first}-{last} are trained again)")
+        return (f"{done}; {self.dir / 'last.pt'} holds step {self.saved_step}: --resume continues "
+                f"from there{again}")
 
     # -- stops: nothing NaN or infinite is ever written, or validated as the best
     def _stop(self, what: str) -> NonFiniteLoss:
