@@ -302,3 +302,24 @@ def test_a_cutout_larger_than_the_images_fails_before_any_stage_runs(tmp_path, f
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "retrain stage: --cutout_length 40 is larger than the 32x32" in err[0]
     assert not out.exists()
+
+
+def test_a_resumed_stage_counts_the_time_of_the_process_that_stopped(tmp_path, monkeypatch):
+    from spnas.stages import pipeline as P
+    clock = iter(range(0, 1000, 10))  # each reading of the clock is 10 s after the last
+    monkeypatch.setattr(P.time, "perf_counter", lambda: float(next(clock)))
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    out = tmp_path / "p"
+    first = P.Pipeline({"seed": 0}, out)
+    first._check_recipe()
+    monkeypatch.setattr(first, "_run_supernet", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        first._stage("supernet")  # 10 s, then stopped
+    again = P.Pipeline({"seed": 0}, out, resume=True)
+    monkeypatch.setattr(again, "_run_supernet", lambda: {"best": 0.5})
+    again._stage("supernet")  # 10 s more
+    assert again.times["supernet"] == 20
+    assert json.loads(again.done_path("supernet").read_text())["seconds"] == 20

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ from spnas.runtime import Dist, init_distributed, rank0_first
 # may differ when a pipeline resumes (elsewhere, or with event files turned on)
 MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
+SPENT = "stopped_seconds.json"  # in --out: {stage: its time in processes that stopped}
 EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
 # settings the pipeline gives its stages itself (folders, resume, what feeds each stage)
 PIPELINE_SETS = ("save_path", "exp_name", "resume", "checkpoint", "out", "arch", "overwrite")
@@ -239,6 +241,22 @@ class Pipeline:
     def done_path(self, stage: str) -> Path:
         return self.out / stage / "done.json"
 
+    def _spent(self) -> dict:
+        """{stage: seconds} that processes spent on stages before they stopped (``SPENT``)."""
+        try:
+            spent = json.loads((self.out / SPENT).read_text())
+        except (OSError, ValueError):
+            return {}
+        return spent if isinstance(spent, dict) else {}
+
+    def _earlier_seconds(self, stage: str) -> float:
+        """The seconds earlier processes spent on ``stage`` before they stopped (0 if none
+        did, or one was killed before it could say)."""
+        seconds = self._spent().get(stage)
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0:
+            return float(seconds)
+        return 0.0
+
     def run(self) -> dict:
         self.dist, self.device = init_distributed(str(self.shared.get("device") or "auto"))
         try:
@@ -311,6 +329,7 @@ class Pipeline:
         if not self.resume and not ran:  # refused before its first stage began: nothing to keep
             print(f"pipeline: {self.out} holds a pipeline that started no stage; it starts "
                   "afresh", flush=True)
+            (self.out / SPENT).unlink(missing_ok=True)
             return
         if not self.resume:
             raise SpnasError(f"{self.out} already holds this pipeline; pass --resume to "
@@ -330,10 +349,17 @@ class Pipeline:
             return
         if self.dist.main:
             print(f"pipeline: {stage} -> {self.out / stage}", flush=True)
+        earlier = self._earlier_seconds(stage)
         t0 = time.perf_counter()
         run = getattr(self, f"_run_{stage}")
-        result = run() if stage in EVERY_RANK else self._rank0(run)
-        seconds = time.perf_counter() - t0
+        try:
+            result = run() if stage in EVERY_RANK else self._rank0(run)
+        except BaseException:  # stopped (Ctrl-C, an error): its time counts when it resumes
+            if self.dist.main:
+                spent = {**self._spent(), stage: earlier + time.perf_counter() - t0}
+                atomic_write_text(self.out / SPENT, json.dumps(spent) + "\n")
+            raise
+        seconds = earlier + time.perf_counter() - t0
         self.results[stage], self.times[stage] = result, seconds
         self._rank0(lambda: atomic_write_text(done, json.dumps(
             {"result": result, "seconds": seconds}, indent=1, default=str) + "\n"))
