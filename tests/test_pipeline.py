@@ -1,5 +1,6 @@
 """``spnas pipeline``: the whole chain on tiny data, resume, and recipe errors."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,27 @@ def test_a_resumed_stage_counts_the_time_of_the_process_that_stopped(tmp_path, m
     again._stage("supernet")  # 10 s more
     assert again.times["supernet"] == 20
     assert json.loads(again.done_path("supernet").read_text())["seconds"] == 20
+
+
+def test_a_running_stage_writes_its_time_so_far_for_a_process_killed_outright(tmp_path,
+                                                                              monkeypatch):
+    from spnas.stages import pipeline as P
+    monkeypatch.setattr(P, "SPENT_EVERY", 0.01)
+    out = tmp_path / "p"
+    seen = []
+
+    def killed_here():  # what a SIGKILL now would leave in --out
+        for _ in range(500):
+            if (out / P.SPENT).exists():
+                break
+            time.sleep(0.01)
+        seen.append(json.loads((out / P.SPENT).read_text())["supernet"])
+        return {"best": 0.5}
+
+    pipe = P.Pipeline({"seed": 0}, out)
+    pipe._check_recipe()
+    monkeypatch.setattr(pipe, "_run_supernet", killed_here)
+    pipe._stage("supernet")
+    assert seen and seen[0] > 0
+    assert pipe.times["supernet"] >= seen[0]
+    assert not (out / P.SPENT).exists()  # finished: done.json has its time, nothing stopped

@@ -39,6 +39,7 @@ import difflib
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,7 @@ from spnas.runtime import Dist, init_distributed, rank0_first
 MACHINE_KEYS = {"data_path", "device", "download", "tensorboard"}
 STAGES = ("supernet", "search", "retrain", "evaluate", "export")
 SPENT = "stopped_seconds.json"  # in --out: {stage: its time in processes that stopped}
+SPENT_EVERY = 30.0  # seconds between writes of SPENT while a stage runs: a killed process loses less
 EVERY_RANK = ("supernet", "search", "retrain")  # run by every torchrun process; the rest by rank 0
 # settings the pipeline gives its stages itself (folders, resume, what feeds each stage)
 PIPELINE_SETS = ("save_path", "exp_name", "resume", "checkpoint", "out", "arch", "overwrite")
@@ -214,6 +216,22 @@ def _change_text(name: str, was, now) -> str:
     return f"{name} {text(was)}, now {text(now)}"
 
 
+def _every(seconds: float, stop: threading.Event, work: Callable[[], None]) -> None:
+    """Call ``work`` every ``seconds`` until ``stop`` is set; a failed call (a full disk)
+    waits for the next."""
+    while not stop.wait(seconds):
+        try:
+            work()
+        except OSError:
+            pass
+
+
+def _stop(thread: threading.Thread, stop: threading.Event) -> None:
+    stop.set()
+    if thread.is_alive():
+        thread.join()
+
+
 def _read_done(done: Path) -> tuple[Any, float]:
     """A finished stage's result and seconds, from its ``done.json``."""
     try:
@@ -352,17 +370,36 @@ class Pipeline:
         earlier = self._earlier_seconds(stage)
         t0 = time.perf_counter()
         run = getattr(self, f"_run_{stage}")
+        note_spent = lambda: atomic_write_text(self.out / SPENT, json.dumps(  # noqa: E731
+            {**self._spent(), stage: earlier + time.perf_counter() - t0}) + "\n")
+        stop = threading.Event()  # a process killed outright (SIGKILL) leaves its time so far:
+        ticker = threading.Thread(target=_every, args=(SPENT_EVERY, stop, note_spent), daemon=True)
+        if self.dist.main:
+            ticker.start()
         try:
             result = run() if stage in EVERY_RANK else self._rank0(run)
         except BaseException:  # stopped (Ctrl-C, an error): its time counts when it resumes
             if self.dist.main:
-                spent = {**self._spent(), stage: earlier + time.perf_counter() - t0}
-                atomic_write_text(self.out / SPENT, json.dumps(spent) + "\n")
+                _stop(ticker, stop)
+                note_spent()
             raise
+        finally:
+            _stop(ticker, stop)
         seconds = earlier + time.perf_counter() - t0
         self.results[stage], self.times[stage] = result, seconds
         self._rank0(lambda: atomic_write_text(done, json.dumps(
             {"result": result, "seconds": seconds}, indent=1, default=str) + "\n"))
+        if self.dist.main:  # done.json holds its time now
+            self._forget_spent(stage)
+
+    def _forget_spent(self, stage: str) -> None:
+        spent = self._spent()
+        if stage in spent:
+            del spent[stage]
+            if spent:
+                atomic_write_text(self.out / SPENT, json.dumps(spent) + "\n")
+            else:
+                (self.out / SPENT).unlink(missing_ok=True)
 
     # -- the stages
     def _placed(self, cfg, stage: str):
