@@ -132,9 +132,10 @@ class RunConfig(_MemoryFormat, Checked):
     channels_last: bool | None = opt(None, CHANNELS_LAST_HELP)
     deterministic: bool = opt(False, "deterministic algorithms on CUDA (slower)")
     cudnn_benchmark: bool = opt(False, "cuDNN autotuning on CUDA: each new convolution shape "
-                                "is timed first (a warm-up of up to 23-43 s on an H200, "
-                                "issue #11), which may pick faster kernels; off, as the original "
-                                "code: cuDNN's own choice, no warm-up")
+                                "is timed first, which may pick faster kernels (issue #11 saw "
+                                "23-43 s of warm-up on an H200 with it on; how much of that "
+                                "is autotuning is not measured); off, as the original code: "
+                                "cuDNN's own choice, no timing")
     cuda_graphs: bool = opt(False, "capture each block of a path once as a CUDA graph (forward "
                             "and backward) and replay it: fewer kernel launches per step; "
                             "train, retrain and finetune, one process, CUDA only; not yet "
@@ -187,6 +188,9 @@ class RetrainConfig(ArchConfig):
     ema: bool = opt(False, "validate and ship an exponential moving average of the weights")
     ema_decay: float = opt(0.9998, "EMA decay (horizon about 1 / (1 - decay) steps)",
                            unit="per optimizer step", check="fraction")
+    ema_warmup: bool = opt(True, "warm the EMA decay up as TF does: min(decay, (1 + n) / (10 + n)) "
+                           "after step n, so the first steps' weights fade out; --no-ema_warmup: "
+                           "the decay from the second step on")
     eval_batch: int = opt(500, "images per evaluation batch", check="positive")
 
 
@@ -203,6 +207,7 @@ class FinetuneConfig(Checked):
                                    "unfrozen", check="nonneg")
     ema: bool = opt(False, "validate and ship an exponential moving average of the weights")
     ema_decay: float = opt(0.9998, "EMA decay", unit="per optimizer step", check="fraction")
+    ema_warmup: bool = opt(True, "warm the EMA decay up as TF does (see retrain --help)")
     eval_batch: int = opt(500, "images per evaluation batch", check="positive")
     recal_images: int = opt(2048, "training images for the BN statistics of a supernet path",
                             unit="images", check="positive")
@@ -298,6 +303,8 @@ UNUSED_WHEN: tuple[tuple[str, str, Any, str], ...] = (
      and not c.model.arch, "without --arch (a child checkpoint keeps its BN statistics)"),
     ("model", "ema_decay", lambda c: isinstance(c.model, (RetrainConfig, FinetuneConfig))
      and not c.model.ema, "without --ema"),
+    ("model", "ema_warmup", lambda c: isinstance(c.model, (RetrainConfig, FinetuneConfig))
+     and not c.model.ema, "without --ema"),
     ("model", "backbone_lr_scale", lambda c: isinstance(c.model, FinetuneConfig)
      and c.model.freeze_epochs >= c.optim.epochs, "when --freeze_epochs covers every epoch"),
     ("model", "rmsprop_alpha", lambda c: isinstance(c.model, SuperkernelConfig)
@@ -325,7 +332,8 @@ def unused_settings(cfg: TrainConfig) -> list[str]:
             continue
         said.add(name)
         value = getattr(obj, name)
-        given = flag_of(name, f) + ("" if isinstance(value, bool) else f" {value:g}")
+        given = (flag_of(name, f) if value is not False else f"--no-{name}") \
+            + ("" if isinstance(value, bool) else f" {value:g}")
         notes.append(f"{given} is not used {why}")
     o = cfg.optim
     if o.warmup_epochs > o.epochs:

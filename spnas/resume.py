@@ -28,6 +28,16 @@ RENAMED = {"formula": "latency_formula", "lr_decay_factor": "decay_factor",
 LEGACY_ARCH_DEFAULTS = {"space": "spos", "layers": 20, "num_choices": 4}
 
 
+# settings added since, {name: (a setting of the same runs, the behaviour before)}: a
+# config.json that has the one but not the other ran with that value, and resumes with it
+ADDED = {"ema_warmup": ("ema", False)}  # 2026-12-03: the retrain/finetune EMA warms up
+
+
+def with_added_settings(flat: dict) -> dict:
+    """``flat`` (a run's settings) with the value of each of ``ADDED`` it ran with."""
+    return {**{k: old for k, (beside, old) in ADDED.items() if beside in flat}, **flat}
+
+
 def without_legacy_defaults(flat: dict) -> dict:
     """``flat`` (a run's settings) without ``LEGACY_ARCH_DEFAULTS`` where its ``arch`` is an
     arch file: an older spnas recorded them for every such run, whatever the file's space."""
@@ -41,9 +51,10 @@ def without_legacy_defaults(flat: dict) -> dict:
 
 def saved_settings(saved: dict) -> dict:
     """{leaf name: value} of a run's config.json (old names renamed, older defaults dropped
-    (``without_legacy_defaults``); no ``PER_COMMAND``)."""
-    return {k: v for k, v in without_legacy_defaults(flat_fields(saved, RENAMED)).items()
-            if k != "model_type" and k not in PER_COMMAND}
+    (``without_legacy_defaults``), settings added since as the run had them
+    (``with_added_settings``); no ``PER_COMMAND``)."""
+    flat = with_added_settings(without_legacy_defaults(flat_fields(saved, RENAMED)))
+    return {k: v for k, v in flat.items() if k != "model_type" and k not in PER_COMMAND}
 
 
 def read_saved_config(path: Path) -> dict | None:

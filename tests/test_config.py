@@ -471,6 +471,8 @@ def test_the_shell_did_not_expand_a_tilde_the_run_does(tmp_path, monkeypatch):
     (D.SupernetStage(model=C.SupernetConfig(val_recal=False, recal_images=64)),
      "--recal_images 64 is not used with --no-val_recal"),
     (D.RetrainStage(model=C.RetrainConfig(ema_decay=0.99)), "--ema_decay 0.99 is not used without --ema"),
+    (D.FinetuneStage(model=C.FinetuneConfig(checkpoint="c.pt", ema_warmup=False)),
+     "--no-ema_warmup is not used without --ema"),
     (D.FinetuneStage(model=C.FinetuneConfig(checkpoint="c.pt", recal_images=64)),
      "--recal_images 64 is not used without --arch"),
     (D.FinetuneStage(optim=C.OptimConfig(epochs=2), model=C.FinetuneConfig(
@@ -507,3 +509,13 @@ def test_a_run_logs_each_unused_setting(fake_cifar, tmp_path, capsys):
     assert "note: --warmup_epochs 3 is longer than the run (--epochs 1)" in out
     assert main(train_argv(fake_cifar, tmp_path, exp="plain", **{"--epochs": 1})) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_config_json_from_before_the_ema_warmup_resumes_with_the_constant_decay():
+    from spnas.resume import saved_settings
+    old_run = {"model_type": "RetrainConfig", "model": {"ema": True, "ema_decay": 0.99}}
+    assert saved_settings(old_run)["ema_warmup"] is False  # as it ran
+    new_run = {"model_type": "RetrainConfig", "model": {"ema": True, "ema_warmup": True}}
+    assert saved_settings(new_run)["ema_warmup"] is True
+    supernet = {"model_type": "SupernetConfig", "model": {"val_recal": True}}
+    assert "ema_warmup" not in saved_settings(supernet)

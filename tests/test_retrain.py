@@ -126,7 +126,7 @@ def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch, capsy
     assert main(retrain_argv(data, save, "part", **{"--resume": None})) == 0
     full = torch.load(run / "last.pt", weights_only=True)
     part = torch.load(save / "part" / "last.pt", weights_only=True)
-    assert full["extra"] == part["extra"] == {"ema_updates": 6}
+    assert full["extra"] == part["extra"]
     for key in ("model", "train_model"):
         assert all(torch.equal(full[key][k], part[key][k]) for k in full[key]), key
     w = "layers.0.main.0.0.weight"
@@ -134,6 +134,27 @@ def test_ema_ships_the_average_and_resumes_exactly(run, data, monkeypatch, capsy
     no_ema = {"--resume": None, "--ema": False, "--no-ema": None}
     assert main(retrain_argv(data, save, "part", **no_ema)) == 2  # refused: same settings
     assert "--no-ema differs from the run's --ema (config.json)" in capsys.readouterr().err
+
+
+def test_the_ema_warms_up_unless_told_not_to_and_a_weak_one_gets_a_note(data, tmp_path,
+                                                                         monkeypatch, capsys):
+    from spnas.stages import retrain as R
+    made = []
+
+    class Recorded(R.Ema):
+        def __init__(self, model, decay, warmup):
+            made.append((decay, warmup))
+            super().__init__(model, decay, warmup)
+    monkeypatch.setattr(R, "Ema", Recorded)
+    flags = {"--epochs": 1, "--ema_decay": 0.9}
+    assert main(retrain_argv(data, tmp_path, "warm", **flags)) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert main(retrain_argv(data, tmp_path, "flat", **flags, **{"--no-ema_warmup": None})) == 0
+    assert made == [(0.9, True), (0.9, False)]
+    assert ("note: with --no-ema_warmup, the EMA (--ema_decay 0.9) still holds 90% of the first "
+            "step's weights after the run's 2 steps") in capsys.readouterr().err
+    saved = json.loads((tmp_path / "flat" / "config.json").read_text())
+    assert saved["model"]["ema_warmup"] is False
 
 
 def test_profile_counts_match_the_per_layer_cost_table():

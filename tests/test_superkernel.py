@@ -22,9 +22,9 @@ from spnas.spaces.mbconv import SuperkernelNet, arch_gates, mbconv_space
 from spnas.stages.superkernel import (
     LatencyModel,
     RMSpropTF,
-    TfEma,
     build_task,
     latency_penalty,
+    make_ema,
     optimizer_factory,
     search_param_groups,
 )
@@ -291,7 +291,7 @@ def test_paper_recipe_sets_every_row_of_the_comparison(tmp_path):
     assert groups[-1]["lr_scale"] == 1.0 and groups[-1]["weight_decay"] == 1e-5
     # the Task: dropout rescaled in warm-up only, lambda x 1e3 x ln R after it, an EMA evaluated
     table = synthetic_table()
-    ema = TfEma(net, sk.ema_decay)
+    ema = make_ema(net, sk)
     task = build_task(net, table, cfg, 80, 10, lambda m, s: {}, ema)
     calls = []
     task.forward(lambda x, **kw: calls.append(kw), None, 49)

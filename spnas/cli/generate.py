@@ -33,7 +33,13 @@ from typing import Any
 from spnas.config import RunConfig, plain_folder_name
 from spnas.errors import SpnasError
 from spnas.fields import SECTIONS, base_type, coerce_settings, from_flat, leaf_fields, settings_of
-from spnas.resume import RENAMED, checked_saved_settings, read_saved_config, without_legacy_defaults
+from spnas.resume import (
+    RENAMED,
+    checked_saved_settings,
+    read_saved_config,
+    with_added_settings,
+    without_legacy_defaults,
+)
 
 GIVEN = "_given_settings"  # namespace attribute: the dests the command line gave
 IGNORED_KEYS = {"model_type", "config"}  # written into config.json, not settings
@@ -210,7 +216,7 @@ def read_config_file(path: str | Path, default=None) -> dict:
 
     add(data, "")
     if "model_type" in data:  # a run's config.json
-        return without_legacy_defaults(flat)
+        return with_added_settings(without_legacy_defaults(flat))
     if default is not None:
         _check_sections(path, default, where)
     return flat

@@ -4,9 +4,10 @@ A retrain is a ``Task`` of kind "child" for the one ``Trainer``: a plain
 forward, cross-entropy with optional label smoothing, and validation by
 ``evaluation.evaluate`` on the held-out split (the test set with
 ``--val_size 0``, as the old recipe did). With ``--ema`` an exponential
-moving average of the weights (torch's ``AveragedModel``; BN statistics
-averaged too) is what gets validated and what checkpoints ship as ``model``;
-the trained weights ride along as ``train_model`` so a run resumes exactly.
+moving average of the weights (``engine.ema.Ema``, its decay warmed up unless
+``--no-ema_warmup``; BN statistics averaged too) is what gets validated and what
+checkpoints ship as ``model``; the trained weights ride along as ``train_model`` so a
+run resumes exactly.
 
 After the last step the test set is evaluated once, for the best checkpoint
 (by validation) and for the final weights: ``type: "test"`` records in
@@ -22,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from spnas.arch import Arch, arch_from_text_or_file
 from spnas.config import ArchConfig, DataConfig, RetrainConfig, RunConfig, TrainConfig
@@ -30,6 +30,7 @@ from spnas.data.datasets import Splits
 from spnas.data.loading import build_transform, input_side, train_loader
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.counting import count_macs, count_params
+from spnas.engine.ema import Ema
 from spnas.engine.evaluation import evaluate, plain_forward
 from spnas.engine.graphs import GraphedBlocks
 from spnas.engine.plots import plot_training_curves
@@ -117,15 +118,12 @@ def check_layout(arch: Arch, data: DataConfig, what: str) -> None:
 
 
 # ---- the task ----------------------------------------------------------------------------
-def ema_hooks(model: nn.Module, decay: float) -> dict:
+def ema_hooks(model: nn.Module, decay: float, warmup: bool) -> dict:
     """Task fields that keep an EMA of ``model`` (weights and BN statistics) and ship it."""
     if not 0.0 < decay < 1.0:
         raise SpnasError(f"--ema_decay must be between 0 and 1, got {decay}")
-    avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-    return {"deploy": avg.module,
-            "on_step_end": lambda step, log: avg.update_parameters(model),
-            "extra_state": lambda: {"ema_updates": int(avg.n_averaged)},
-            "load_extra_state": lambda state: avg.n_averaged.fill_(int(state["ema_updates"]))}
+    ema = Ema(model, decay, warmup)
+    return {"deploy": ema.deploy, "on_step_end": lambda step, log: ema(step)}
 
 
 def child_validator(net: nn.Module, splits: Splits, cfg: TrainConfig, device: torch.device,
@@ -155,7 +153,7 @@ def child_task(model: ChildNet, splits: Splits, cfg: TrainConfig, device: torch.
     """The Task that trains standalone network ``model``; ``cfg.model`` says ema/eval_batch.
     ``forward(net, x, step)``: by default ``child_forward``'s."""
     opts = cfg.model
-    ema = ema_hooks(model, opts.ema_decay) if opts.ema else {}
+    ema = ema_hooks(model, opts.ema_decay, opts.ema_warmup) if opts.ema else {}
     if forward is None:
         run = child_forward(model, cfg.run)
         forward = lambda net, x, step: run(net, x)  # noqa: E731
@@ -178,7 +176,7 @@ def train_child(model: ChildNet, splits: Splits, cfg: TrainConfig, device: torch
     loader = train_loader(splits, cfg, device, dist_info)
     run_dir = run_dir_for(cfg.run)
     trainer = Trainer(task, loader, cfg, run_dir, dist_info)
-    for note in notes:
+    for note in (*notes, *_ema_notes(cfg, trainer.total)):
         trainer.log.info(note)
     fit = trainer.fit()
     if not dist_info.main:
@@ -190,6 +188,17 @@ def train_child(model: ChildNet, splits: Splits, cfg: TrainConfig, device: torch
     plot_training_curves(read_metrics(run_dir), loader.steps_per_epoch, run_dir / "curve.png",
                 title=str(task.arch))
     return results
+
+
+def _ema_notes(cfg: TrainConfig, steps: int) -> list[str]:
+    """A note when a constant EMA decay leaves much of the average on the first weights."""
+    opts = cfg.model
+    kept = opts.ema_decay ** (steps - 1) if opts.ema and not opts.ema_warmup else 0.0
+    if kept < 0.05:
+        return []
+    return [f"note: with --no-ema_warmup, the EMA (--ema_decay {opts.ema_decay:g}) still holds "
+            f"{kept:.0%} of the first step's weights after the run's {steps} steps; drop "
+            "--no-ema_warmup, or lower --ema_decay"]
 
 
 def final_test(shipped: ChildNet, step: int, splits: Splits, cfg: TrainConfig,
