@@ -11,8 +11,8 @@
 #     mkdir -p .gpudata && cp ../shared/datasets/make_cifar10.py ../shared/datasets/cifar10-jpeg75.tar.gz .gpudata/
 # and give the device tool carry [".gpudata"] (20 MB). Without data the script stops at once.
 # Each step has its own time limit, so one slow or failing step leaves the
-# others' figures. On an H200 (2026-11-27) every CUDA run's first ~50 steps were
-# cuDNN autotuning (23-43 s at 32x32), and the whole default script needs about
+# others' figures. On an H200 (2026-11-27) every CUDA run's first ~50 steps took
+# 23-43 s at 32x32 (warm-up, autotuning among it), and the whole default script needs about
 # 12 minutes. A 15-minute lease fits one part of about 8 minutes; the order that
 # answers the open questions first: PARTS=graphs (is --cuda_graphs right, and how
 # fast), then faithful, bench, search, fast, superkernel, compile, "retrain cli", one per

@@ -88,6 +88,16 @@ def test_latency_table_command_times_every_choice_and_reports_its_error(tmp_path
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
 
 
+def test_the_progress_names_each_choice_timed(capsys, one_thread):
+    """The mbconv space's layer 0 cannot skip: the skip pass still says skip."""
+    from spnas.spaces.mbconv import mbconv_space
+    space = mbconv_space("cifar")
+    latency.build_latency_table(space, lambda a: build_child(a, 10), torch.device("cpu"),
+                                warmup=0, repeats=1, channels_last=False, progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"timed choice {t} on every layer that has it" for t in space.tokens]
+
+
 def test_calibration_fits_the_whole_network_factor_and_reports_both_errors(monkeypatch):
     """Whole networks 1.3x the sum of their parts: one factor fitted on some archs removes
     the bias, measured on other archs; the uncalibrated error is reported beside it."""

@@ -213,7 +213,7 @@ def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], ChildNet
     layers: list[dict[int, float]] = [{} for _ in range(space.num_layers)]
     constant: float | None = None
     archs = uniform_archs(space)
-    for arch in archs:
+    for choice, arch in enumerate(archs):  # arch: ``choice`` on every layer that allows it
         net = place(build_child(arch), device, channels_last).eval()
         inputs = capture_layer_inputs(net, x)
         for i, (layer, inp) in enumerate(zip(net.layers, inputs)):
@@ -226,7 +226,7 @@ def build_latency_table(space: SpaceSpec, build_child: Callable[[Arch], ChildNet
             constant = (time_ms(lambda: net.stem(x), device, warmup, repeats)
                         + time_ms(lambda: net.head(last), device, warmup, repeats))
         if progress:
-            print(f"timed choice {space.tokens[arch[0]]} on every layer", flush=True)
+            print(f"timed choice {space.tokens[choice]} on every layer that has it", flush=True)
     if constant is None:  # no arch was timed
         raise SpnasError(f"space {space.describe()} has no choices: no latency table to build")
     return LatencyTable(space, str(device), device_description(device), batch, res,
