@@ -121,3 +121,19 @@ def test_latency_table_of_an_unknown_space_is_a_one_line_error(tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("spnas: error: --layers must be 1..20") and len(err.splitlines()) == 1
+
+
+def test_a_latency_table_over_its_own_checkpoint_is_refused(tmp_path, capsys):
+    from spnas.engine.checkpoint import save_checkpoint
+    from spnas.spaces.spos import SposSupernet
+    supernet = SposSupernet(spos_space(2), 10)
+    path = tmp_path / "super.pt"
+    save_checkpoint(path, {"kind": "supernet", "space": supernet.spec.to_dict(), "arch": None,
+                           "num_classes": 10, "model": supernet.state_dict()})
+    before = path.read_bytes()
+    argv = ["latency-table", "--checkpoint", str(path), "--out", str(path), "--overwrite",
+            "--device", "cpu", "--repeats", "1", "--warmup", "0", "--calibrate", "0",
+            "--validate", "0"]
+    assert main(argv) == 2
+    assert f"--out {path} is the checkpoint itself" in capsys.readouterr().err
+    assert path.read_bytes() == before

@@ -187,3 +187,19 @@ def test_real_cifar10_copy(real_cifar):
     ds = load_dataset("cifar10", real_cifar, download_ok=False)
     _check(ds, 50000, 10000)
     assert torch.bincount(ds.train_y).tolist() == [5000] * 10
+
+
+def test_a_16_bit_grayscale_image_is_scaled_to_8_bits_not_clipped_white(tmp_path):
+    from PIL import Image
+
+    from spnas.data.datasets import _decode
+    from spnas.errors import SpnasError
+    gray8 = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "scan16.png")
+    with Image.open(tmp_path / "scan16.png") as im:
+        assert im.mode.startswith("I")  # what a 16-bit PNG opens as
+    got = _decode(tmp_path / "scan16.png", 8)
+    assert got.shape == (3, 8, 8) and (got == gray8).all()
+    Image.fromarray(gray8.astype(np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(SpnasError, match="floating-point pixels"):
+        _decode(tmp_path / "float.tiff", 8)

@@ -176,7 +176,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
     from PIL import Image
     try:
         with Image.open(path) as im:  # may trip PIL's decompression-bomb guard
-            im = im.convert("RGB")
+            im = _to_rgb(im, path)
             if im.size != (size, size):
                 scale = size / min(im.size)
                 w, h = max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))
@@ -189,7 +189,22 @@ def _decode(path: Path, size: int) -> np.ndarray:
         raise SpnasError(f"image {path} is too large to decode safely ({e}); "
                          "shrink it or remove it from the folder") from None
     except OSError as e:
-        raise SpnasError(f"cannot read image {path}: {e}") from None
+        raise SpnasError(f"cannot read image {path}: {e}; replace it or remove it from the "
+                         "folder") from None
+
+
+def _to_rgb(im, path: Path):
+    """``im`` as 8-bit RGB. 16-bit grayscale (PIL's modes I;16* and I, as PNG scans open)
+    is scaled to 8 bits (PIL's own convert clips it at 255: white images); float images have
+    no known range and are refused."""
+    from PIL import Image
+    if im.mode.startswith("I"):
+        scaled = np.asarray(im, dtype=np.int64).clip(0, 65535) / 257
+        im = Image.fromarray(np.rint(scaled).astype(np.uint8))
+    elif im.mode == "F":
+        raise SpnasError(f"image {path} holds floating-point pixels (PIL mode F), which have "
+                         "no known range; save it as an 8- or 16-bit image")
+    return im.convert("RGB")
 
 
 def _names(names) -> str:

@@ -25,10 +25,12 @@ from spnas.spaces import build_child, make_space
 def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print) -> LatencyTable:
     """Build, check against whole networks (``cfg.validate`` random archs) and save a table."""
     out = Path(cfg.out).expanduser()
+    ckpt = load_checkpoint(cfg.checkpoint) if cfg.checkpoint else None
+    if ckpt is not None and out.exists() and out.resolve() == Path(ckpt["path"]).resolve():
+        raise SpnasError(f"--out {out} is the checkpoint itself; choose another --out")
     if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
-    if cfg.checkpoint:
-        ckpt = load_checkpoint(cfg.checkpoint)
+    if ckpt is not None:
         space, num_classes = checkpoint_space(ckpt), int(ckpt["num_classes"])
         _check_as_the_checkpoint(cfg, space, num_classes)
     else:
