@@ -217,6 +217,8 @@ def test_config_files_set_settings_and_explicit_flags_win(tmp_path):
     ("data:\n  lr: 0.07\n", "data.lr is not a data setting; write lr in its optim section or "
                             "at the top level"),
     ("run:\n  arch: x\n", "run.arch is not a run setting; write arch in its model section"),
+    ("1: 3\n", "1 is not a setting's name (YAML reads an unquoted 1 as int)"),
+    ("optim:\n  null: 3\n", "None is not a setting's name"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
     pytest.importorskip("yaml")

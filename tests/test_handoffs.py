@@ -286,9 +286,11 @@ WRONG_KIND = {  # id: (run the command is given, argv of (that run's folder, dat
     "superkernel-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("superkernel", r),
                                           started_by("train", "SupernetConfig")),
     "retrain-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("retrain", r),
-                                      "--resume: {run} holds no retrain run to continue"),
+                                      started_by("train", "SupernetConfig")),
     "finetune-resume-a-supernet-run": ("supernet", lambda r, d, t: resume_argv("finetune", r),
-                                       "--resume: {run} holds no fine-tuning run to continue"),
+                                       started_by("train", "SupernetConfig")),
+    "finetune-resume-a-retrain-run": ("retrained", lambda r, d, t: resume_argv("finetune", r),
+                                      started_by("retrain", "RetrainConfig")),
     "retrain-arch-is-a-checkpoint": ("supernet", lambda r, d, t: retrain_argv(r / "last.pt", d, t, "x"),
                                      "{run}/last.pt is not an arch file (JSON text): a checkpoint?"),
 }

@@ -360,6 +360,9 @@ def test_a_missing_extra_or_misshapen_key(network_state, tmp_path):
                                r"expected shape \[\d+\]")
     sd = {**network_state, "choice_block.2.cb_main.99.weight": torch.zeros(1)}
     expect_error(tmp_path, sd, r"unexpected key choice_block\.2\.cb_main\.99\.weight")
+    sd = {**network_state, "choice_block.0.cb_main.0.weight": torch.tensor(1.0)}
+    expect_error(tmp_path, sd, r"choice_block\.0\.cb_main\.0\.weight has shape \[\]; expected a "
+                               r"convolution weight")
     sd = {**network_state, "classifier.weight": torch.zeros(10, 1000)}
     expect_error(tmp_path, sd, r"classifier\.weight has shape \[10, 1000\], .* needs \[10, 1024\]")
 
@@ -438,3 +441,13 @@ def test_a_config_file_gives_the_settings_and_the_command_line_wins(network_stat
     assert (tmp_path / "b.pt").is_file()
     with pytest.raises(TypeError, match=r"import_reference takes an ImportReferenceConfig"):
         import_reference(str(src), str(tmp_path / "c.pt"))  # spnas 0.2's (src, out, ...)
+
+
+def test_a_folder_as_out_is_refused_naming_a_file_in_it(network_state, tmp_path, capsys):
+    src = save(network_state, tmp_path / "net.pth")
+    (tmp_path / "imp").mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert main(["import-reference", str(src), "--out", str(tmp_path / "imp"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {tmp_path / 'imp'} is a folder" in err and "imp/net.pt" in err
+    assert list((tmp_path / "imp").iterdir()) == []

@@ -187,7 +187,19 @@ def read_recipe(path: str | Path) -> dict:
             raise SpnasError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise SpnasError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    _check_keys(path, data)
     return data
+
+
+def _check_keys(path, data: dict) -> None:
+    """Every key of a settings file (and of its sections) is a name: YAML reads ``1:``,
+    ``null:`` or ``yes:`` as a number, none or true."""
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise SpnasError(f"{path}: {key!r} is not a setting's name (YAML reads an unquoted "
+                             f"{key!r} as {type(key).__name__}); write settings as name: value")
+        if isinstance(value, dict):
+            _check_keys(path, value)
 
 
 def read_config_file(path: str | Path, default=None) -> dict:

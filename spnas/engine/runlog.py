@@ -22,7 +22,7 @@ from tqdm import tqdm
 from spnas.config import RunConfig, TrainConfig, plain_folder_name
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text, make_folders, remove_empty_folders, remove_stale_temp_files
-from spnas.resume import refuse_changes, resume_changes
+from spnas.resume import read_saved_config, refuse_changes, resume_changes
 
 fcntl: ModuleType | None
 try:
@@ -365,10 +365,13 @@ def read_metrics(path: str | Path) -> list[dict]:
     return read_records(path, "is this a metrics.jsonl file?")[0]
 
 
-def require_resumed(value, run: RunConfig, what: str, flag: str) -> None:
+def require_resumed(value, run: RunConfig, what: str, flag: str, model_type: str) -> None:
     """With ``--resume``, flags not given come from the run folder's config.json; ``value``
-    (that of ``flag``) still empty means the folder holds another command's run."""
+    (that of ``flag``) still empty means the folder holds another command's run
+    (``model_type``: this command's model config)."""
     if run.resume and not value:
+        saved = read_saved_config(run_dir_for(run) / "config.json") or {}
+        refuse_other_command(run_dir_for(run), saved.get("model_type"), model_type)
         raise SpnasError(f"--resume: {run_dir_for(run)} holds no {what} run to continue (its "
                          f"config.json names no {flag}); resume it with the command that started "
                          "it, or check --exp_name and --save_path")
@@ -390,6 +393,15 @@ COMMAND_OF = {"SupernetConfig": "train", "RetrainConfig": "retrain",
               "FinetuneConfig": "finetune", "SuperkernelConfig": "superkernel"}
 
 
+def refuse_other_command(run_dir: Path, started, mine: str) -> None:
+    """A resume in the folder of a run that another command started (``started``: the
+    ``model_type`` its config.json names) is refused, naming that command."""
+    if started not in (None, mine):
+        command = COMMAND_OF.get(started, "the command that started it")
+        raise SpnasError(f"{run_dir} holds a run of spnas {command} ({started} in config.json), "
+                         f"not of this command; resume it with spnas {command} --resume")
+
+
 def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
     """Refuse a resume whose settings differ from the run's ``config.json`` outside
     ``resume.RESUMABLE`` (naming each); return the allowed changes, to be logged."""
@@ -407,11 +419,7 @@ def check_resume(cfg: TrainConfig, run_dir: Path) -> list[str]:
     except (OSError, ValueError) as e:
         raise SpnasError(f"{path} is unreadable ({e}); it records the run's settings, "
                          "so the run can't be resumed safely") from None
-    started, mine = saved.get("model_type"), type(cfg.model).__name__
-    if started not in (None, mine):
-        command = COMMAND_OF.get(started, "the command that started it")
-        raise SpnasError(f"{run_dir} holds a run of spnas {command} ({started} in config.json), "
-                         f"not of this command; resume it with spnas {command} --resume")
+    refuse_other_command(run_dir, saved.get("model_type"), type(cfg.model).__name__)
     refused, allowed = resume_changes(cfg, saved)
     refuse_changes(refused, run_dir)
     return allowed

@@ -149,7 +149,7 @@ def _recalibrate(model: nn.Module, train_x: torch.Tensor, cfg: TrainConfig, n: i
 def finetune(cfg: TrainConfig) -> dict:
     """Fine-tune ``cfg.model.checkpoint`` on ``cfg.data``; returns the results."""
     fc: FinetuneConfig = cfg.model
-    require_resumed(fc.checkpoint, cfg.run, "fine-tuning", "--checkpoint")
+    require_resumed(fc.checkpoint, cfg.run, "fine-tuning", "--checkpoint", type(fc).__name__)
     if not fc.checkpoint:
         raise SpnasError("--checkpoint is required: a child checkpoint (or its run folder), or a "
                          "supernet checkpoint with --arch")

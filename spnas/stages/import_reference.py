@@ -122,7 +122,9 @@ def read_state(src: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _shape(t: torch.Tensor) -> str:
+def _shape(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return f"none (a {type(t).__name__}, not a tensor)"
     return "[" + ", ".join(str(d) for d in t.shape) + "]"
 
 
@@ -162,7 +164,11 @@ def infer_path(state: dict[str, torch.Tensor], layout: str, src: Path) -> Arch:
     """A standalone network's choices: x has a 3x3 first conv, else cb_main.3's kernel."""
     choices: list[int] = []
     for i in range(len(WIDTHS)):
-        if _get(state, f"choice_block.{i}.cb_main.0.weight", src).shape[-1] == 3:
+        first = _get(state, f"choice_block.{i}.cb_main.0.weight", src)
+        if not isinstance(first, torch.Tensor) or first.dim() != 4:
+            raise SpnasError(f"{src}: choice_block.{i}.cb_main.0.weight has shape "
+                             f"{_shape(first)}; expected a convolution weight (4 dimensions)")
+        if first.shape[-1] == 3:
             choices.append(XCEPTION)
             continue
         dw = _get(state, f"choice_block.{i}.cb_main.3.weight", src)
@@ -266,6 +272,9 @@ def import_reference(cfg: ImportReferenceConfig) -> dict:
         raise SpnasError(f"{'--out DST.pt' if cfg.src else 'SRC.pth'} is required: "
                          "spnas import-reference SRC.pth --out DST.pt")
     src, out = Path(cfg.src).expanduser(), Path(cfg.out).expanduser()
+    if out.is_dir():
+        raise SpnasError(f"--out {out} is a folder; give the checkpoint file to write, e.g. "
+                         f"--out {out / (src.stem + '.pt')}")
     if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} already exists; pass --overwrite to replace it or choose --out")
     if out.exists() and src.exists() and out.resolve() == src.resolve():

@@ -246,7 +246,7 @@ def _test(net: nn.Module, at: int, step: int, which: str, splits: Splits, cfg: T
 def retrain(cfg: TrainConfig) -> dict:
     """Train the standalone network of ``cfg.model.arch`` from scratch; returns the results."""
     rc: RetrainConfig = cfg.model
-    require_resumed(rc.arch, cfg.run, "retrain", "--arch")
+    require_resumed(rc.arch, cfg.run, "retrain", "--arch", type(rc).__name__)
     arch = load_arch(rc, cfg.data, resumed=cfg.run.resume)
     dist_info, device, splits = start_run(cfg)
     model_args = {"dropout": rc.dropout}
