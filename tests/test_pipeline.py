@@ -348,3 +348,17 @@ def test_a_running_stage_writes_its_time_so_far_for_a_process_killed_outright(tm
     assert seen and seen[0] > 0
     assert pipe.times["supernet"] >= seen[0]
     assert not (out / P.SPENT).exists()  # finished: done.json has its time, nothing stopped
+
+
+def test_python_overrides_set_one_stage_and_keep_the_rest_of_its_section(tmp_path, monkeypatch):
+    from spnas.errors import SpnasError
+    from spnas.stages.pipeline import Pipeline, pipeline
+    recipe = {"seed": 0, "supernet": {"layers": 8, "lr": 0.05}, "retrain": {"num_steps": 6}}
+    monkeypatch.setattr(Pipeline, "run", lambda self: self.recipe)
+    given = pipeline(recipe, tmp_path / "p", overrides={"supernet": {"lr": 0.1},
+                                                        "retrain.epochs": 1, "seed": 2})
+    assert given["supernet"] == {"layers": 8, "lr": 0.1}
+    assert given["retrain"] == {"num_steps": 6, "epochs": 1} and given["seed"] == 2
+    assert recipe["supernet"] == {"layers": 8, "lr": 0.05}  # the caller's dict is not changed
+    with pytest.raises(SpnasError, match="overrides 'retrian.epochs': no stage 'retrian'"):
+        pipeline(recipe, tmp_path / "p", overrides={"retrian.epochs": 1})

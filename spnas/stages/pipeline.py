@@ -536,7 +536,8 @@ def _scalar(text: str):
 def pipeline(recipe: dict | str | Path, out: str | Path, resume: bool = False,
              overrides: dict | None = None) -> dict:
     """Run (or resume) the whole pipeline of ``recipe`` (a dict or a YAML/JSON file) in ``out``;
-    ``overrides``: {top-level setting: value}, set for every stage (``with_shared``)."""
+    ``overrides``: {setting: value}, as ``--set`` gives them (``with_overrides``): ``NAME``
+    for every stage, ``"STAGE.NAME"`` or ``STAGE: {NAME: value}`` for one."""
     for name, value, kinds in (("recipe", recipe, (dict, str, os.PathLike)),
                                ("out", out, (str, os.PathLike)), ("resume", resume, (bool,)),
                                ("overrides", overrides, (dict, type(None)))):
@@ -548,4 +549,25 @@ def pipeline(recipe: dict | str | Path, out: str | Path, resume: bool = False,
     if not isinstance(recipe, dict):
         from spnas.cli.generate import read_recipe
         recipe = read_recipe(recipe)
-    return Pipeline(with_shared(recipe, overrides or {}), out, resume).run()
+    return Pipeline(with_overrides(recipe, overrides or {}), out, resume).run()
+
+
+def with_overrides(recipe: dict, overrides: dict) -> dict:
+    """``recipe`` with the Python API's ``overrides``, as ``--set`` gives them: a
+    ``"STAGE.NAME"`` key sets that stage's setting, a stage name with a dict sets those of its
+    settings (the rest of the recipe's section stays), any other name every stage's
+    (``with_shared``)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.items()}
+    for key, value in overrides.items():
+        stage, _, name = key.rpartition(".") if isinstance(key, str) else ("", "", key)
+        if stage and stage not in STAGES:
+            raise SpnasError(f"overrides {key!r}: no stage {stage!r}; stages: {', '.join(STAGES)}")
+        if key in STAGES and isinstance(value, dict):
+            stage, settings = key, value
+        elif stage:
+            settings = {name: value}
+        else:
+            out = with_shared(out, {key: value})
+            continue
+        out[stage] = {**(out[stage] if isinstance(out.get(stage), dict) else {}), **settings}
+    return out
