@@ -91,6 +91,18 @@ def test_evaluate_val_split_is_the_one_the_run_validated_on(run, tmp_path, capsy
     assert (tmp_path / "confusion.png").stat().st_size > 1000
 
 
+def test_a_new_test_set_with_few_training_images_is_evaluated(run, tmp_path, capsys):
+    """The run held out 50 training images; other data with 20 still has a test split."""
+    from conftest import write_image_folders
+    other = write_image_folders(tmp_path / "other", n_train=20, n_test=30)
+    argv = ["evaluate", "--checkpoint", str(run), "--dataset", "folder", "--data_path",
+            str(other), "--out", str(tmp_path / "e"), "--batch_size", "16"]
+    assert main([*argv, "--split", "test"]) == 0
+    assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["n"] == 30
+    assert main([*argv, "--split", "val"]) == 2  # the val split needs the run's held-out images
+    assert "held out 50 training images" in capsys.readouterr().err
+
+
 def test_evaluation_numbers_equal_a_direct_computation(run, data, tmp_path):
     assert main(["evaluate", "--checkpoint", str(run), "--split", "test", "--out",
                  str(tmp_path), "--batch_size", "7"]) == 0

@@ -65,19 +65,25 @@ def _other_data(ckpt: dict, data: DataConfig) -> str:
     return f"_{dataset}_{path.name or 'data'}_{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
-def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int) -> Splits:
-    """Train/val/test as the run split them (its seed and val_size)."""
+def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int,
+                      split: str = "val") -> Splits:
+    """Train/val/test as the run split them (its seed and val_size). For ``split`` "test"
+    the held-out split does not matter: other data with fewer training images than the run
+    held out is split without one."""
     seed = int(((ckpt.get("config") or {}).get("run") or {}).get("seed", 0))
     ds = read_dataset(data)
     if ds.num_classes != num_classes:  # before the split, whose sizes would not fit either
         raise SpnasError(f"{ckpt['path']} classifies {num_classes} classes, but {data.dataset} "
                          f"under {data.data_path} has {ds.num_classes}; pass the "
                          "--dataset/--data_path it was trained on")
-    if not 0 <= data.val_size < len(ds.train_x):
+    val_size = data.val_size
+    if split == "test" and not val_size < len(ds.train_x):
+        val_size = 0
+    if not 0 <= val_size < len(ds.train_x):
         raise SpnasError(f"{ckpt['path']}'s run held out {data.val_size} training images, but "
                          f"{data.dataset} under {data.data_path} has {len(ds.train_x)}; pass the "
                          "--dataset/--data_path it was trained on")
-    splits = make_splits(ds, data.val_size, seed)
+    splits = make_splits(ds, val_size, seed)
     check_class_names(ckpt, splits.classes, data)
     return splits
 
@@ -109,7 +115,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     split = cfg.split
     ckpt, net = load_child(cfg.checkpoint)
     data = checkpoint_data(ckpt, cfg.data_path, cfg.dataset)
-    splits = checkpoint_splits(ckpt, data, ckpt["num_classes"])
+    splits = checkpoint_splits(ckpt, data, ckpt["num_classes"], split)
     device = resolve_device(cfg.device)
     x, y = getattr(splits, split)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
