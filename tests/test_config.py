@@ -521,3 +521,13 @@ def test_a_config_json_from_before_the_ema_warmup_resumes_with_the_constant_deca
     assert saved_settings(new_run)["ema_warmup"] is True
     supernet = {"model_type": "SupernetConfig", "model": {"val_recal": True}}
     assert "ema_warmup" not in saved_settings(supernet)
+
+
+@pytest.mark.parametrize("command, hint", [("evaluate", "--checkpoint"), ("export", "--checkpoint"),
+                                           ("curves", "as the command's argument")])
+def test_a_run_config_json_given_to_a_command_that_is_not_training_says_so(run, command, hint,
+                                                                            capsys):
+    assert main([command, "--config", str(run / "config.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the config.json of a spnas train run" in err[0], err
+    assert hint in err[0] and str(run) in err[0]

@@ -251,6 +251,14 @@ def file_settings(path: str | Path, default, command: str | None = None) -> dict
     if data.get("model_type") not in (None, expected) and hasattr(default, "model"):
         raise SpnasError(f"--config {path} holds the settings of a {data['model_type']} run; this "
                          f"command's are {expected}")
+    if "model_type" in data and not hasattr(default, "model"):
+        from spnas.engine.runlog import COMMAND_OF
+        started = COMMAND_OF.get(str(data["model_type"]), "training")
+        run = Path(path).parent
+        use = (f"give its folder as --checkpoint {run}" if "checkpoint" in settings_of(default)
+               else f"give its folder ({run}) as the command's argument")
+        raise SpnasError(f"--config {path} is the config.json of a spnas {started} run, the "
+                         f"settings of a training command; to use that run here, {use}")
     values = {k: v for k, v in read_config_file(path, default).items() if k not in IGNORED_KEYS}
     unknown = sorted(set(values) - set(settings_of(default)))
     if unknown:
