@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import numbers
 import os
 import types
 import typing
@@ -125,8 +126,16 @@ def _typed(name: str, value, f: dataclasses.Field, hint):
         return value
     if kind is str and isinstance(value, os.PathLike):  # a Path for a file or folder setting
         value = os.fspath(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    parse = f.metadata.get("parse")
+    if parse is not None and kind is not str and isinstance(value, str):  # '175M', as the flag
+        try:
+            value = parse(value)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise SpnasError(f"{flag_of(name, f)}: {e}") from None
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)  # an int, or numpy's float32/int64
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
     ok = (isinstance(value, bool) if kind is bool else
           isinstance(value, kind) and not isinstance(value, bool))
     if not ok:

@@ -93,3 +93,21 @@ def test_the_pipeline_call_checks_its_arguments(args, message, tmp_path, monkeyp
     with pytest.raises(TypeError, match=message):
         spnas.pipeline(*args)
     assert not list(tmp_path.iterdir())
+
+
+def test_numpy_numbers_and_budget_text_are_taken_as_the_flags_take_them():
+    import numpy as np
+
+    import spnas
+    from spnas.errors import SpnasError
+    optim = spnas.RetrainStage(optim={"batch_size": np.int64(8), "lr": np.float32(0.5)}).optim
+    assert (optim.batch_size, optim.lr) == (8, 0.5)
+    assert type(optim.batch_size) is int and type(optim.lr) is float
+    search = spnas.SearchRunConfig(checkpoint="x", search={"max_flops": "175M"}).search
+    assert search.max_flops == 175e6
+    with pytest.raises(SpnasError, match="--max_flops: 'abc' is not a count"):
+        spnas.SearchRunConfig(checkpoint="x", search={"max_flops": "abc"})
+    with pytest.raises(SpnasError, match="--batch_size must be a whole number"):
+        spnas.RetrainStage(optim={"batch_size": np.float64(8.5)})
+    with pytest.raises(SpnasError, match="--batch_size must be a whole number, got True"):
+        spnas.RetrainStage(optim={"batch_size": True})
