@@ -256,6 +256,8 @@ def test_csv_against_itself_shifted_passes_or_fails_on_the_window_means(tmp_path
     ("step,loss\n1,2.3\n2.5,2.1\n", "line 3: step '2.5' is not a whole number"),
     ("step,epoch,loss\n1,0,2.3\n2,0\n", "line 3: 2 fields, the header has 3"),
     ("step,loss\n", "holds no training-loss records"),
+    ("step,loss\n2,2.33\n2,9.0\n", "line 3: step 2 is given twice (line 2 too)"),
+    ("step,loss\n-1,2.3\n", "line 2: step -1 is negative"),
 ])
 def test_bad_csv_files_are_one_line_errors(tmp_path, text, fragment):
     (tmp_path / "bad.csv").write_text(text)

@@ -117,13 +117,21 @@ def _from_csv(path: Path, name: str) -> Curve:
                 raise SpnasError(f"{path} line {rows.line_num}: the header {','.join(header)!r} has "
                                  f"no column {' or '.join(missing)}; a CSV curve needs step and loss")
             i_step, i_loss = names.index("step"), names.index("loss")
+            seen: dict[int, int] = {}  # step -> its line
             for row in rows:
                 if not any(c.strip() for c in row):
                     continue
                 where = f"{path} line {rows.line_num}"
                 if len(row) <= max(i_step, i_loss):
                     raise SpnasError(f"{where}: {len(row)} fields, the header has {len(header)}")
-                curve.steps.append(_csv_number(row[i_step], "step", where, whole=True))
+                step = _csv_number(row[i_step], "step", where, whole=True)
+                if step < 0:
+                    raise SpnasError(f"{where}: step {step} is negative; steps count from 0 or 1")
+                if step in seen:
+                    raise SpnasError(f"{where}: step {step} is given twice (line {seen[step]} "
+                                     "too); keep one row per step, e.g. the later run's")
+                seen[step] = rows.line_num
+                curve.steps.append(step)
                 curve.losses.append(_csv_number(row[i_loss], "loss", where, whole=False))
         except csv.Error as e:
             raise SpnasError(f"{path} line {rows.line_num}: {e}; is this a CSV file?") from None
