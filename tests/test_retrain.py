@@ -103,6 +103,25 @@ def test_a_new_test_set_with_few_training_images_is_evaluated(run, tmp_path, cap
     assert "held out 50 training images" in capsys.readouterr().err
 
 
+def test_a_bad_evaluate_out_fails_before_the_evaluation_and_amp_on_cpu_is_noted(
+        run, tmp_path, monkeypatch, capsys):
+    from spnas.stages import evaluate as E
+
+    def not_reached(*a, **k):
+        raise AssertionError("evaluated before --out was checked")
+    real = E.evaluate
+    monkeypatch.setattr(E, "evaluate", not_reached)
+    base = ["evaluate", "--checkpoint", str(run), "--split", "val", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "r.json")]) == 2
+    assert "names a file; --out is the folder that gets evaluation.json" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+    assert main([*base, "--out", str(run / "best.pt")]) == 2  # a file where a folder goes
+    capsys.readouterr()
+    monkeypatch.setattr(E, "evaluate", real)
+    assert main([*base, "--out", str(tmp_path / "e"), "--amp"]) == 0
+    assert "note: --amp: bf16 autocast runs on CUDA only" in capsys.readouterr().err
+
+
 def test_evaluation_numbers_equal_a_direct_computation(run, data, tmp_path):
     assert main(["evaluate", "--checkpoint", str(run), "--split", "test", "--out",
                  str(tmp_path), "--batch_size", "7"]) == 0

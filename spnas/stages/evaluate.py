@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -116,7 +117,17 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
     ckpt, net = load_child(cfg.checkpoint)
     data = checkpoint_data(ckpt, cfg.data_path, cfg.dataset)
     splits = checkpoint_splits(ckpt, data, ckpt["num_classes"], split)
+    ckpt_path = Path(ckpt["path"])
+    out = (Path(cfg.out).expanduser() if cfg.out else
+           ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}{_other_data(ckpt, data)}")
+    if out.suffix == ".json" and not out.is_dir():
+        raise SpnasError(f"--out {out} names a file; --out is the folder that gets "
+                         "evaluation.json and confusion.png: give a folder")
+    out.mkdir(parents=True, exist_ok=True)  # before the work: a bad --out fails at once
     device = resolve_device(cfg.device)
+    if cfg.amp and device.type != "cuda":
+        print("spnas: note: --amp: bf16 autocast runs on CUDA only; this evaluation runs in "
+              "fp32", file=sys.stderr)
     x, y = getattr(splits, split)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
 
@@ -127,10 +138,6 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict:
 
     r = evaluate(net.to(device), forward, x, y, build_transform(data, False),
                  ckpt["num_classes"], cfg.batch_size, device, cfg.amp)
-    ckpt_path = Path(ckpt["path"])
-    out = (Path(cfg.out).expanduser() if cfg.out else
-           ckpt_path.parent / f"eval_{ckpt_path.stem}_{split}{_other_data(ckpt, data)}")
-    out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "step": ckpt.get("step"),
               "dataset": data.dataset, "split": split, "n": r["n"],
               "split_is_test": split == "test" or (split == "val" and splits.val_is_test),
