@@ -502,21 +502,11 @@ def with_shared(recipe: dict, overrides: dict) -> dict:
 
 
 def apply_settings(recipe: dict, settings: list[tuple[str, str]]) -> dict:
-    """``recipe`` with ``[(STAGE.NAME or NAME, text)]`` set; the text is read as YAML would.
-    A NAME without a stage is set for every stage (``with_shared``)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.items()}
+    """``recipe`` with ``[(STAGE.NAME or NAME, text)]`` set, in order; the text is read as
+    YAML would. A NAME without a stage is set for every stage (``with_shared``)."""
     for key, text in settings:
-        stage, _, name = key.rpartition(".")
-        value = _scalar(text)
-        if stage:
-            if stage not in STAGES:
-                raise SpnasError(f"--set {key}: no stage {stage!r}; stages: {', '.join(STAGES)}")
-            if not isinstance(out.get(stage), dict):
-                out[stage] = {}
-            out[stage][name] = value
-        else:
-            out = with_shared(out, {name: value})
-    return out
+        recipe = with_overrides(recipe, {key: _scalar(text)}, what="--set")
+    return recipe
 
 
 def _scalar(text: str):
@@ -552,16 +542,17 @@ def pipeline(recipe: dict | str | Path, out: str | Path, resume: bool = False,
     return Pipeline(with_overrides(recipe, overrides or {}), out, resume).run()
 
 
-def with_overrides(recipe: dict, overrides: dict) -> dict:
+def with_overrides(recipe: dict, overrides: dict, what: str = "overrides") -> dict:
     """``recipe`` with the Python API's ``overrides``, as ``--set`` gives them: a
     ``"STAGE.NAME"`` key sets that stage's setting, a stage name with a dict sets those of its
     settings (the rest of the recipe's section stays), any other name every stage's
-    (``with_shared``)."""
+    (``with_shared``). ``what`` names the source in errors."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in recipe.items()}
     for key, value in overrides.items():
         stage, _, name = key.rpartition(".") if isinstance(key, str) else ("", "", key)
         if stage and stage not in STAGES:
-            raise SpnasError(f"overrides {key!r}: no stage {stage!r}; stages: {', '.join(STAGES)}")
+            shown = key if what.startswith("--") else repr(key)  # --set a.b; overrides 'a.b'
+            raise SpnasError(f"{what} {shown}: no stage {stage!r}; stages: {', '.join(STAGES)}")
         if key in STAGES and isinstance(value, dict):
             stage, settings = key, value
         elif stage:
