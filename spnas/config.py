@@ -290,6 +290,10 @@ class TrainConfig(Checked):
         return d
 
 
+def _without_ema(c: TrainConfig) -> bool:
+    return isinstance(c.model, (RetrainConfig, FinetuneConfig)) and not c.model.ema
+
+
 # Settings a run takes but does not use: (section, setting, when it is unused, why). A
 # run logs a note for each one the user set to other than its default ("said, not silent").
 UNUSED_WHEN: tuple[tuple[str, str, Any, str], ...] = (
@@ -301,10 +305,8 @@ UNUSED_WHEN: tuple[tuple[str, str, Any, str], ...] = (
      and not c.model.val_recal, "with --no-val_recal"),
     ("model", "recal_images", lambda c: isinstance(c.model, FinetuneConfig)
      and not c.model.arch, "without --arch (a child checkpoint keeps its BN statistics)"),
-    ("model", "ema_decay", lambda c: isinstance(c.model, (RetrainConfig, FinetuneConfig))
-     and not c.model.ema, "without --ema"),
-    ("model", "ema_warmup", lambda c: isinstance(c.model, (RetrainConfig, FinetuneConfig))
-     and not c.model.ema, "without --ema"),
+    ("model", "ema_decay", _without_ema, "without --ema"),
+    ("model", "ema_warmup", _without_ema, "without --ema"),
     ("model", "backbone_lr_scale", lambda c: isinstance(c.model, FinetuneConfig)
      and c.model.freeze_epochs >= c.optim.epochs, "when --freeze_epochs covers every epoch"),
     ("model", "rmsprop_alpha", lambda c: isinstance(c.model, SuperkernelConfig)
