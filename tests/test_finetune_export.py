@@ -280,3 +280,14 @@ def test_a_finetune_resumes_after_its_source_checkpoint_moved(fake_cifar, tmp_pa
     done = load_checkpoint(tmp_path / "ft" / "last.pt")
     assert stopped["step"] == 3 and done["step"] == 6
     assert done["num_classes"] == 10 and "resumed from" in (tmp_path / "ft" / "train.log").read_text()
+
+
+def test_a_missing_data_folder_the_checkpoint_records_is_named_as_its(tmp_path, capsys):
+    ckpt = save_child(tmp_path / "best.pt", busy_child(10), tmp_path / "moved", val_size=50)
+    for command in ("evaluate", "export"):
+        assert main([command, "--checkpoint", str(ckpt)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"the folder {ckpt} records; pass --data_path DIR" in err
+        assert ("--check_images 0" in err) == (command == "export")
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data_path", str(tmp_path / "gone")]) == 2
+    assert "records" not in capsys.readouterr().err  # a folder the user gave is the user's

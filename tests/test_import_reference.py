@@ -294,6 +294,17 @@ def test_evaluate_an_imported_network(fake_cifar, tmp_path, capsys):
     assert r["n"] == 100 and r["split"] == "test"
 
 
+def test_export_of_an_imported_network_says_it_records_no_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    src = save(reference_state(random_path(3), seed=4), tmp_path / "best.pth")
+    assert main(["import-reference", str(src), "--out", "net.pt", "--no-resize"]) == 0
+    assert main(["export", "--checkpoint", "net.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "imported from the original's code records no data folder; pass --data_path" in err
+    assert main(["export", "--checkpoint", "net.pt", "--check_images", "0"]) == 0
+    assert (tmp_path / "net.onnx").is_file()
+
+
 def test_search_an_imported_supernet_needs_a_val_size(imported_supernet, fake_cifar, tmp_path,
                                                       capsys):
     _, out = imported_supernet

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spnas.config import CHECKPOINT_HELP, DataConfig, EvaluateConfig
-from spnas.data.datasets import Splits, make_splits
+from spnas.data.datasets import Dataset, Splits, make_splits
 from spnas.data.loading import build_transform, read_dataset
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, per_class_accuracy
@@ -56,6 +56,20 @@ def checkpoint_data(ckpt: dict, data_path: str | None = None,
     return data
 
 
+def read_checkpoint_dataset(ckpt: dict, data: DataConfig, other_fix: str = "") -> Dataset:
+    """``read_dataset``, whose error, for the folder the checkpoint records (no
+    --data_path given), says so: an imported network records only the default."""
+    try:
+        return read_dataset(data)
+    except SpnasError as e:
+        if data.data_path != checkpoint_data(ckpt).data_path:
+            raise
+        whose = ("the default: a network imported from the original's code records no data "
+                 "folder" if ckpt.get("imported_from") else f"the folder {ckpt['path']} records")
+        raise SpnasError(f"{e} ({data.data_path} is {whose}; pass --data_path DIR"
+                         f"{other_fix})") from None
+
+
 def _other_data(ckpt: dict, data: DataConfig) -> str:
     """'' for the run's own data; else ``_<dataset>_<folder name>_<hash of its path>``."""
     def where(d: DataConfig) -> tuple[str, Path]:
@@ -72,7 +86,7 @@ def checkpoint_splits(ckpt: dict, data: DataConfig, num_classes: int,
     the held-out split does not matter: other data with fewer training images than the run
     held out is split without one."""
     seed = int(((ckpt.get("config") or {}).get("run") or {}).get("seed", 0))
-    ds = read_dataset(data)
+    ds = read_checkpoint_dataset(ckpt, data)
     if ds.num_classes != num_classes:  # before the split, whose sizes would not fit either
         raise SpnasError(f"{ckpt['path']} classifies {num_classes} classes, but {data.dataset} "
                          f"under {data.data_path} has {ds.num_classes}; pass the "

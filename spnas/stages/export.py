@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from spnas.config import ExportConfig
-from spnas.data.loading import build_transform, input_side, read_dataset, settings_input_side
+from spnas.data.loading import build_transform, input_side, settings_input_side
 from spnas.engine.checkpoint import checkpoint_space
 from spnas.engine.counting import default_resolution
 from spnas.errors import SpnasError
 from spnas.fields import takes_config
 from spnas.files import replaced_from_temp
-from spnas.stages.evaluate import checkpoint_data, load_child
+from spnas.stages.evaluate import checkpoint_data, load_child, read_checkpoint_dataset
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 # the endings of a file name that say its format: an --out ending in another format's is a mistake
@@ -111,7 +111,8 @@ def check_inputs(ckpt: dict, images: int, data_path: str | None, seed: int = 0) 
     data = checkpoint_data(ckpt, data_path)
     inputs = {}
     if images:
-        ds = read_dataset(replace(data, download=False))  # checks never download
+        ds = read_checkpoint_dataset(ckpt, replace(data, download=False),  # checks never download
+                                     ", or --check_images 0 to check on random inputs only")
         inputs["real images"] = build_transform(data, False).plain(ds.test_x[:images])
         res = input_side(data, ds.test_x)
     else:
