@@ -52,6 +52,23 @@ def test_image_folders(tmp_path):
     assert ds.classes == sorted(ds.classes)
 
 
+def test_images_in_subfolders_of_a_class_folder_are_its_own(tmp_path):
+    write_image_folders(tmp_path, 20, 10)
+    cat = tmp_path / "train" / sorted(p.name for p in (tmp_path / "train").iterdir())[0]
+    before = load_dataset("folder", tmp_path, download_ok=False)
+    inner = cat / "more" / "deeper"
+    inner.mkdir(parents=True)
+    for f in sorted(cat.glob("*.png"))[:2]:
+        f.rename(inner / f.name)
+    (cat / ".cache").mkdir()  # hidden: not read
+    (cat / ".cache" / "x.png").write_bytes(b"not an image")
+    (cat / "more" / "loop").symlink_to(cat, target_is_directory=True)  # read once
+    ds = load_dataset("folder", tmp_path, download_ok=False)
+    assert len(ds.train_y) == len(before.train_y)
+    assert torch.equal(ds.train_y.bincount(), before.train_y.bincount())
+    assert sorted(map(bytes, ds.train_x.numpy())) == sorted(map(bytes, before.train_x.numpy()))
+
+
 def test_image_folders_of_other_sizes_are_resized(tmp_path):
     write_image_folders(tmp_path, 20, 10, size=48)
     ds = load_dataset("folder", tmp_path, download_ok=False, image_size=32)

@@ -220,6 +220,22 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """The image files of a class folder, its subfolders' too (as torchvision's ImageFolder
+    reads them), hidden folders left out; sorted, so the order is the same on every machine."""
+    found, seen = [], set()
+    for here, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # reached again through a link (maybe up the tree): read once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(here) / n for n in sorted(names)
+                  if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    return found
+
+
 def _read_split_folder(root: Path, classes: list[str] | None, size: int):
     found = _class_folders(root)
     if classes is not None and found != classes:
@@ -236,7 +252,7 @@ def _read_split_folder(root: Path, classes: list[str] | None, size: int):
                          f"or more: put each class's images in {root}/<class>/")
     files, labels = [], []
     for label, cls in enumerate(found):
-        named = [f for f in sorted((root / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+        named = _images_under(root / cls)
         dead = [f for f in named if not f.is_file() and f.is_symlink() and not f.exists()]
         if dead:  # an image the user meant to train on is missing: not skipped in silence
             raise SpnasError(f"{len(dead)} image link(s) in {root / cls} point nowhere (e.g. "
