@@ -20,7 +20,7 @@ from test_train import train_argv
 from spnas import config as C
 from spnas import defaults as D
 from spnas.cli import build_parser, main
-from spnas.cli.generate import config_from_args
+from spnas.cli.generate import config_from_args, read_recipe
 from spnas.cli.superkernel import superkernel_config
 from spnas.errors import SpnasError
 from spnas.fields import leaf_fields, to_flat
@@ -219,6 +219,8 @@ def test_config_files_set_settings_and_explicit_flags_win(tmp_path):
     ("run:\n  arch: x\n", "run.arch is not a run setting; write arch in its model section"),
     ("1: 3\n", "1 is not a setting's name (YAML reads an unquoted 1 as int)"),
     ("optim:\n  null: 3\n", "None is not a setting's name"),
+    ("lr: 0.1\nepochs: 2\nlr: 0.2\n", "'lr' is given twice in one mapping (line 3)"),
+    ("optim: {lr: 0.1, lr: 0.2}\n", "'lr' is given twice in one mapping (line 1)"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
     pytest.importorskip("yaml")
@@ -226,6 +228,15 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys, text, message):
     assert main(["retrain", "--config", str(tmp_path / "bad.yaml"), "--arch", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_a_json_key_given_twice_is_refused_and_a_yaml_merge_may_be_overridden(tmp_path, capsys):
+    (tmp_path / "twice.json").write_text('{"optim": {"lr": 0.1, "lr": 0.2}}')
+    assert main(["retrain", "--config", str(tmp_path / "twice.json"), "--arch", "x"]) == 2
+    assert "'lr' is given twice in one mapping" in capsys.readouterr().err
+    pytest.importorskip("yaml")
+    (tmp_path / "merge.yaml").write_text("base: &b {lr: 0.1, epochs: 2}\nrun: {<<: *b, lr: 0.3}\n")
+    assert read_recipe(tmp_path / "merge.yaml")["run"] == {"lr": 0.3, "epochs": 2}
 
 
 def test_the_superkernel_order_is_defaults_recipe_file_flags(tmp_path):
@@ -405,7 +416,6 @@ PIPELINE_RECIPES = ("smoke.yaml", "spos_c10_fast.yaml", "spos_c10_original.yaml"
 
 @pytest.mark.parametrize("name", PIPELINE_RECIPES)
 def test_every_shipped_pipeline_recipe_builds_its_stage_settings(name, tmp_path):
-    from spnas.cli.generate import read_recipe
     from spnas.stages.pipeline import Pipeline
     pipe = Pipeline(read_recipe(ROOT / "recipes" / name), tmp_path)
     supernet, retrain = pipe.settings["supernet"], pipe.settings["retrain"]

@@ -177,18 +177,54 @@ def read_recipe(path: str | Path) -> dict:
         except ImportError:
             raise SpnasError("reading YAML needs PyYAML (pip install pyyaml); or give JSON") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_strict_yaml_loader(yaml, path))
         except yaml.YAMLError as e:
             raise SpnasError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     else:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique(path, pairs))
         except ValueError as e:
             raise SpnasError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise SpnasError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
     _check_keys(path, data)
     return data
+
+
+def _twice(path, key, where: str = "") -> SpnasError:
+    return SpnasError(f"{path}: {key!r} is given twice in one mapping{where}; the second would "
+                      "silently replace the first: keep one")
+
+
+def _unique(path, pairs: list) -> dict:
+    """A JSON object as a dict, refusing a key given twice (json keeps the last)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _twice(path, key)
+        out[key] = value
+    return out
+
+
+def _strict_yaml_loader(yaml, path):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last).
+    Keys a ``<<:`` merge brings may be overridden, as YAML intends."""
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    fresh = key not in seen
+                except TypeError:  # unhashable: the base class says so
+                    continue
+                if not fresh:
+                    raise _twice(path, key, f" (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+    return StrictLoader
 
 
 def _check_keys(path, data: dict) -> None:
