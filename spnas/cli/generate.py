@@ -209,7 +209,7 @@ def _unique(path, pairs: list) -> dict:
 def _strict_yaml_loader(yaml, path):
     """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last).
     Keys a ``<<:`` merge brings may be overridden, as YAML intends."""
-    class StrictLoader(yaml.SafeLoader):
+    class StrictLoader(yaml.SafeLoader):  # type: ignore[name-defined]
         def construct_mapping(self, node, deep=False):
             seen: set = set()
             for key_node, _ in node.value:
