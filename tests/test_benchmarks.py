@@ -34,5 +34,6 @@ def test_benchmark_imports_and_shows_its_help(path, monkeypatch, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
-def test_the_gpu_script_parses():
-    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
+@pytest.mark.parametrize("name", ["gpu_check.sh", "cpu_commands.sh"])
+def test_the_shell_scripts_parse(name):
+    assert subprocess.run(["bash", "-n", str(BENCH / name)]).returncode == 0
