@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+from spnas.errors import SpnasError
+
 fcntl: ModuleType | None
 try:
     import fcntl
@@ -111,6 +113,27 @@ def make_folders(folder: str | Path) -> list[Path]:
         made.append(up)
         up = up.parent
     Path(folder).mkdir(parents=True, exist_ok=True)  # a file in the way: FileExistsError
+    return made
+
+
+def folder_to_write(path: str | Path, flag: str) -> list[Path]:
+    """Make ``path``'s folder and prove a file can be created in it, before the work whose
+    result goes there (a latency table is minutes of timing); returns the folders made
+    (``make_folders``). A folder that cannot be made or written is a one-line error naming
+    ``flag``."""
+    folder = Path(path).parent
+    made: list[Path] = []
+    try:
+        made = make_folders(folder)
+        fd, probe = tempfile.mkstemp(prefix=".spnas-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        remove_empty_folders(made)
+        why = ("a file is in the way of that folder" if e.errno in (errno.EEXIST, errno.ENOTDIR)
+               else e.strerror or str(e))
+        raise SpnasError(f"{flag} {path}: cannot write into {folder} ({why}); "
+                         f"choose another {flag}") from None
     return made
 
 

@@ -33,6 +33,7 @@ from spnas.config import DataConfig, TrainConfig
 from spnas.data.datasets import load_dataset
 from spnas.engine.checkpoint import save_checkpoint
 from spnas.engine.latency import LatencyTable
+from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.spaces import build_child
 from spnas.spaces.mbconv import mbconv_space
@@ -214,6 +215,25 @@ def latency_argv(tmp: Path, *options: str, checkpoint: Path | None = None) -> li
     for o in options:
         argv += ["--option", o]
     return argv + (["--checkpoint", str(checkpoint)] if checkpoint else [])
+
+
+def latency_out_argv(tmp: Path, m: pytest.MonkeyPatch, out: str, timing=None) -> list[str]:
+    """``spnas latency-table --out tmp/out`` whose timing is ``timing`` (default: a timing that
+    fails the test, for an --out that must be refused before any is done)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("timed before checking that --out can be written")
+    m.setattr("spnas.stages.latency_table._measure_and_check", timing or refuse)
+    (tmp / "run").mkdir(exist_ok=True)
+    (tmp / "run" / "afile").write_text("mine")
+    return ["latency-table", "--out", str(tmp / out), *FAST_TIMING]
+
+
+def _timing_fails(*args, **kwargs):
+    raise SpnasError("the timing failed")
+
+
+def _no_folder_left(tmp: Path) -> None:
+    assert not (tmp / "new").exists()
 
 
 def export_argv(ckpt: Path, *flags: str) -> list[str]:
@@ -467,6 +487,18 @@ CASES = [
     Case("latency-classes-against-its-checkpoint", lambda t, m: latency_argv(
         t, checkpoint=child_checkpoint(t)) + ["--classes", "100"], ERROR,
          "best.pt has classes 10, not --classes 100; drop --classes", watch="run"),
+    Case("latency-out-under-a-file", lambda t, m: latency_out_argv(t, m, "run/afile/lat.json"),
+         ERROR, "--out {tmp}/run/afile/lat.json: cannot write into {tmp}/run/afile (a file is in "
+         "the way of that folder); choose another --out", watch="run"),
+    Case("latency-out-under-a-file-deeper", lambda t, m: latency_out_argv(
+        t, m, "run/afile/sub/lat.json"), ERROR, "(a file is in the way of that folder)", watch="run"),
+    Case("latency-out-in-new-folders", lambda t, m: ["latency-table", "--out", str(
+        t / "new" / "sub" / "lat.json"), "--option", "layers=1", *FAST_TIMING], 0,
+         "wrote {tmp}/new/sub/lat.json", watch=None,
+         after=lambda t: LatencyTable.load(t / "new" / "sub" / "lat.json")),
+    Case("latency-timing-fails-leaves-no-new-folder", lambda t, m: latency_out_argv(
+        t, m, "new/sub/lat.json", _timing_fails), ERROR, "the timing failed", watch="run",
+         after=_no_folder_left),
     # export
     Case("export-into-an-existing-folder", lambda t, m: export_argv(
         child_checkpoint(t), "--out", str(folder_with_a_file(t / "out")), "--overwrite"),

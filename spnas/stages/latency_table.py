@@ -18,6 +18,7 @@ from spnas.engine.latency import (
     validate_latency_table,
 )
 from spnas.errors import SpnasError
+from spnas.files import folder_to_write, remove_empty_folders
 from spnas.runtime import device_description, resolve_device, torch_threads
 from spnas.spaces import build_child, make_space
 
@@ -38,9 +39,14 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
         num_classes = cfg.classes or 10
     device = resolve_device(cfg.device)
     child = lambda a: build_child(a, num_classes)  # noqa: E731
-    with torch_threads(cfg.threads):
-        table = _measure_and_check(space, child, device, cfg, log)
-    table.save(out)
+    made = folder_to_write(out, "--out")  # before the timing, not after it
+    try:
+        with torch_threads(cfg.threads):
+            table = _measure_and_check(space, child, device, cfg, log)
+        table.save(out)
+    except BaseException:
+        remove_empty_folders(made)
+        raise
     log(f"wrote {out}")
     return table
 
