@@ -1,5 +1,6 @@
 import json
 import math
+import signal
 
 import pytest
 import torch
@@ -316,3 +317,55 @@ def test_an_interrupted_run_says_what_it_kept(fake_cifar, tmp_path, monkeypatch,
     assert main(train_argv(fake_cifar, tmp_path)) == 130
     err = capsys.readouterr().err
     assert said.format(run=tmp_path / "run") in err and err.endswith("spnas: interrupted\n")
+
+
+def _ctrl_c_at(monkeypatch, at: int, presses: int = 1) -> None:
+    """Ctrl-C (a real SIGINT, ``presses`` times) as the loader makes step index ``at``'s batch."""
+    real_batch = DeviceLoader.batch
+
+    def batch(self, epoch, i):
+        if epoch * self.steps_per_epoch + i == at:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+        return real_batch(self, epoch, i)
+    monkeypatch.setattr(DeviceLoader, "batch", batch)
+
+
+def test_a_ctrl_c_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
+        fake_cifar, tmp_path, monkeypatch, capfd):
+    flags = {"--epochs": 3, "--val_interval": 5}  # no checkpoint before the end but Ctrl-C's
+    assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _ctrl_c_at(monkeypatch, 4)  # during step 5 (1-based): step 5 is finished and kept
+    capfd.readouterr()
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    err = capfd.readouterr().err
+    part = tmp_path / "part"
+    assert "Ctrl-C: finishing this step and writing last.pt; press it again to stop at once" in err
+    assert (f"interrupted after step 5 of 9; {part}/last.pt holds step 5: --resume continues "
+            "from there\n") in err
+    assert torch.load(part / "last.pt", weights_only=True)["step"] == 5
+    monkeypatch.undo()
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
+    assert losses(part) == losses(tmp_path / "full")
+    full_w = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    part_w = torch.load(part / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
+
+
+def test_a_second_ctrl_c_stops_at_once(fake_cifar, tmp_path, monkeypatch, capfd):
+    _ctrl_c_at(monkeypatch, 1, presses=2)
+    assert main(train_argv(fake_cifar, tmp_path)) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert "interrupted after step 1 of 6: no checkpoint had been written yet" in capfd.readouterr().err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_ctrl_c_at_the_last_step_keeps_the_finished_run(fake_cifar, tmp_path, monkeypatch, capfd):
+    _ctrl_c_at(monkeypatch, 5)
+    assert main(train_argv(fake_cifar, tmp_path)) == 130
+    run = tmp_path / "run"
+    assert f"interrupted after step 6 of 6; {run}/last.pt holds step 6" in capfd.readouterr().err
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 6
+    assert [r["step"] for r in read_metrics(run) if r["type"] == "val"] == [3, 6]

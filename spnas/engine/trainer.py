@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,6 +125,39 @@ class Task:
     load_extra_state: Callable[[dict], None] = field(default=lambda state: None)
     # (param_groups, optim) -> optimizer; None = SGD with optim's momentum and nesterov
     make_optimizer: Callable[[list[dict], OptimConfig], torch.optim.Optimizer] | None = None
+
+
+class CtrlC:
+    """While active (``watching``), the first Ctrl-C (SIGINT) only sets ``pressed``: the loop
+    finishes its step, writes last.pt and stops as interrupted. The second one is Python's
+    own: a ``KeyboardInterrupt`` at once, the last.pt written before kept whole.
+
+    A single process in the main thread only: under torchrun every rank gets the signal, each
+    at its own step, and a checkpoint needs them all at one (there a Ctrl-C stops at once, as
+    before)."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def _handle(self, signum, frame) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # os.write, not print: a handler that runs while stderr is mid-write must not write to
+        # its buffer again
+        os.write(2, b"\nCtrl-C: finishing this step and writing last.pt; press it again to "
+                    b"stop at once\n")
+
+    @contextmanager
+    def watching(self, enabled: bool) -> Iterator["CtrlC"]:
+        if not enabled or threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield self  # another handler is someone else's (a caller's, a debugger's): kept
+            return
+        signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class NonFiniteLoss(SpnasError):
@@ -273,52 +309,71 @@ class Trainer:
                         p.grad = torch.zeros_like(p)
         model.train()
         try:
-            while self.step < end:
-                step = self.step
-                epoch, i = divmod(step, spe)
-                images, labels = self.loader.batch(epoch, i)
-                lr = lr_at(step, self.total, self.optim, spe)
-                for g in self.opt.param_groups:
-                    g["lr"] = lr * g.get("lr_scale", 1.0)
-                torch.manual_seed(derive_seed(run.seed, "step", step))
-                with autocast(self.device, run.amp):
-                    logits = self.task.forward(model, images, step)
-                    loss, extra = self.task.loss(logits, labels, step)
-                self.opt.zero_grad(set_to_none=not self.task.zero_grads)
-                loss.backward()
-                self.opt.step()
-                if self.task.on_step_end:
-                    self.task.on_step_end(step, self.log)
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                       torch.full_like(bad_step, step), bad_step)
-                window.add(loss, logits, labels, extra)
-                self.step = step + 1
-                self.log.advance(1)
-                if self.step % run.print_freq == 0 or self.step in (self.total, end):
-                    self._check_finite(bad_step)
-                    self._log_train(window, lr, epoch)
-                end_of_epoch = self.step % spe == 0
-                last_epoch = epoch + 1 == self.cfg.optim.epochs
-                if end_of_epoch and ((epoch + 1) % run.val_interval == 0 or last_epoch):
-                    self._check_finite(bad_step)
-                    self._validate(epoch)
-                    window.restart_clock()
-                elif run.ckpt_interval and self.step % run.ckpt_interval == 0:
-                    self._check_finite(bad_step)
-                    self._check_state()
-                    self.save("last.pt")
-            if self.step < self.total and run.stop_after:
-                self._check_finite(bad_step)
-                self._check_state()
-                self.save("last.pt")
-                self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
-                              "--resume with a larger --stop_after continues")
+            with CtrlC().watching(self.dist.world == 1) as ctrl_c:
+                self._loop(model, end, window, bad_step, ctrl_c)
+                if ctrl_c.pressed:  # after the loop's last look
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.log.info(self._interrupted_text())
             raise
         finally:
             self.log.close()
         return {"step": self.step, "best": self.best, **self.last_val}
+
+    def _loop(self, model: nn.Module, end: int, window: "_Window", bad_step: torch.Tensor,
+              ctrl_c: CtrlC) -> None:
+        run, spe = self.cfg.run, self.loader.steps_per_epoch
+        while self.step < end:
+            step = self.step
+            epoch, i = divmod(step, spe)
+            images, labels = self.loader.batch(epoch, i)
+            lr = lr_at(step, self.total, self.optim, spe)
+            for g in self.opt.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            torch.manual_seed(derive_seed(run.seed, "step", step))
+            with autocast(self.device, run.amp):
+                logits = self.task.forward(model, images, step)
+                loss, extra = self.task.loss(logits, labels, step)
+            self.opt.zero_grad(set_to_none=not self.task.zero_grads)
+            loss.backward()
+            self.opt.step()
+            if self.task.on_step_end:
+                self.task.on_step_end(step, self.log)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                   torch.full_like(bad_step, step), bad_step)
+            window.add(loss, logits, labels, extra)
+            self.step = step + 1
+            self.log.advance(1)
+            if self.step % run.print_freq == 0 or self.step in (self.total, end):
+                self._check_finite(bad_step)
+                self._log_train(window, lr, epoch)
+            end_of_epoch = self.step % spe == 0
+            last_epoch = epoch + 1 == self.cfg.optim.epochs
+            if end_of_epoch and ((epoch + 1) % run.val_interval == 0 or last_epoch):
+                self._check_finite(bad_step)
+                self._validate(epoch)
+                window.restart_clock()
+            elif run.ckpt_interval and self.step % run.ckpt_interval == 0:
+                self._check_finite(bad_step)
+                self._check_state()
+                self.save("last.pt")
+            if ctrl_c.pressed:
+                self._save_and_stop(bad_step)
+        if self.step < self.total and run.stop_after:
+            self._check_finite(bad_step)
+            self._check_state()
+            self.save("last.pt")
+            self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
+                          "--resume with a larger --stop_after continues")
+
+    def _save_and_stop(self, bad_step: torch.Tensor) -> None:
+        """After a first Ctrl-C: last.pt at this step (unless written at it already), then
+        the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
+        if self.saved_step != self.step:
+            self._check_finite(bad_step)
+            self._check_state()
+            self.save("last.pt")
+        raise KeyboardInterrupt
 
     def _interrupted_text(self) -> str:
         """What an interrupted run keeps, and what it loses."""
