@@ -181,6 +181,9 @@ def test_a_budget_that_filters_nothing_is_warned(supernet, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     ({"--max_flops": "10M"}, "--max_flops 10M is below the cheapest arch of this space"),
+    ({"--max_flops": "80"}, "is below the cheapest arch of this space (77.1M multiply-accumulates "
+                            "at 32x32); raise it (a count: 80M for 80 million)"),
+    ({"--max_params": "2.5"}, "raise it (a count: 2.5M for 2.5 million)"),
     ({"--max_latency_ms": 3}, "--max_latency_ms needs --latency_table"),
     ({"--population": 0}, "--population must be positive"),
 ])

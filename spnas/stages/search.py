@@ -305,8 +305,11 @@ def check_budget(costs: CostModel, budget: Budget, resolution: int, log: RunLog)
     for key in budget.excess(least):
         flag = BUDGET_KEYS[key]
         given = cost_text(key, getattr(budget, flag), costs, unit=False, given=True)
+        raw = getattr(budget, flag)
+        hint = (f" (a count: {raw:g}M for {raw:g} million)"
+                if key in ("flops", "params") and raw < 10_000 else "")
         raise SpnasError(f"--{flag} {given} is below the cheapest arch of this space "
-                         f"({cost_text(key, least[key], costs)}{at}); raise it")
+                         f"({cost_text(key, least[key], costs)}{at}); raise it{hint}")
     for key, flag in BUDGET_KEYS.items():
         limit = getattr(budget, flag)
         if limit is None or most[key] is None or limit < most[key]:
