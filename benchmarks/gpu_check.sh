@@ -85,11 +85,12 @@ if part graphs; then
     step check_graphs 170 python3 benchmarks/check_graphs.py --data "$CIFAR" $GSTEPS
     # the commands themselves with --cuda_graphs (start_run's checks, a checkpoint, resume-ready
     # state), and a fine-tune whose backbone unfreezes mid-run (its BNs switch mode)
-    GRAPHS="--cuda_graphs"; GCLI="--epochs 2 --num_steps 15"
-    [ "$SMOKE" = 1 ] && { GRAPHS=""; GCLI="--epochs 2 --num_steps 2 --batch_size 16 --val_size 100"; }  # a CPU refuses it
-    step train_cli_graphs 45 $SP train --data_path "$CIFAR" --no-download $GCLI \
+    GRAPHS="--cuda_graphs"; GCLI="--epochs 2 --num_steps 15"; GLIMIT=45
+    # a CPU refuses --cuda_graphs; there the fine-tune's test evaluation alone takes ~45 s
+    [ "$SMOKE" = 1 ] && { GRAPHS=""; GCLI="--epochs 2 --num_steps 2 --batch_size 16 --val_size 100"; GLIMIT=120; }
+    step train_cli_graphs $GLIMIT $SP train --data_path "$CIFAR" --no-download $GCLI \
         --print_freq 5 --val_interval 2 $GRAPHS --save_path "$RUNS" --exp_name graphs_cli
-    step finetune_cli_graphs 45 $SP finetune --checkpoint "$RUNS/graphs_cli" \
+    step finetune_cli_graphs $GLIMIT $SP finetune --checkpoint "$RUNS/graphs_cli" \
         --arch "$OLD_BEST" --data_path "$CIFAR" \
         --no-download $GCLI --freeze_epochs 1 --recal_images 512 --print_freq 5 \
         $GRAPHS --save_path "$RUNS" --exp_name graphs_finetune
