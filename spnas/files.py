@@ -112,7 +112,11 @@ def make_folders(folder: str | Path) -> list[Path]:
     while not up.exists() and up != up.parent:
         made.append(up)
         up = up.parent
-    Path(folder).mkdir(parents=True, exist_ok=True)  # a file in the way: FileExistsError
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)  # a file in the way: FileExistsError
+    except OSError:  # made some, then failed (a name too long, a full disk): none left
+        remove_empty_folders(made)
+        raise
     return made
 
 
@@ -139,9 +143,12 @@ def folder_to_write(path: str | Path, flag: str) -> list[Path]:
 
 def remove_empty_folders(folders: list[Path]) -> None:
     """Remove ``folders`` (deepest first, as ``make_folders`` gives them) while they are empty;
-    one that is not (someone else's files are there now) stays, and those above it."""
+    one that is not (someone else's files are there now) stays, and those above it. One that
+    is not there (its ``mkdir`` failed) is skipped."""
     for folder in folders:
         try:
             folder.rmdir()
-        except OSError:
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # never made: the next one up
+                continue
             break

@@ -496,6 +496,12 @@ CASES = [
         t / "new" / "sub" / "lat.json"), "--option", "layers=1", *FAST_TIMING], 0,
          "wrote {tmp}/new/sub/lat.json", watch=None,
          after=lambda t: LatencyTable.load(t / "new" / "sub" / "lat.json")),
+    Case("latency-out-an-existing-folder", lambda t, m: latency_out_argv(t, m, "run")
+         + ["--overwrite"], ERROR, "--out {tmp}/run is a folder; give the table's file name, "
+         "e.g. {tmp}/run/latency.json", watch="run"),
+    Case("latency-out-a-name-too-long", lambda t, m: latency_out_argv(
+        t, m, "new/" + "x" * 300 + "/lat.json"), ERROR, "(File name too long); choose another "
+         "--out", watch="run", after=_no_folder_left),
     Case("latency-timing-fails-leaves-no-new-folder", lambda t, m: latency_out_argv(
         t, m, "new/sub/lat.json", _timing_fails), ERROR, "the timing failed", watch="run",
          after=_no_folder_left),

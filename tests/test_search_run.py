@@ -194,6 +194,13 @@ def test_bad_search_flags_are_one_line_errors(supernet, tmp_path, capsys, flags,
     assert not (tmp_path / "x").exists()  # no folder, log or .lock left behind
 
 
+def test_no_count_hint_where_millions_would_not_fit_either(supernet, tmp_path, capsys):
+    assert main(search_argv(supernet, tmp_path / "x", **{"--max_flops": "0.01"})) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("is below the cheapest arch of this space (77.1M multiply-accumulates "
+                        "at 32x32); raise it")
+
+
 def test_a_refused_search_leaves_a_folder_as_it_found_it(supernet, tmp_path, capsys):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "notes.txt").write_text("mine")

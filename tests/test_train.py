@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import signal
 
 import pytest
@@ -15,6 +16,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
+from spnas.engine.trainer import CtrlC
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import sample_path
 
@@ -319,6 +321,15 @@ def test_an_interrupted_run_says_what_it_kept(fake_cifar, tmp_path, monkeypatch,
     assert said.format(run=tmp_path / "run") in err and err.endswith("spnas: interrupted\n")
 
 
+@pytest.fixture
+def sigint_as_python_sets_it():
+    """SIGINT handled as a fresh Python handles it (a test run started under nohup, or in a
+    script's background job, would ignore it, and spnas then leaves it alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _ctrl_c_at(monkeypatch, at: int, presses: int = 1) -> None:
     """Ctrl-C (a real SIGINT, ``presses`` times) as the loader makes step index ``at``'s batch."""
     real_batch = DeviceLoader.batch
@@ -332,7 +343,7 @@ def _ctrl_c_at(monkeypatch, at: int, presses: int = 1) -> None:
 
 
 def test_a_ctrl_c_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
-        fake_cifar, tmp_path, monkeypatch, capfd):
+        fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it):
     flags = {"--epochs": 3, "--val_interval": 5}  # no checkpoint before the end but Ctrl-C's
     assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -342,7 +353,8 @@ def test_a_ctrl_c_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     err = capfd.readouterr().err
     part = tmp_path / "part"
-    assert "Ctrl-C: finishing this step and writing last.pt; press it again to stop at once" in err
+    assert ("Ctrl-C: finishing the step under way (and a validation, if one is running), then "
+            "writing last.pt; press it again to stop at once") in err
     assert (f"interrupted after step 5 of 9; {part}/last.pt holds step 5: --resume continues "
             "from there\n") in err
     assert torch.load(part / "last.pt", weights_only=True)["step"] == 5
@@ -354,18 +366,50 @@ def test_a_ctrl_c_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
 
 
-def test_a_second_ctrl_c_stops_at_once(fake_cifar, tmp_path, monkeypatch, capfd):
+def test_a_second_ctrl_c_stops_at_once(fake_cifar, tmp_path, monkeypatch, capfd,
+                                       sigint_as_python_sets_it):
     _ctrl_c_at(monkeypatch, 1, presses=2)
     assert main(train_argv(fake_cifar, tmp_path)) == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert "interrupted after step 1 of 6: no checkpoint had been written yet" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "Ctrl-C: finishing the step under way" in err  # the first press was the handler's
+    assert "interrupted after step 1 of 6: no checkpoint had been written yet" in err
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_a_ctrl_c_at_the_last_step_keeps_the_finished_run(fake_cifar, tmp_path, monkeypatch, capfd):
+def test_a_ctrl_c_at_the_last_step_keeps_the_finished_run(fake_cifar, tmp_path, monkeypatch, capfd,
+                                                          sigint_as_python_sets_it):
     _ctrl_c_at(monkeypatch, 5)
     assert main(train_argv(fake_cifar, tmp_path)) == 130
     run = tmp_path / "run"
     assert f"interrupted after step 6 of 6; {run}/last.pt holds step 6" in capfd.readouterr().err
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 6
     assert [r["step"] for r in read_metrics(run) if r["type"] == "val"] == [3, 6]
+
+
+def test_a_sigint_handler_of_the_callers_is_left_alone(fake_cifar, tmp_path, monkeypatch):
+    """A program that handles SIGINT itself keeps its handler: spnas installs none over it."""
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        _ctrl_c_at(monkeypatch, 1)
+        assert main(train_argv(fake_cifar, tmp_path)) == 0  # the caller's handler took it
+        assert seen == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is not \
+            signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_ctrl_c_with_stderr_gone_still_only_sets_the_flag(monkeypatch, sigint_as_python_sets_it):
+    """``spnas train 2>&1 | tee log``: the same Ctrl-C ends tee, so the handler's notice meets a
+    broken pipe; that must not become an error in the middle of a step."""
+    def closed(fd, data):
+        raise BrokenPipeError(32, "Broken pipe")
+    ctrl_c = CtrlC()
+    with ctrl_c.watching(True):
+        monkeypatch.setattr(os, "write", closed)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        finally:
+            monkeypatch.undo()
+        assert ctrl_c.pressed and signal.getsignal(signal.SIGINT) is signal.default_int_handler

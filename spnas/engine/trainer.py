@@ -143,9 +143,13 @@ class CtrlC:
         self.pressed = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # os.write, not print: a handler that runs while stderr is mid-write must not write to
-        # its buffer again
-        os.write(2, b"\nCtrl-C: finishing this step and writing last.pt; press it again to "
-                    b"stop at once\n")
+        # its buffer again; and a closed stderr (`| tee` killed by the same Ctrl-C) must not
+        # turn into an error at whatever line the loop was running
+        try:
+            os.write(2, b"\nCtrl-C: finishing the step under way (and a validation, if one is "
+                        b"running), then writing last.pt; press it again to stop at once\n")
+        except OSError:
+            pass
 
     @contextmanager
     def watching(self, enabled: bool) -> Iterator["CtrlC"]:
@@ -311,8 +315,8 @@ class Trainer:
         try:
             with CtrlC().watching(self.dist.world == 1) as ctrl_c:
                 self._loop(model, end, window, bad_step, ctrl_c)
-                if ctrl_c.pressed:  # after the loop's last look
-                    raise KeyboardInterrupt
+            if ctrl_c.pressed:  # pressed after the loop's last look, before the handler went
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.log.info(self._interrupted_text())
             raise

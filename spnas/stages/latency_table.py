@@ -29,6 +29,9 @@ def measure_latency_table(cfg: LatencyConfig, log: Callable[[str], None] = print
     ckpt = load_checkpoint(cfg.checkpoint) if cfg.checkpoint else None
     if ckpt is not None and out.exists() and out.resolve() == Path(ckpt["path"]).resolve():
         raise SpnasError(f"--out {out} is the checkpoint itself; choose another --out")
+    if out.is_dir():
+        raise SpnasError(f"--out {out} is a folder; give the table's file name, e.g. "
+                         f"{out / 'latency.json'}")
     if out.exists() and not cfg.overwrite:
         raise SpnasError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     if ckpt is not None:

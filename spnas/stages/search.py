@@ -306,8 +306,8 @@ def check_budget(costs: CostModel, budget: Budget, resolution: int, log: RunLog)
         flag = BUDGET_KEYS[key]
         given = cost_text(key, getattr(budget, flag), costs, unit=False, given=True)
         raw = getattr(budget, flag)
-        hint = (f" (a count: {raw:g}M for {raw:g} million)"
-                if key in ("flops", "params") and raw < 10_000 else "")
+        hint = (f" (a count: {raw:g}M for {raw:g} million)"  # when that would fit
+                if key in ("flops", "params") and raw * 1e6 >= least[key] else "")
         raise SpnasError(f"--{flag} {given} is below the cheapest arch of this space "
                          f"({cost_text(key, least[key], costs)}{at}); raise it{hint}")
     for key, flag in BUDGET_KEYS.items():
