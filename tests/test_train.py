@@ -16,7 +16,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
-from spnas.engine.trainer import CtrlC
+from spnas.engine.trainer import CtrlC, eval_mode_note
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import sample_path
 
@@ -413,3 +413,32 @@ def test_a_ctrl_c_with_stderr_gone_still_only_sets_the_flag(monkeypatch, sigint_
         finally:
             monkeypatch.undo()
         assert ctrl_c.pressed and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("val_loss, train_loss, classes, momentum, said", [
+    (16.91, 2.381, 10, 0.01, "note: the validation loss 16.91 is over 3x both the training loss "
+     "2.381 and a uniform guess's 2.303: in eval mode BN uses its running statistics, which may "
+     "lag weights that move fast (BN momentum 0.01: they average about the last 100 steps); for "
+     "a short run, --bn_momentum 0.1"),
+    (388.0, 2.5, 10, 0.1, "which may lag weights that move fast; a lower --lr, or a longer run, "
+     "lets them catch up"),
+    (0.5, 0.01, 10, 0.01, None),   # overfit: 50x the training loss, below a uniform guess
+    (12.0, 0.05, 100, 0.01, None),  # under 3x ln(100) = 13.8
+    (7.0, 2.5, 10, 0.01, None),    # over 3x ln(10) but not 3x the training loss
+    (2.3, None, 10, 0.01, None),   # no training loss logged yet
+])
+def test_a_validation_loss_blown_past_the_training_loss_gets_a_note(val_loss, train_loss, classes,
+                                                                     momentum, said):
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, momentum=momentum))
+    note = eval_mode_note(val_loss, train_loss, classes, net)
+    assert note is None if said is None else (note is not None and said in note)
+
+
+def test_the_note_is_logged_once_by_a_run(fake_cifar, tmp_path, monkeypatch):
+    import spnas.stages.train as stage
+    monkeypatch.setattr(stage, "make_path_validator",
+                        lambda *a, **k: lambda model, step: {"val_acc": 0.1, "val_loss": 500.0})
+    assert main(train_argv(fake_cifar, tmp_path)) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("note: the validation loss 500 is over 3x both the training loss") == 1
+    assert log.count("validation after epoch") == 2

@@ -184,6 +184,8 @@ class Trainer:
         self.step, self.best = 0, -math.inf
         self.saved_step: int | None = None  # the step of the last last.pt written or resumed
         self.last_val: dict = {}
+        self.train_loss: float | None = None  # the last logged window's cross-entropy
+        self._eval_noted = False
         self.device = loader.device
 
     # -- checkpoints
@@ -429,6 +431,7 @@ class Trainer:
     def _log_train(self, window: "_Window", lr: float, epoch: int) -> None:
         rec = window.flush(self.loader.batch_size * self.dist.world)
         rec = {"type": "train", "step": self.step, "epoch": epoch, "lr": lr, **rec}
+        self.train_loss = rec.get("ce", rec["loss"])  # without a latency penalty
         self.log.metric(rec)
         msg = (f"step {self.step}/{self.total} epoch {epoch} lr {lr:.5f} loss {rec['loss']:.4f} "
                f"acc {rec['acc']:.4f} {rec['img_per_s']:.1f} img/s")
@@ -462,6 +465,11 @@ class Trainer:
                 self.best = max(self.best, score)
                 self.log.info(f"validation after epoch {epoch}: " + " ".join(
                     f"{k} {v:.4f}" for k, v in self.last_val.items()) + (" (best)" if improved else ""))
+                note = eval_mode_note(self.last_val.get("val_loss"), self.train_loss,
+                                      self.task.num_classes, self.task.model)
+                if note and not self._eval_noted:
+                    self.log.info(note)
+                    self._eval_noted = True
                 self.save("last.pt")
                 if improved:
                     self.save("best.pt")
@@ -471,6 +479,29 @@ class Trainer:
             shown = ", ".join(f"{k} {v}" for k, v in nonfinite.items()) if self.dist.main else "see rank 0"
             raise self._stop(f"the validation after epoch {epoch} (step {self.step}) gave NaN or "
                              f"infinite numbers ({shown}); not written")
+
+
+def eval_mode_note(val_loss: float | None, train_loss: float | None, num_classes: int,
+                   model: nn.Module) -> str | None:
+    """A note when the validation loss is over 3x both the training loss and a uniform
+    guess's, ln(classes): the network acts differently in eval mode. BN running statistics
+    that lag weights moving fast do this (measured in short ``--recipe paper`` superkernel
+    searches: validation losses of 17 and 1,375 against a cross-entropy of 2.4;
+    docs/superkernel.md). An overfit network's loss stays below 3x the uniform one."""
+    if val_loss is None or train_loss is None:
+        return None
+    uniform = math.log(max(num_classes, 2))
+    if not val_loss > 3 * max(train_loss, uniform):
+        return None
+    momenta = [m.momentum for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum]
+    low = min(momenta) if momenta else None
+    fix = (f" (BN momentum {low:g}: they average about the last {round(1 / low)} steps); for a "
+           "short run, --bn_momentum 0.1" if low is not None and low < 0.1 else
+           "; a lower --lr, or a longer run, lets them catch up")
+    return (f"note: the validation loss {val_loss:.4g} is over 3x both the training loss "
+            f"{train_loss:.4g} and a uniform guess's {uniform:.4g}: in eval mode BN uses its "
+            f"running statistics, which may lag weights that move fast{fix}")
 
 
 class _Window:
