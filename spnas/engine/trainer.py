@@ -465,9 +465,10 @@ class Trainer:
                 self.best = max(self.best, score)
                 self.log.info(f"validation after epoch {epoch}: " + " ".join(
                     f"{k} {v:.4f}" for k, v in self.last_val.items()) + (" (best)" if improved else ""))
-                note = eval_mode_note(self.last_val.get("val_loss"), self.train_loss,
-                                      self.task.num_classes, self.task.model)
-                if note and not self._eval_noted:
+                note = None if self._eval_noted else eval_mode_note(
+                    self.last_val.get("val_loss"), self.train_loss, self.task.num_classes,
+                    self.task.model)
+                if note:
                     self.log.info(note)
                     self._eval_noted = True
                 self.save("last.pt")

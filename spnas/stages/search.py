@@ -304,8 +304,8 @@ def check_budget(costs: CostModel, budget: Budget, resolution: int, log: RunLog)
     at = f" at {resolution}x{resolution}"
     for key in budget.excess(least):
         flag = BUDGET_KEYS[key]
-        given = cost_text(key, getattr(budget, flag), costs, unit=False, given=True)
         raw = getattr(budget, flag)
+        given = cost_text(key, raw, costs, unit=False, given=True)
         hint = (f" (a count: {raw:g}M for {raw:g} million)"  # when that would fit
                 if key in ("flops", "params") and raw * 1e6 >= least[key] else "")
         raise SpnasError(f"--{flag} {given} is below the cheapest arch of this space "
