@@ -113,9 +113,10 @@ def close_distributed(finished: bool = False) -> None:
     """Tear down the process group a command made, before the interpreter exits: left to
     exit, a gloo group's threads can abort the process ("terminate called without an active
     exception", seen twice in a 2-process search test under load, once with this teardown)
-    after its work is done. A command that ``finished`` on this rank first waits for the
-    others (rank 0 writes the reports last), so no rank tears down while a peer works; a
-    failed one does not wait (torchrun stops the others)."""
+    after its work is done. A command that ``finished`` on this rank (or stopped on a signal
+    at the step all ranks agreed on) first waits for the others (rank 0 writes the reports
+    and checkpoints last), so no rank tears down while a peer works; a failed one does not
+    wait (torchrun stops the others)."""
     if dist.is_available() and dist.is_initialized():
         if finished and dist.get_world_size() > 1:
             dist.barrier()

@@ -53,6 +53,60 @@ def test_two_processes_stay_in_sync(fake_cifar, tmp_path):
     assert ckpt["step"] == 3
 
 
+CTRL_C = textwrap.dedent("""
+    import os, signal, sys, time
+    from spnas.cli import main
+    from spnas.data.loading import DeviceLoader
+    batch, at = DeviceLoader.batch, int(sys.argv[1])
+    def ctrl_c_at(self, epoch, i):  # at step index `at` rank 0 presses Ctrl-C at torchrun
+        if epoch * self.steps_per_epoch + i == at and os.environ["RANK"] == "0":
+            os.kill(os.getppid(), signal.SIGINT)
+            t0 = time.time()  # until torchrun passes it on to this process (and rank 1)
+            while signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+                assert time.time() - t0 < 60, "no SIGINT came from torchrun"
+                time.sleep(0.01)
+        return batch(self, epoch, i)
+    DeviceLoader.batch = ctrl_c_at
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def _torchrun(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                               "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_under_torchrun_stops_every_process_at_one_step_and_resumes_the_curve(
+        fake_cifar, tmp_path):
+    """torchrun passes a Ctrl-C on to every process, each at its own step; they agree on the
+    next log line's step, write last.pt there, and a resumed run equals an uninterrupted one."""
+    from test_train import losses
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C)
+    flags = {"--batch_size": 8, "--epochs": 2, "--num_steps": 6, "--layers": 2,
+             "--num_choices": 2, "--print_freq": 4, "--val_interval": 5}
+    r = _torchrun("-m", "spnas", *train_argv(fake_cifar, tmp_path, "full", **flags))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun(script, 4, *train_argv(fake_cifar, tmp_path, "part", **flags))
+    part = tmp_path / "part"
+    assert r.returncode != 0 and r.stderr.count("spnas: interrupted") == 2, r.stderr[-3000:]
+    assert ("Ctrl-C: every process finishes its steps up to the next log line (one every "
+            "--print_freq 4 steps), then last.pt is written\n") in r.stderr
+    assert f"interrupted after step 8 of 12; {part}/last.pt holds step 8: --resume" in r.stderr
+    assert torch.load(part / "last.pt", weights_only=True)["step"] == 8
+    r = _torchrun("-m", "spnas", *train_argv(fake_cifar, tmp_path, "part", **flags,
+                                             **{"--resume": None}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(part) == losses(tmp_path / "full") and len(losses(part)) == 3
+    full_w = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    part_w = torch.load(part / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)
+
+
 @pytest.mark.slow
 def test_search_split_over_two_processes_finds_what_one_process_finds(fake_cifar, tmp_path):
     from test_search_run import records, search_argv

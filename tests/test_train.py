@@ -16,7 +16,8 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
-from spnas.engine.trainer import CtrlC, eval_mode_note
+from spnas.engine.signals import StopSignals
+from spnas.engine.trainer import eval_mode_note
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import sample_path
 
@@ -330,14 +331,17 @@ def sigint_as_python_sets_it():
     signal.signal(signal.SIGINT, previous)
 
 
-def _ctrl_c_at(monkeypatch, at: int, presses: int = 1) -> None:
-    """Ctrl-C (a real SIGINT, ``presses`` times) as the loader makes step index ``at``'s batch."""
+def _ctrl_c_at(monkeypatch, at: int, presses: int = 1, signum=signal.SIGINT) -> None:
+    """Ctrl-C (a real SIGINT, ``presses`` times) or another ``signum`` as the loader makes step
+    index ``at``'s batch."""
     real_batch = DeviceLoader.batch
 
     def batch(self, epoch, i):
         if epoch * self.steps_per_epoch + i == at:
             for _ in range(presses):
-                signal.raise_signal(signal.SIGINT)
+                if signal.getsignal(signum) is signal.SIG_DFL:  # it would end pytest
+                    raise AssertionError(f"{signal.Signals(signum).name} is not handled")
+                signal.raise_signal(signum)
         return real_batch(self, epoch, i)
     monkeypatch.setattr(DeviceLoader, "batch", batch)
 
@@ -387,6 +391,47 @@ def test_a_ctrl_c_at_the_last_step_keeps_the_finished_run(fake_cifar, tmp_path, 
     assert [r["step"] for r in read_metrics(run) if r["type"] == "val"] == [3, 6]
 
 
+def test_a_sigterm_finishes_the_step_writes_last_pt_and_exits_143(
+        fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it):
+    """As a Ctrl-C: a scheduler's (or `kill`'s, `docker stop`'s) SIGTERM loses no step."""
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    _ctrl_c_at(monkeypatch, 1, signum=signal.SIGTERM)
+    assert main(train_argv(fake_cifar, tmp_path)) == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    err = capfd.readouterr().err
+    run = tmp_path / "run"
+    assert ("SIGTERM: finishing the step under way (and a validation, if one is running), then "
+            "writing last.pt; send it again to stop at once") in err
+    assert (f"terminated (SIGTERM) after step 2 of 6; {run}/last.pt holds step 2: --resume "
+            "continues from there\n") in err
+    assert err.endswith("spnas: terminated (SIGTERM)\n")
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_sets_it):
+    """So a SIGTERM after a Ctrl-C (or a Ctrl-C after a SIGTERM) stops at once as well."""
+    stop = StopSignals()
+    with stop.watching():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert stop.signum == signal.SIGINT
+
+
+def test_a_sigterm_handler_of_the_callers_is_left_alone(fake_cifar, tmp_path, monkeypatch,
+                                                        sigint_as_python_sets_it):
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        _ctrl_c_at(monkeypatch, 1, signum=signal.SIGTERM)
+        assert main(train_argv(fake_cifar, tmp_path)) == 0  # the caller's handler took it
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_sigint_handler_of_the_callers_is_left_alone(fake_cifar, tmp_path, monkeypatch):
     """A program that handles SIGINT itself keeps its handler: spnas installs none over it."""
     seen = []
@@ -405,14 +450,15 @@ def test_a_ctrl_c_with_stderr_gone_still_only_sets_the_flag(monkeypatch, sigint_
     broken pipe; that must not become an error in the middle of a step."""
     def closed(fd, data):
         raise BrokenPipeError(32, "Broken pipe")
-    ctrl_c = CtrlC()
-    with ctrl_c.watching(True):
+    stop = StopSignals()
+    with stop.watching():
         monkeypatch.setattr(os, "write", closed)
         try:
             signal.raise_signal(signal.SIGINT)
         finally:
             monkeypatch.undo()
-        assert ctrl_c.pressed and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert stop.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize("val_loss, train_loss, classes, momentum, said", [

@@ -44,6 +44,7 @@ from spnas.cli.spos import (
     run_train,
 )
 from spnas.cli.superkernel import add_superkernel_parser, run_superkernel
+from spnas.engine.signals import Terminated
 from spnas.errors import SpnasError
 from spnas.fields import count_arg
 
@@ -119,9 +120,11 @@ def run_guarded(fn, args) -> int:
     except SpnasError as e:
         print(f"spnas: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("spnas: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training: engine/signals.py
+        finished = getattr(e, "together", False)  # every rank stops here: wait for rank 0
+        term = isinstance(e, Terminated)
+        print(f"spnas: {'terminated (SIGTERM)' if term else 'interrupted'}", file=sys.stderr)
+        return 143 if term else 130  # as a shell reports a process ended by either signal
     except BrokenPipeError:  # the reader of stdout stopped (spnas ... | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit
         return 141  # as a shell reports a process ended by SIGPIPE

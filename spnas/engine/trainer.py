@@ -13,12 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +40,7 @@ from spnas.engine.runlog import (
     run_dir_for,
 )
 from spnas.engine.schedule import effective_optim, lr_at
+from spnas.engine.signals import StopSignals, Terminated, stop_exception
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.resume import CHANGEABLE
@@ -127,43 +125,6 @@ class Task:
     make_optimizer: Callable[[list[dict], OptimConfig], torch.optim.Optimizer] | None = None
 
 
-class CtrlC:
-    """While active (``watching``), the first Ctrl-C (SIGINT) only sets ``pressed``: the loop
-    finishes its step, writes last.pt and stops as interrupted. The second one is Python's
-    own: a ``KeyboardInterrupt`` at once, the last.pt written before kept whole.
-
-    A single process in the main thread only: under torchrun every rank gets the signal, each
-    at its own step, and a checkpoint needs them all at one (there a Ctrl-C stops at once, as
-    before)."""
-
-    def __init__(self) -> None:
-        self.pressed = False
-
-    def _handle(self, signum, frame) -> None:
-        self.pressed = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        # os.write, not print: a handler that runs while stderr is mid-write must not write to
-        # its buffer again; and a closed stderr (`| tee` killed by the same Ctrl-C) must not
-        # turn into an error at whatever line the loop was running
-        try:
-            os.write(2, b"\nCtrl-C: finishing the step under way (and a validation, if one is "
-                        b"running), then writing last.pt; press it again to stop at once\n")
-        except OSError:
-            pass
-
-    @contextmanager
-    def watching(self, enabled: bool) -> Iterator["CtrlC"]:
-        if not enabled or threading.current_thread() is not threading.main_thread() or \
-                signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            yield self  # another handler is someone else's (a caller's, a debugger's): kept
-            return
-        signal.signal(signal.SIGINT, self._handle)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 class NonFiniteLoss(SpnasError):
     pass
 
@@ -207,8 +168,8 @@ class Trainer:
         """Write checkpoint ``name`` (rank 0); call ``_check_state`` first, on every rank."""
         if self.dist.main:
             save_checkpoint(self.dir / name, self._payload())
-            if name == "last.pt":
-                self.saved_step = self.step
+        if name == "last.pt":  # on every rank: they decide alike whether to write it again
+            self.saved_step = self.step
 
     def restore(self) -> None:
         ckpt = load_checkpoint(self.dir / "last.pt", kinds=(self.task.kind,))
@@ -314,20 +275,22 @@ class Trainer:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
         model.train()
+        stop = self._stop_signals()
         try:
-            with CtrlC().watching(self.dist.world == 1) as ctrl_c:
-                self._loop(model, end, window, bad_step, ctrl_c)
-            if ctrl_c.pressed:  # pressed after the loop's last look, before the handler went
-                raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            self.log.info(self._interrupted_text())
+            with stop.watching():
+                self._loop(model, end, window, bad_step, stop)
+                signum = self._agreed_signal(stop)  # one after the loop's last look
+            if signum or stop.signum:  # stop.signum only: it came after the last agreement
+                raise stop_exception(signum or stop.signum, together=bool(signum))
+        except KeyboardInterrupt as e:
+            self.log.info(self._interrupted_text(e))
             raise
         finally:
             self.log.close()
         return {"step": self.step, "best": self.best, **self.last_val}
 
     def _loop(self, model: nn.Module, end: int, window: "_Window", bad_step: torch.Tensor,
-              ctrl_c: CtrlC) -> None:
+              stop: StopSignals) -> None:
         run, spe = self.cfg.run, self.loader.steps_per_epoch
         while self.step < end:
             step = self.step
@@ -350,7 +313,8 @@ class Trainer:
             window.add(loss, logits, labels, extra)
             self.step = step + 1
             self.log.advance(1)
-            if self.step % run.print_freq == 0 or self.step in (self.total, end):
+            log_step = self.step % run.print_freq == 0 or self.step in (self.total, end)
+            if log_step:
                 self._check_finite(bad_step)
                 self._log_train(window, lr, epoch)
             end_of_epoch = self.step % spe == 0
@@ -363,8 +327,9 @@ class Trainer:
                 self._check_finite(bad_step)
                 self._check_state()
                 self.save("last.pt")
-            if ctrl_c.pressed:
-                self._save_and_stop(bad_step)
+            signum = self._agreed_signal(stop) if log_step or self.dist.world == 1 else 0
+            if signum:
+                self._save_and_stop(bad_step, signum)
         if self.step < self.total and run.stop_after:
             self._check_finite(bad_step)
             self._check_state()
@@ -372,18 +337,37 @@ class Trainer:
             self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
                           "--resume with a larger --stop_after continues")
 
-    def _save_and_stop(self, bad_step: torch.Tensor) -> None:
-        """After a first Ctrl-C: last.pt at this step (unless written at it already), then
-        the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
+    # -- Ctrl-C and SIGTERM: see engine/signals.py
+    def _stop_signals(self) -> StopSignals:
+        if self.dist.world == 1:
+            return StopSignals()
+        every = self.cfg.run.print_freq
+        return StopSignals(f"every process finishes its steps up to the next log line (one "
+                           f"every --print_freq {every} steps), then last.pt is written"
+                           if self.dist.main else None, again=False)
+
+    def _agreed_signal(self, stop: StopSignals) -> int:
+        """The stop signal received, on one process; with several, the one any of them received,
+        so that they stop at one step (a collective: call it at the same steps on all)."""
+        if self.dist.world == 1:
+            return stop.signum
+        got = torch.tensor(stop.signum, device=self.device)
+        dist.all_reduce(got, op=dist.ReduceOp.MAX)
+        return int(got)
+
+    def _save_and_stop(self, bad_step: torch.Tensor, signum: int) -> None:
+        """After a first Ctrl-C or SIGTERM: last.pt at this step (unless written at it already),
+        then the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
         if self.saved_step != self.step:
             self._check_finite(bad_step)
             self._check_state()
             self.save("last.pt")
-        raise KeyboardInterrupt
+        raise stop_exception(signum, together=True)
 
-    def _interrupted_text(self) -> str:
+    def _interrupted_text(self, e: KeyboardInterrupt) -> str:
         """What an interrupted run keeps, and what it loses."""
-        done = f"interrupted after step {self.step} of {self.total}"
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        done = f"{how} after step {self.step} of {self.total}"
         if self.saved_step is None:
             return (f"{done}: no checkpoint had been written yet, so those steps are lost (one "
                     "is written at each validation, every --val_interval epochs, and every "

@@ -1,0 +1,82 @@
+"""Stopping a training run cleanly on Ctrl-C (SIGINT) or SIGTERM.
+
+While ``StopSignals.watching``, the first of either signal only records itself: the training
+loop finishes its step, writes last.pt and raises ``KeyboardInterrupt`` (SIGINT) or
+``Terminated`` (SIGTERM) at a step boundary, so a checkpoint is never taken of a half-made
+optimizer step. The handlers are gone after the first signal, so a second one is Python's or
+the system's own: it stops at once, the last.pt written before kept whole.
+
+Under torchrun the processes get the signal from torchrun (a Ctrl-C or a SIGTERM sent to it
+is passed on to every process, which it kills after ``--shutdown_timeout``, 30 s by default),
+each at its own step; the loop then stops them all at one step: the next log line's.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+# each signal's handler before spnas's, which spnas takes over only when it is this one
+_DEFAULT: dict[int, Callable | int] = {signal.SIGINT: signal.default_int_handler,
+                                       signal.SIGTERM: signal.SIG_DFL}
+NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+SINGLE = ("finishing the step under way (and a validation, if one is running), then writing "
+          "last.pt")
+
+
+class Terminated(KeyboardInterrupt):
+    """A run stopped by SIGTERM (exit status 143), as ``KeyboardInterrupt`` stops one on Ctrl-C
+    (130): whatever cleans up after an interrupted run does after a terminated one too."""
+
+
+def stop_exception(signum: int, together: bool = False) -> KeyboardInterrupt:
+    """The stop of a run on ``signum``; ``together``: every process raises it at the same step
+    (after agreeing on it), so each may wait for the others before it tears down."""
+    e = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    e.together = together  # type: ignore[attr-defined]
+    return e
+
+
+class StopSignals:
+    """``signum``: the first SIGINT or SIGTERM received while watching (0: none yet)."""
+
+    def __init__(self, notice: str | None = SINGLE, again: bool = True) -> None:
+        """``notice``: what the run does now, told on stderr (None: nothing told, as on every
+        torchrun process but the first); ``again``: add that a second signal stops at once."""
+        self.signum = 0
+        self._notice = notice
+        self._again = again
+        self._mine: list[int] = []
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        for s in self._mine:
+            signal.signal(s, _DEFAULT[s])
+        if self._notice is None:
+            return
+        again = f"; {'press it' if signum == signal.SIGINT else 'send it'} again to stop at once"
+        text = f"\n{NAMES[signum]}: {self._notice}{again if self._again else ''}\n"
+        # os.write, not print: a handler that runs while stderr is mid-write must not write to
+        # its buffer again; and a closed stderr (`| tee` killed by the same Ctrl-C) must not
+        # turn into an error at whatever line the loop was running
+        try:
+            os.write(2, text.encode())
+        except OSError:
+            pass
+
+    @contextmanager
+    def watching(self) -> Iterator["StopSignals"]:
+        """Handle each signal whose handler is the default one; another handler is someone
+        else's (a caller's, a debugger's, nohup's SIG_IGN) and is kept, as in any thread but
+        the main one, where no handler can be set."""
+        main = threading.current_thread() is threading.main_thread()
+        self._mine = [s for s, handler in _DEFAULT.items() if main and signal.getsignal(s) is handler]
+        for s in self._mine:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s in self._mine:
+                signal.signal(s, _DEFAULT[s])
