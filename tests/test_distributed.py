@@ -80,28 +80,33 @@ def _torchrun(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("print_freq, val_interval, stop", [
+    (4, 5, 8),  # last.pt written at the stop
+    (3, 1, 6),  # the stop's step is a validation's, which wrote last.pt already (on rank 0)
+])
 def test_a_ctrl_c_under_torchrun_stops_every_process_at_one_step_and_resumes_the_curve(
-        fake_cifar, tmp_path):
+        fake_cifar, tmp_path, print_freq, val_interval, stop):
     """torchrun passes a Ctrl-C on to every process, each at its own step; they agree on the
     next log line's step, write last.pt there, and a resumed run equals an uninterrupted one."""
     from test_train import losses
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C)
     flags = {"--batch_size": 8, "--epochs": 2, "--num_steps": 6, "--layers": 2,
-             "--num_choices": 2, "--print_freq": 4, "--val_interval": 5}
+             "--num_choices": 2, "--print_freq": print_freq, "--val_interval": val_interval}
     r = _torchrun("-m", "spnas", *train_argv(fake_cifar, tmp_path, "full", **flags))
     assert r.returncode == 0, r.stderr[-3000:]
     r = _torchrun(script, 4, *train_argv(fake_cifar, tmp_path, "part", **flags))
     part = tmp_path / "part"
     assert r.returncode != 0 and r.stderr.count("spnas: interrupted") == 2, r.stderr[-3000:]
     assert ("Ctrl-C: every process finishes its steps up to the next log line (one every "
-            "--print_freq 4 steps), then last.pt is written\n") in r.stderr
-    assert f"interrupted after step 8 of 12; {part}/last.pt holds step 8: --resume" in r.stderr
-    assert torch.load(part / "last.pt", weights_only=True)["step"] == 8
+            f"--print_freq {print_freq} steps), then last.pt is written\n") in r.stderr
+    assert (f"interrupted after step {stop} of 12; {part}/last.pt holds step {stop}: "
+            "--resume") in r.stderr
+    assert torch.load(part / "last.pt", weights_only=True)["step"] == stop
     r = _torchrun("-m", "spnas", *train_argv(fake_cifar, tmp_path, "part", **flags,
                                              **{"--resume": None}))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert losses(part) == losses(tmp_path / "full") and len(losses(part)) == 3
+    assert losses(part) == losses(tmp_path / "full") and len(losses(part)) == 12 // print_freq
     full_w = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     part_w = torch.load(part / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(full_w[k], part_w[k]) for k in full_w)

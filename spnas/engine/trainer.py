@@ -464,6 +464,7 @@ class Trainer:
             shown = ", ".join(f"{k} {v}" for k, v in nonfinite.items()) if self.dist.main else "see rank 0"
             raise self._stop(f"the validation after epoch {epoch} (step {self.step}) gave NaN or "
                              f"infinite numbers ({shown}); not written")
+        self.saved_step = self.step  # rank 0 wrote last.pt: known on every rank, as save() keeps it
 
 
 def eval_mode_note(val_loss: float | None, train_loss: float | None, num_classes: int,
