@@ -16,7 +16,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
-from spnas.engine.signals import StopSignals
+from spnas.engine.signals import StopSignals, shutdown_timeout, slow_stop_note
 from spnas.engine.trainer import eval_mode_note
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import sample_path
@@ -418,6 +418,24 @@ def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_set
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert stop.signum == signal.SIGINT
+
+
+@pytest.mark.parametrize("per_step, limit, said", [
+    (0.14, 30, None),  # 100 steps in 14 s: they stop in time
+    (0.16, 30, "--print_freq 100 steps take about 16 s here, over half of the 30 s torchrun "
+               "waits before it kills them (--shutdown_timeout); with a lower --print_freq"),
+    (0.16, 60, None),
+])
+def test_a_torchrun_run_whose_log_lines_are_too_far_apart_to_stop_in_time_is_told(
+        per_step, limit, said):
+    note = slow_stop_note(per_step, 100, limit)
+    assert note == said if said is None else said in note
+
+
+@pytest.mark.parametrize("env, limit", [({}, 30), ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "90"}, 90),
+                                        ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "x"}, 30)])
+def test_torchruns_shutdown_timeout_is_read_as_torch_reads_it(env, limit):
+    assert shutdown_timeout(env) == limit
 
 
 def test_a_sigterm_handler_of_the_callers_is_left_alone(fake_cifar, tmp_path, monkeypatch,

@@ -39,6 +39,28 @@ def stop_exception(signum: int, together: bool = False) -> KeyboardInterrupt:
     return e
 
 
+def shutdown_timeout(env=os.environ) -> float:
+    """The seconds torchrun waits, after passing a signal on, before it kills the processes:
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT or torch's 30 (its --shutdown_timeout flag is not seen
+    by the processes)."""
+    try:
+        return float(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
+    except ValueError:
+        return 30.0
+
+
+def slow_stop_note(seconds_per_step: float, print_freq: int, limit: float) -> str | None:
+    """The note for a torchrun run whose processes, stopping at the next log line, might not
+    get there before torchrun kills them (over half of ``limit`` s for ``print_freq`` steps)."""
+    took = seconds_per_step * print_freq
+    if took <= limit / 2:
+        return None
+    return (f"note: under torchrun a Ctrl-C or SIGTERM stops the processes at the next log line, "
+            f"and --print_freq {print_freq} steps take about {took:.0f} s here, over half of the "
+            f"{limit:g} s torchrun waits before it kills them (--shutdown_timeout); with a lower "
+            "--print_freq they stop in time and write last.pt")
+
+
 class StopSignals:
     """``signum``: the first SIGINT or SIGTERM received while watching (0: none yet)."""
 

@@ -40,7 +40,7 @@ from spnas.engine.runlog import (
     run_dir_for,
 )
 from spnas.engine.schedule import effective_optim, lr_at
-from spnas.engine.signals import StopSignals, Terminated, stop_exception
+from spnas.engine.signals import StopSignals, Terminated, shutdown_timeout, slow_stop_note, stop_exception
 from spnas.errors import SpnasError
 from spnas.files import atomic_write_text
 from spnas.resume import CHANGEABLE
@@ -147,6 +147,7 @@ class Trainer:
         self.last_val: dict = {}
         self.train_loss: float | None = None  # the last logged window's cross-entropy
         self._eval_noted = False
+        self._windows = 0  # log lines written by this process
         self.device = loader.device
 
     # -- checkpoints
@@ -414,6 +415,12 @@ class Trainer:
 
     def _log_train(self, window: "_Window", lr: float, epoch: int) -> None:
         rec = window.flush(self.loader.batch_size * self.dist.world)
+        self._windows += 1
+        if self.dist.world > 1 and self._windows == 2:  # the first holds the warm-up
+            note = slow_stop_note(window.seconds_per_step, self.cfg.run.print_freq,
+                                  shutdown_timeout())
+            if note:
+                self.log.info(note)
         rec = {"type": "train", "step": self.step, "epoch": epoch, "lr": lr, **rec}
         self.train_loss = rec.get("ce", rec["loss"])  # without a latency penalty
         self.log.metric(rec)
@@ -495,6 +502,7 @@ class _Window:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.seconds_per_step = 0.0  # in the window flushed last
         self._reset()
         self.restart_clock()
 
@@ -521,6 +529,7 @@ class _Window:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - self.t0
+        self.seconds_per_step = dt / max(self.clock_steps, 1)
         n = max(self.steps, 1)
         rec = {"loss": self.loss.item() / n, "acc": self.correct.item() / max(self.images, 1),
                **{k: float(v) / n for k, v in self.extra.items()},
