@@ -346,21 +346,30 @@ def _ctrl_c_at(monkeypatch, at: int, presses: int = 1, signum=signal.SIGINT) -> 
     monkeypatch.setattr(DeviceLoader, "batch", batch)
 
 
-def test_a_ctrl_c_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
-        fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it):
-    flags = {"--epochs": 3, "--val_interval": 5}  # no checkpoint before the end but Ctrl-C's
+@pytest.mark.parametrize("signum, code, said", [
+    (signal.SIGINT, 130, ("Ctrl-C", "press", "interrupted", "interrupted")),
+    # a scheduler's (or `kill`'s, `docker stop`'s) SIGTERM loses no step either
+    (signal.SIGTERM, 143, ("SIGTERM", "send", "terminated (SIGTERM)", "terminated (SIGTERM)")),
+])
+def test_a_ctrl_c_or_sigterm_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
+        fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it, signum, code, said):
+    name, verb, how, end = said
+    flags = {"--epochs": 3, "--val_interval": 5}  # no checkpoint before the end but the stop's
     assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    _ctrl_c_at(monkeypatch, 4)  # during step 5 (1-based): step 5 is finished and kept
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    _ctrl_c_at(monkeypatch, 4, signum=signum)  # during step 5 (1-based): step 5 is finished, kept
     capfd.readouterr()
-    assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == 130
+    assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == code
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     err = capfd.readouterr().err
     part = tmp_path / "part"
-    assert ("Ctrl-C: finishing the step under way (and a validation, if one is running), then "
-            "writing last.pt; press it again to stop at once") in err
-    assert (f"interrupted after step 5 of 9; {part}/last.pt holds step 5: --resume continues "
+    assert (f"{name}: finishing the step under way (and a validation, if one is running), then "
+            f"writing last.pt; {verb} it again to stop at once") in err
+    assert (f"{how} after step 5 of 9; {part}/last.pt holds step 5: --resume continues "
             "from there\n") in err
+    assert err.endswith(f"spnas: {end}\n")
     assert torch.load(part / "last.pt", weights_only=True)["step"] == 5
     monkeypatch.undo()
     assert main(train_argv(fake_cifar, tmp_path, "part", **flags, **{"--resume": None})) == 0
@@ -389,24 +398,6 @@ def test_a_ctrl_c_at_the_last_step_keeps_the_finished_run(fake_cifar, tmp_path, 
     assert f"interrupted after step 6 of 6; {run}/last.pt holds step 6" in capfd.readouterr().err
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 6
     assert [r["step"] for r in read_metrics(run) if r["type"] == "val"] == [3, 6]
-
-
-def test_a_sigterm_finishes_the_step_writes_last_pt_and_exits_143(
-        fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it):
-    """As a Ctrl-C: a scheduler's (or `kill`'s, `docker stop`'s) SIGTERM loses no step."""
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    _ctrl_c_at(monkeypatch, 1, signum=signal.SIGTERM)
-    assert main(train_argv(fake_cifar, tmp_path)) == 143
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    err = capfd.readouterr().err
-    run = tmp_path / "run"
-    assert ("SIGTERM: finishing the step under way (and a validation, if one is running), then "
-            "writing last.pt; send it again to stop at once") in err
-    assert (f"terminated (SIGTERM) after step 2 of 6; {run}/last.pt holds step 2: --resume "
-            "continues from there\n") in err
-    assert err.endswith("spnas: terminated (SIGTERM)\n")
-    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
 
 
 def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_sets_it):
