@@ -2,6 +2,7 @@ import json
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -354,7 +355,9 @@ def _ctrl_c_at(monkeypatch, at: int, presses: int = 1, signum=signal.SIGINT) -> 
 def test_a_ctrl_c_or_sigterm_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
         fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it, signum, code, said):
     name, verb, how, end = said
-    flags = {"--epochs": 3, "--val_interval": 5}  # no checkpoint before the end but the stop's
+    # no checkpoint before the end but the stop's, which comes between two log lines: the
+    # first after the resume averages the same steps as the uninterrupted run's
+    flags = {"--epochs": 3, "--val_interval": 5, "--print_freq": 2}
     assert main(train_argv(fake_cifar, tmp_path, "full", **flags)) == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -411,20 +414,70 @@ def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_set
     assert stop.signum == signal.SIGINT
 
 
-@pytest.mark.parametrize("per_step, limit, said", [
-    (0.14, 30, None),  # 100 steps in 14 s: they stop in time
-    (0.16, 30, "--print_freq 100 steps take about 16 s here, over half of the 30 s torchrun "
-               "waits before it kills them (--shutdown_timeout); with a lower --print_freq"),
-    (0.16, 60, None),
+def test_under_torchrun_a_second_signal_is_only_recorded(sigint_as_python_sets_it):
+    """A scheduler that signals every process, and torchrun passing the same signal on: the
+    second must not kill a process on its way to last.pt (torchrun's kill is the stop at once)."""
+    stop = StopSignals(None, again=False)
+    with stop.watching():
+        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                raise AssertionError("a second signal would stop this process at once")
+            signal.raise_signal(signum)
+    assert stop.signum == signal.SIGTERM  # the first one
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_that_also_ends_stderrs_reader_still_writes_last_pt(
+        fake_cifar, tmp_path, monkeypatch, sigint_as_python_sets_it):
+    """`spnas train 2>&1 | tee log`: the Ctrl-C ends tee too, and the next log line meets a
+    closed pipe; the run still stops as interrupted, with last.pt, its log file complete."""
+    read, write = os.pipe()
+    os.close(read)
+    closed = open(write, "w")
+    real_batch = DeviceLoader.batch
+
+    def batch(self, epoch, i):
+        if epoch * self.steps_per_epoch + i == 1:
+            signal.raise_signal(signal.SIGINT)
+            monkeypatch.setattr(sys, "stderr", closed)
+        return real_batch(self, epoch, i)
+    monkeypatch.setattr(DeviceLoader, "batch", batch)
+    # a BrokenPipeError that reached the command's guard would send its stdout to /dev/null
+    monkeypatch.setattr(sys, "stdout", open(tmp_path / "stdout", "w"))
+    try:
+        assert main(train_argv(fake_cifar, tmp_path)) == 130  # --print_freq 1: a log line
+    finally:
+        sys.stdout.close()
+        monkeypatch.undo()
+        with pytest.raises(BrokenPipeError):
+            closed.close()
+    run = tmp_path / "run"
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    log = (run / "train.log").read_text()
+    assert "(stderr closed: the rest is logged here only)" in log
+    assert f"interrupted after step 2 of 6; {run}/last.pt holds step 2" in log
+
+
+@pytest.mark.parametrize("per_step, val_seconds, limit, said", [
+    (0.14, 0, 30, None),  # 100 steps in 14 s: they stop in time
+    (0.16, 0, 30, "and --print_freq 100 steps take about 16 s here, over half of the 30 s "
+                  "torchrun waits before it kills them (its --shutdown_timeout; set "
+                  "TORCH_ELASTIC_SHUTDOWN_TIMEOUT to tell spnas a longer one); with a lower "
+                  "--print_freq (or a smaller --val_size) they stop in time"),
+    (0.16, 0, 60, None),
+    (0.10, 6, 30, "--print_freq 100 steps and a validation take about 16 s here"),
 ])
 def test_a_torchrun_run_whose_log_lines_are_too_far_apart_to_stop_in_time_is_told(
-        per_step, limit, said):
-    note = slow_stop_note(per_step, 100, limit)
+        per_step, val_seconds, limit, said):
+    note = slow_stop_note(per_step, 100, val_seconds, limit)
     assert note == said if said is None else said in note
 
 
-@pytest.mark.parametrize("env, limit", [({}, 30), ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "90"}, 90),
-                                        ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "x"}, 30)])
+@pytest.mark.parametrize("env, limit", [
+    ({}, 30), ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "90"}, 90),
+    ({"PET_SHUTDOWN_TIMEOUT": "120", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "90"}, 120),  # the flag's
+    ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "x"}, 30)])
 def test_torchruns_shutdown_timeout_is_read_as_torch_reads_it(env, limit):
     assert shutdown_timeout(env) == limit
 

@@ -123,7 +123,10 @@ def run_guarded(fn, args) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training: engine/signals.py
         finished = getattr(e, "together", False)  # every rank stops here: wait for rank 0
         term = isinstance(e, Terminated)
-        print(f"spnas: {'terminated (SIGTERM)' if term else 'interrupted'}", file=sys.stderr)
+        try:
+            print(f"spnas: {'terminated (SIGTERM)' if term else 'interrupted'}", file=sys.stderr)
+        except OSError:  # stderr's reader ended by the same Ctrl-C
+            pass
         return 143 if term else 130  # as a shell reports a process ended by either signal
     except BrokenPipeError:  # the reader of stdout stopped (spnas ... | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit

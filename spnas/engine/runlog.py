@@ -133,10 +133,15 @@ class RunLog:
         with open(self.log_path, "a") as f:
             f.write(f"{stamp} {msg}\n")
         if self.console:
-            if self._bar is not None:
-                self._bar.write(msg, file=sys.stderr)
-            else:
-                print(msg, file=sys.stderr, flush=True)
+            try:
+                if self._bar is not None:
+                    self._bar.write(msg, file=sys.stderr)
+                else:
+                    print(msg, file=sys.stderr, flush=True)
+            except OSError:  # stderr's reader is gone (`| tee` ended by the same Ctrl-C)
+                self.console = False  # the run goes on, and so does its log file
+                with open(self.log_path, "a") as f:
+                    f.write(f"{stamp} (stderr closed: the rest is logged here only)\n")
 
     def progress(self, total: int, initial: int = 0, desc: str = "train") -> None:
         """Show a progress bar when stderr is a terminal."""

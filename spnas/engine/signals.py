@@ -3,12 +3,16 @@
 While ``StopSignals.watching``, the first of either signal only records itself: the training
 loop finishes its step, writes last.pt and raises ``KeyboardInterrupt`` (SIGINT) or
 ``Terminated`` (SIGTERM) at a step boundary, so a checkpoint is never taken of a half-made
-optimizer step. The handlers are gone after the first signal, so a second one is Python's or
-the system's own: it stops at once, the last.pt written before kept whole.
+optimizer step. In one process the handlers are gone after the first signal, so a second one
+is Python's or the system's own: it stops at once, the last.pt written before kept whole.
 
 Under torchrun the processes get the signal from torchrun (a Ctrl-C or a SIGTERM sent to it
-is passed on to every process, which it kills after ``--shutdown_timeout``, 30 s by default),
-each at its own step; the loop then stops them all at one step: the next log line's.
+is passed on to every process, which it kills after its shutdown timeout, 30 s by default),
+each at its own step; the loop then stops them all at one step: the next log line's or
+validation's. There the handlers stay until the run stops, only recording: a process can get
+the signal twice (from a scheduler that signals every process, and again from torchrun), and
+torchrun's kill is the stop at once. SIGHUP and SIGQUIT, which torchrun passes on too, stop
+at once as before.
 """
 from __future__ import annotations
 
@@ -40,25 +44,32 @@ def stop_exception(signum: int, together: bool = False) -> KeyboardInterrupt:
 
 
 def shutdown_timeout(env=os.environ) -> float:
-    """The seconds torchrun waits, after passing a signal on, before it kills the processes:
-    TORCH_ELASTIC_SHUTDOWN_TIMEOUT or torch's 30 (its --shutdown_timeout flag is not seen
-    by the processes)."""
-    try:
-        return float(env.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30))
-    except ValueError:
-        return 30.0
+    """The seconds torchrun waits, after passing a signal on, before it kills the processes,
+    as far as they can tell: its --shutdown_timeout flag given as PET_SHUTDOWN_TIMEOUT, else
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT, else torch's 30 (the flag itself is not passed on)."""
+    for name in ("PET_SHUTDOWN_TIMEOUT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"):
+        if name in env:
+            try:
+                return float(env[name])
+            except ValueError:
+                break  # torchrun refuses it and never starts the processes: not reached
+    return 30.0
 
 
-def slow_stop_note(seconds_per_step: float, print_freq: int, limit: float) -> str | None:
-    """The note for a torchrun run whose processes, stopping at the next log line, might not
-    get there before torchrun kills them (over half of ``limit`` s for ``print_freq`` steps)."""
-    took = seconds_per_step * print_freq
+def slow_stop_note(seconds_per_step: float, print_freq: int, val_seconds: float,
+                   limit: float) -> str | None:
+    """The note for a torchrun run whose processes, stopping at the next log line or after a
+    validation, might not get there before torchrun kills them: over half of ``limit`` s for
+    ``print_freq`` steps and a validation (``val_seconds``, 0: none yet)."""
+    took = seconds_per_step * print_freq + val_seconds
     if took <= limit / 2:
         return None
-    return (f"note: under torchrun a Ctrl-C or SIGTERM stops the processes at the next log line, "
-            f"and --print_freq {print_freq} steps take about {took:.0f} s here, over half of the "
-            f"{limit:g} s torchrun waits before it kills them (--shutdown_timeout); with a lower "
-            "--print_freq they stop in time and write last.pt")
+    what = f"--print_freq {print_freq} steps" + (" and a validation" if val_seconds else "")
+    return (f"note: under torchrun a Ctrl-C or SIGTERM stops the processes at the next log line "
+            f"or after a validation, and {what} take about {took:.0f} s here, over half of the "
+            f"{limit:g} s torchrun waits before it kills them (its --shutdown_timeout; set "
+            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT to tell spnas a longer one); with a lower "
+            "--print_freq (or a smaller --val_size) they stop in time and write last.pt")
 
 
 class StopSignals:
@@ -66,17 +77,20 @@ class StopSignals:
 
     def __init__(self, notice: str | None = SINGLE, again: bool = True) -> None:
         """``notice``: what the run does now, told on stderr (None: nothing told, as on every
-        torchrun process but the first); ``again``: add that a second signal stops at once."""
+        torchrun process but the first); ``again``: a second signal stops at once (so the
+        handlers go after the first), else later ones are only recorded (under torchrun)."""
         self.signum = 0
         self._notice = notice
         self._again = again
         self._mine: list[int] = []
 
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
-        for s in self._mine:
-            signal.signal(s, _DEFAULT[s])
-        if self._notice is None:
+        first = not self.signum
+        self.signum = self.signum or signum
+        if self._again:
+            for s in self._mine:
+                signal.signal(s, _DEFAULT[s])
+        if self._notice is None or not first:
             return
         again = f"; {'press it' if signum == signal.SIGINT else 'send it'} again to stop at once"
         text = f"\n{NAMES[signum]}: {self._notice}{again if self._again else ''}\n"

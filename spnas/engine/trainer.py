@@ -125,6 +125,9 @@ class Task:
     make_optimizer: Callable[[list[dict], OptimConfig], torch.optim.Optimizer] | None = None
 
 
+_NONE = 2**62  # no bad step (in the all-reduce of the first bad step)
+
+
 class NonFiniteLoss(SpnasError):
     pass
 
@@ -148,6 +151,10 @@ class Trainer:
         self.train_loss: float | None = None  # the last logged window's cross-entropy
         self._eval_noted = False
         self._windows = 0  # log lines written by this process
+        self._stop_noted = False
+        self._val_seconds = 0.0  # the last validation's (rank 0)
+        self._window: _Window | None = None  # the sums since the last log line, checkpointed
+        self._window_state: dict | None = None  # the resumed checkpoint's
         self.device = loader.device
 
     # -- checkpoints
@@ -163,7 +170,8 @@ class Trainer:
                 "epoch": self.step // self.loader.steps_per_epoch,
                 "config": recorded_config(self.cfg),
                 "metrics": {"best": self.best, "select": t.select, **self.last_val},
-                "extra": t.extra_state()}
+                "extra": t.extra_state(),
+                "window": self._window.state() if self._window is not None else None}
 
     def save(self, name: str) -> None:
         """Write checkpoint ``name`` (rank 0); call ``_check_state`` first, on every rank."""
@@ -197,6 +205,7 @@ class Trainer:
         self.last_val = {k: v for k, v in metrics.items() if k not in ("best", "select")}
         self.saved_step = self.step
         self.task.load_extra_state(ckpt.get("extra") or {})
+        self._window_state = ckpt.get("window")  # none in older checkpoints
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
         if self.step == self.total:
@@ -268,7 +277,9 @@ class Trainer:
         if run.amp and self.device.type != "cuda":
             self.log.info("--amp: bf16 autocast runs on CUDA only; this run trains in fp32")
         self.log.progress(self.total, self.step)
-        window = _Window(self.device)
+        self._window = window = _Window(self.device)
+        if self._window_state:  # a resume from a step between two log lines: its first line
+            window.load_state(self._window_state)  # averages the same steps as without a stop
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         if self.task.zero_grads:  # on resume too: grads are not checkpointed
             for group in self.opt.param_groups:
@@ -280,9 +291,11 @@ class Trainer:
         try:
             with stop.watching():
                 self._loop(model, end, window, bad_step, stop)
-                signum = self._agreed_signal(stop)  # one after the loop's last look
-            if signum or stop.signum:  # stop.signum only: it came after the last agreement
-                raise stop_exception(signum or stop.signum, together=bool(signum))
+                # one look more, at a signal since the loop's last; with several processes,
+                # one that gets it after this goes on with the others (the run is written)
+                signum = self._agreed_signal(stop)
+            if signum:
+                raise stop_exception(signum, together=self.dist.world > 1)
         except KeyboardInterrupt as e:
             self.log.info(self._interrupted_text(e))
             raise
@@ -320,15 +333,18 @@ class Trainer:
                 self._log_train(window, lr, epoch)
             end_of_epoch = self.step % spe == 0
             last_epoch = epoch + 1 == self.cfg.optim.epochs
+            look = log_step or self.dist.world == 1  # at the stop signal: see _agreed_signal
             if end_of_epoch and ((epoch + 1) % run.val_interval == 0 or last_epoch):
                 self._check_finite(bad_step)
                 self._validate(epoch)
                 window.restart_clock()
+                look = True
             elif run.ckpt_interval and self.step % run.ckpt_interval == 0:
                 self._check_finite(bad_step)
                 self._check_state()
                 self.save("last.pt")
-            signum = self._agreed_signal(stop) if log_step or self.dist.world == 1 else 0
+                look = True
+            signum = self._agreed_signal(stop) if look else 0
             if signum:
                 self._save_and_stop(bad_step, signum)
         if self.step < self.total and run.stop_after:
@@ -344,12 +360,13 @@ class Trainer:
             return StopSignals()
         every = self.cfg.run.print_freq
         return StopSignals(f"every process finishes its steps up to the next log line (one "
-                           f"every --print_freq {every} steps), then last.pt is written"
-                           if self.dist.main else None, again=False)
+                           f"every --print_freq {every} steps) and a validation under way, "
+                           "then last.pt is written" if self.dist.main else None, again=False)
 
     def _agreed_signal(self, stop: StopSignals) -> int:
         """The stop signal received, on one process; with several, the one any of them received,
-        so that they stop at one step (a collective: call it at the same steps on all)."""
+        so that they stop at one step (a collective: called at the same steps on all, those
+        of a log line, a validation or a checkpoint: one per log line, none per step)."""
         if self.dist.world == 1:
             return stop.signum
         got = torch.tensor(stop.signum, device=self.device)
@@ -387,6 +404,12 @@ class Trainer:
         return NonFiniteLoss(f"{what}; training stopped and {kept}; lower --lr or check the data")
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
+        """Stop at the first step whose loss was NaN or infinite; with several processes, on
+        every one at the first step any of them had one (a collective, as _agreed_signal)."""
+        if self.dist.world > 1:
+            first = torch.where(bad_step < 0, torch.full_like(bad_step, _NONE), bad_step)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            bad_step = torch.where(first == _NONE, torch.full_like(first, -1), first)
         s = int(bad_step)
         if s >= 0:
             epoch = s // self.loader.steps_per_epoch
@@ -416,11 +439,12 @@ class Trainer:
     def _log_train(self, window: "_Window", lr: float, epoch: int) -> None:
         rec = window.flush(self.loader.batch_size * self.dist.world)
         self._windows += 1
-        if self.dist.world > 1 and self._windows == 2:  # the first holds the warm-up
+        if self.dist.world > 1 and self._windows >= 2 and not self._stop_noted:  # 1st: warm-up
             note = slow_stop_note(window.seconds_per_step, self.cfg.run.print_freq,
-                                  shutdown_timeout())
+                                  self._val_seconds, shutdown_timeout())
             if note:
                 self.log.info(note)
+                self._stop_noted = True
         rec = {"type": "train", "step": self.step, "epoch": epoch, "lr": lr, **rec}
         self.train_loss = rec.get("ce", rec["loss"])  # without a latency penalty
         self.log.metric(rec)
@@ -445,8 +469,9 @@ class Trainer:
             t0 = time.perf_counter()
             val = self.task.validate(self.task.model, self.step)
             self.last_val = {k: v for k, v in val.items() if isinstance(v, (int, float))}
+            self._val_seconds = time.perf_counter() - t0
             self.log.metric({"type": "val", "step": self.step, "epoch": epoch, **self.last_val,
-                             "seconds": time.perf_counter() - t0})
+                             "seconds": self._val_seconds})
             nonfinite = {k: v for k, v in self.last_val.items() if not math.isfinite(v)}
             if nonfinite:
                 bad.fill_(1)
@@ -511,6 +536,17 @@ class _Window:
         self.correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.extra: dict[str, torch.Tensor] = {}
         self.steps = self.images = 0
+
+    def state(self) -> dict:
+        return {"loss": float(self.loss), "correct": int(self.correct), "steps": self.steps,
+                "images": self.images, "extra": {k: float(v) for k, v in self.extra.items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.loss = torch.tensor(state["loss"], dtype=torch.float64, device=self.device)
+        self.correct = torch.tensor(state["correct"], dtype=torch.long, device=self.device)
+        self.steps, self.images = int(state["steps"]), int(state["images"])
+        self.extra = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
+                      for k, v in state["extra"].items()}
 
     def restart_clock(self):
         self.t0 = time.perf_counter()
