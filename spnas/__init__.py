@@ -26,6 +26,7 @@ from .config import (
     SearchRunConfig,
 )
 from .defaults import FinetuneStage, RetrainStage, SuperkernelStage, SupernetStage
+from .engine.signals import Terminated
 from .errors import SpnasError
 
 __version__ = "0.2.0"
@@ -55,5 +56,6 @@ def __getattr__(name: str):
 
 __all__ = ["Arch", "ArchError", "CurvesConfig", "EvaluateConfig", "ExportConfig", "FinetuneStage",
            "ImportReferenceConfig", "ProfileConfig", "RetrainStage", "SearchRunConfig",
-           "SpaceSpec", "SpnasError", "SuperkernelStage", "SupernetStage", "__version__",
+           "SpaceSpec", "SpnasError", "SuperkernelStage", "SupernetStage", "Terminated",
+           "__version__",
            *_STAGES]

@@ -111,3 +111,11 @@ def test_numpy_numbers_and_budget_text_are_taken_as_the_flags_take_them():
         spnas.RetrainStage(optim={"batch_size": np.float64(8.5)})
     with pytest.raises(SpnasError, match="--batch_size must be a whole number, got True"):
         spnas.RetrainStage(optim={"batch_size": True})
+
+
+def test_a_sigterm_stop_is_a_keyboard_interrupt_a_caller_can_tell_apart():
+    """From Python a SIGTERM during training raises spnas.Terminated (the command line exits
+    143 on it); code that handles KeyboardInterrupt handles it too."""
+    from spnas.engine.signals import Terminated
+    assert spnas.Terminated is Terminated and issubclass(Terminated, KeyboardInterrupt)
+    assert "Terminated" in spnas.__all__

@@ -98,15 +98,15 @@ def test_a_ctrl_c_under_torchrun_stops_every_process_at_one_step_and_resumes_the
     r = _torchrun("-m", "spnas", *train_argv(fake_cifar, tmp_path, "full", **flags),
                   TORCH_ELASTIC_SHUTDOWN_TIMEOUT="0")
     assert r.returncode == 0, r.stderr[-3000:]
+    most = min(print_freq, val_interval * 6)  # 6 steps per epoch
     assert r.stderr.count("note: under torchrun a Ctrl-C or SIGTERM stops the processes at the "
-                          f"next log line or after a validation, and --print_freq {print_freq} "
-                          "steps") == 1
+                          f"next log line, validation or checkpoint, up to {most} steps") == 1
     r = _torchrun(script, 4, *train_argv(fake_cifar, tmp_path, "part", **flags))
     part = tmp_path / "part"
     assert "note: under torchrun" not in r.stderr  # they stop in time
     assert r.returncode != 0 and r.stderr.count("spnas: interrupted") == 2, r.stderr[-3000:]
     assert ("Ctrl-C: every process finishes its steps up to the next log line (one every "
-            f"--print_freq {print_freq} steps) and a validation under way, then last.pt is "
+            f"--print_freq {print_freq} steps), validation or checkpoint, then last.pt is "
             "written\n") in r.stderr
     assert (f"interrupted after step {stop} of 12; {part}/last.pt holds step {stop}: "
             "--resume") in r.stderr

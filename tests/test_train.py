@@ -10,7 +10,7 @@ from conftest import cli_argv
 from torch import nn
 
 from spnas.cli import main
-from spnas.config import OptimConfig
+from spnas.config import OptimConfig, RunConfig
 from spnas.data.augment import AugmentConfig, BatchTransform
 from spnas.data.loading import DeviceLoader
 from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
@@ -18,7 +18,7 @@ from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
 from spnas.engine.signals import StopSignals, shutdown_timeout, slow_stop_note
-from spnas.engine.trainer import eval_mode_note
+from spnas.engine.trainer import eval_mode_note, most_steps_between_looks
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import sample_path
 
@@ -403,6 +403,24 @@ def test_a_ctrl_c_at_the_last_step_keeps_the_finished_run(fake_cifar, tmp_path, 
     assert [r["step"] for r in read_metrics(run) if r["type"] == "val"] == [3, 6]
 
 
+def test_a_ctrl_c_after_the_last_look_before_the_handlers_go_still_stops(
+        fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it):
+    """The press lands once the loop has ended and looked for the last time: the run is
+    written, but it stops as interrupted (a pipeline must not go on to its next stage)."""
+    from spnas.engine.trainer import Trainer
+    real, looks = Trainer._agreed_signal, []
+
+    def look(self, stop):
+        signum = real(self, stop)
+        looks.append(self.step)
+        if looks.count(self.total) == 2:  # the loop's look at the last step, then fit's
+            signal.raise_signal(signal.SIGINT)
+        return signum
+    monkeypatch.setattr(Trainer, "_agreed_signal", look)
+    assert main(train_argv(fake_cifar, tmp_path)) == 130
+    assert "interrupted after step 6 of 6" in capfd.readouterr().err
+
+
 def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_sets_it):
     """So a SIGTERM after a Ctrl-C (or a Ctrl-C after a SIGTERM) stops at once as well."""
     stop = StopSignals()
@@ -461,17 +479,27 @@ def test_a_ctrl_c_that_also_ends_stderrs_reader_still_writes_last_pt(
 
 @pytest.mark.parametrize("per_step, val_seconds, limit, said", [
     (0.14, 0, 30, None),  # 100 steps in 14 s: they stop in time
-    (0.16, 0, 30, "and --print_freq 100 steps take about 16 s here, over half of the 30 s "
-                  "torchrun waits before it kills them (its --shutdown_timeout; set "
+    (0.16, 0, 30, "stops the processes at the next log line, validation or checkpoint, up to "
+                  "100 steps away, which take about 16 s here, over half of the 30 s torchrun "
+                  "waits before it kills them (its --shutdown_timeout; set "
                   "TORCH_ELASTIC_SHUTDOWN_TIMEOUT to tell spnas a longer one); with a lower "
                   "--print_freq (or a smaller --val_size) they stop in time"),
     (0.16, 0, 60, None),
-    (0.10, 6, 30, "--print_freq 100 steps and a validation take about 16 s here"),
+    (0.10, 6, 30, "up to 100 steps and a validation away, which take about 16 s here"),
 ])
 def test_a_torchrun_run_whose_log_lines_are_too_far_apart_to_stop_in_time_is_told(
         per_step, val_seconds, limit, said):
     note = slow_stop_note(per_step, 100, val_seconds, limit)
     assert note == said if said is None else said in note
+
+
+@pytest.mark.parametrize("run, most", [
+    (RunConfig(print_freq=100, val_interval=5), 100),
+    (RunConfig(print_freq=100, val_interval=5, ckpt_interval=40), 40),
+    (RunConfig(print_freq=100, val_interval=1), 30),  # 30 steps per epoch
+])
+def test_the_processes_agree_on_a_stop_at_every_log_line_validation_and_checkpoint(run, most):
+    assert most_steps_between_looks(run, 30) == most
 
 
 @pytest.mark.parametrize("env, limit", [
@@ -480,6 +508,24 @@ def test_a_torchrun_run_whose_log_lines_are_too_far_apart_to_stop_in_time_is_tol
     ({"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "x"}, 30)])
 def test_torchruns_shutdown_timeout_is_read_as_torch_reads_it(env, limit):
     assert shutdown_timeout(env) == limit
+
+
+def test_a_commands_last_line_meets_a_closed_stderr_without_a_traceback(monkeypatch):
+    from spnas.cli import run_guarded
+    from spnas.errors import SpnasError
+    read, write = os.pipe()
+    os.close(read)
+    closed = open(write, "w")
+    monkeypatch.setattr(sys, "stderr", closed)
+
+    def refused(args):
+        raise SpnasError("--lr nan is not a number")
+    try:
+        assert run_guarded(refused, None) == 2
+    finally:
+        monkeypatch.undo()
+        with pytest.raises(BrokenPipeError):
+            closed.close()
 
 
 def test_a_sigterm_handler_of_the_callers_is_left_alone(fake_cifar, tmp_path, monkeypatch,

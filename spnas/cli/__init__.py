@@ -118,15 +118,12 @@ def run_guarded(fn, args) -> int:
         code = fn(args)
         finished = True
     except SpnasError as e:
-        print(f"spnas: error: {e}", file=sys.stderr)
+        _tell(f"spnas: error: {e}")
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training: engine/signals.py
         finished = getattr(e, "together", False)  # every rank stops here: wait for rank 0
         term = isinstance(e, Terminated)
-        try:
-            print(f"spnas: {'terminated (SIGTERM)' if term else 'interrupted'}", file=sys.stderr)
-        except OSError:  # stderr's reader ended by the same Ctrl-C
-            pass
+        _tell(f"spnas: {'terminated (SIGTERM)' if term else 'interrupted'}")
         return 143 if term else 130  # as a shell reports a process ended by either signal
     except BrokenPipeError:  # the reader of stdout stopped (spnas ... | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit
@@ -135,13 +132,13 @@ def run_guarded(fn, args) -> int:
         if e.errno in _STORAGE_ERRORS:
             fix = ("free space or write elsewhere" if e.errno in _FULL else "write elsewhere, "
                    "or let this user write there")
-            print(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing "
+            _tell(f"spnas: error: {_STORAGE_ERRORS[e.errno]} while writing "
                   f"{e.filename or 'a file'} ({e.strerror}); {fix} (--save_path, --out); what "
-                  "was written before, checkpoints among them, is kept", file=sys.stderr)
+                  "was written before, checkpoints among them, is kept")
         elif e.errno in _PATH_ERRORS:
-            print(f"spnas: error: {e.filename or 'a path'}: {_PATH_ERRORS[e.errno]} "
+            _tell(f"spnas: error: {e.filename or 'a path'}: {_PATH_ERRORS[e.errno]} "
                   f"({e.strerror}); check the path given for it (--save_path, --out, "
-                  "--data_path, ...)", file=sys.stderr)
+                  "--data_path, ...)")
         else:
             raise
         return 2
@@ -149,11 +146,20 @@ def run_guarded(fn, args) -> int:
         text = out_of_memory_text(e)
         if text is None:
             raise
-        print(f"spnas: error: {text}", file=sys.stderr)
+        _tell(f"spnas: error: {text}")
         return 2
     finally:
         close_distributed(finished)
     return code if isinstance(code, int) else 0
+
+
+def _tell(line: str) -> None:
+    """The command's last line on stderr; a closed stderr (`| tee` ended by the same Ctrl-C)
+    must not turn it into a traceback and another exit status."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def out_of_memory_text(e: BaseException) -> str | None:

@@ -8,8 +8,8 @@ is Python's or the system's own: it stops at once, the last.pt written before ke
 
 Under torchrun the processes get the signal from torchrun (a Ctrl-C or a SIGTERM sent to it
 is passed on to every process, which it kills after its shutdown timeout, 30 s by default),
-each at its own step; the loop then stops them all at one step: the next log line's or
-validation's. There the handlers stay until the run stops, only recording: a process can get
+each at its own step; the loop then stops them all at one step: the next log line's,
+validation's or checkpoint's. There the handlers stay until the run stops, only recording: a process can get
 the signal twice (from a scheduler that signals every process, and again from torchrun), and
 torchrun's kill is the stop at once. SIGHUP and SIGQUIT, which torchrun passes on too, stop
 at once as before.
@@ -56,17 +56,19 @@ def shutdown_timeout(env=os.environ) -> float:
     return 30.0
 
 
-def slow_stop_note(seconds_per_step: float, print_freq: int, val_seconds: float,
+def slow_stop_note(seconds_per_step: float, steps: int, val_seconds: float,
                    limit: float) -> str | None:
-    """The note for a torchrun run whose processes, stopping at the next log line or after a
-    validation, might not get there before torchrun kills them: over half of ``limit`` s for
-    ``print_freq`` steps and a validation (``val_seconds``, 0: none yet)."""
-    took = seconds_per_step * print_freq + val_seconds
+    """The note for a torchrun run whose processes, stopping at the next log line, validation
+    or checkpoint, might not get there before torchrun kills them: over half of ``limit`` s
+    for the most ``steps`` between two of those and a validation (``val_seconds``, 0: none
+    yet)."""
+    took = seconds_per_step * steps + val_seconds
     if took <= limit / 2:
         return None
-    what = f"--print_freq {print_freq} steps" + (" and a validation" if val_seconds else "")
-    return (f"note: under torchrun a Ctrl-C or SIGTERM stops the processes at the next log line "
-            f"or after a validation, and {what} take about {took:.0f} s here, over half of the "
+    what = f"{steps} steps" + (" and a validation" if val_seconds else "")
+    return (f"note: under torchrun a Ctrl-C or SIGTERM stops the processes at the next log line, "
+            f"validation or checkpoint, up to {what} away, which take about {took:.0f} s here, "
+            "over half of the "
             f"{limit:g} s torchrun waits before it kills them (its --shutdown_timeout; set "
             "TORCH_ELASTIC_SHUTDOWN_TIMEOUT to tell spnas a longer one); with a lower "
             "--print_freq (or a smaller --val_size) they stop in time and write last.pt")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spnas.arch import Arch, SpaceSpec
-from spnas.config import OptimConfig, TrainConfig, derive_seed, unused_settings
+from spnas.config import OptimConfig, RunConfig, TrainConfig, derive_seed, unused_settings
 from spnas.data.datasets import Splits
 from spnas.data.loading import DeviceLoader, load_splits
 from spnas.engine.checkpoint import check_same_space, load_checkpoint, load_model_state, save_checkpoint
@@ -294,6 +294,8 @@ class Trainer:
                 # one look more, at a signal since the loop's last; with several processes,
                 # one that gets it after this goes on with the others (the run is written)
                 signum = self._agreed_signal(stop)
+            if self.dist.world == 1:
+                signum = stop.signum  # one that came after that look, before the handlers went
             if signum:
                 raise stop_exception(signum, together=self.dist.world > 1)
         except KeyboardInterrupt as e:
@@ -360,13 +362,14 @@ class Trainer:
             return StopSignals()
         every = self.cfg.run.print_freq
         return StopSignals(f"every process finishes its steps up to the next log line (one "
-                           f"every --print_freq {every} steps) and a validation under way, "
-                           "then last.pt is written" if self.dist.main else None, again=False)
+                           f"every --print_freq {every} steps), validation or checkpoint, then "
+                           "last.pt is written" if self.dist.main else None, again=False)
 
     def _agreed_signal(self, stop: StopSignals) -> int:
         """The stop signal received, on one process; with several, the one any of them received,
         so that they stop at one step (a collective: called at the same steps on all, those
-        of a log line, a validation or a checkpoint: one per log line, none per step)."""
+        of a log line, a validation or a checkpoint; with the NaN check's, two tiny
+        collectives per log line and none per step)."""
         if self.dist.world == 1:
             return stop.signum
         got = torch.tensor(stop.signum, device=self.device)
@@ -440,8 +443,9 @@ class Trainer:
         rec = window.flush(self.loader.batch_size * self.dist.world)
         self._windows += 1
         if self.dist.world > 1 and self._windows >= 2 and not self._stop_noted:  # 1st: warm-up
-            note = slow_stop_note(window.seconds_per_step, self.cfg.run.print_freq,
-                                  self._val_seconds, shutdown_timeout())
+            steps = most_steps_between_looks(self.cfg.run, self.loader.steps_per_epoch)
+            note = slow_stop_note(window.seconds_per_step, steps, self._val_seconds,
+                                  shutdown_timeout())
             if note:
                 self.log.info(note)
                 self._stop_noted = True
@@ -497,6 +501,13 @@ class Trainer:
             raise self._stop(f"the validation after epoch {epoch} (step {self.step}) gave NaN or "
                              f"infinite numbers ({shown}); not written")
         self.saved_step = self.step  # rank 0 wrote last.pt: known on every rank, as save() keeps it
+
+
+def most_steps_between_looks(run: RunConfig, steps_per_epoch: int) -> int:
+    """Under torchrun, the most steps from a signal to the processes' next agreement on it: at
+    every log line, validation and checkpoint."""
+    gaps = [run.print_freq, run.val_interval * steps_per_epoch]
+    return min(gaps + ([run.ckpt_interval] if run.ckpt_interval else []))
 
 
 def eval_mode_note(val_loss: float | None, train_loss: float | None, num_classes: int,
