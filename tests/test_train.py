@@ -325,11 +325,15 @@ def test_an_interrupted_run_says_what_it_kept(fake_cifar, tmp_path, monkeypatch,
 
 @pytest.fixture
 def sigint_as_python_sets_it():
-    """SIGINT handled as a fresh Python handles it (a test run started under nohup, or in a
-    script's background job, would ignore it, and spnas then leaves it alone)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    """SIGINT, SIGTERM and SIGHUP handled as a fresh Python handles them (a test run started
+    under nohup, or in a script's background job, would ignore some, and spnas then leaves
+    them alone)."""
+    fresh = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+             signal.SIGHUP: signal.SIG_DFL}
+    previous = {s: signal.signal(s, handler) for s, handler in fresh.items()}
     yield
-    signal.signal(signal.SIGINT, previous)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def _ctrl_c_at(monkeypatch, at: int, presses: int = 1, signum=signal.SIGINT) -> None:
@@ -351,6 +355,8 @@ def _ctrl_c_at(monkeypatch, at: int, presses: int = 1, signum=signal.SIGINT) -> 
     (signal.SIGINT, 130, ("Ctrl-C", "press", "interrupted", "interrupted")),
     # a scheduler's (or `kill`'s, `docker stop`'s) SIGTERM loses no step either
     (signal.SIGTERM, 143, ("SIGTERM", "send", "terminated (SIGTERM)", "terminated (SIGTERM)")),
+    # nor does a closed terminal's (an ssh session that dropped)
+    (signal.SIGHUP, 129, ("SIGHUP", "send", "terminated (SIGHUP)", "terminated (SIGHUP)")),
 ])
 def test_a_ctrl_c_or_sigterm_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
         fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it, signum, code, said):
@@ -365,7 +371,7 @@ def test_a_ctrl_c_or_sigterm_finishes_the_step_writes_last_pt_and_resumes_the_sa
     capfd.readouterr()
     assert main(train_argv(fake_cifar, tmp_path, "part", **flags)) == code
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
     err = capfd.readouterr().err
     part = tmp_path / "part"
     assert (f"{name}: finishing the step under way (and a validation, if one is running), then "
@@ -427,7 +433,8 @@ def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_set
     with stop.watching():
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         signal.raise_signal(signal.SIGINT)
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is \
+            signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert stop.signum == signal.SIGINT
 

@@ -120,11 +120,13 @@ def run_guarded(fn, args) -> int:
     except SpnasError as e:
         _tell(f"spnas: error: {e}")
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during training: engine/signals.py
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP in training: engine/signals.py
         finished = getattr(e, "together", False)  # every rank stops here: wait for rank 0
-        term = isinstance(e, Terminated)
-        _tell(f"spnas: {'terminated (SIGTERM)' if term else 'interrupted'}")
-        return 143 if term else 130  # as a shell reports a process ended by either signal
+        if isinstance(e, Terminated):
+            _tell(f"spnas: terminated ({e.name})")
+            return 128 + e.signum  # as a shell reports a process ended by the signal
+        _tell("spnas: interrupted")
+        return 130
     except BrokenPipeError:  # the reader of stdout stopped (spnas ... | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second one at exit
         return 141  # as a shell reports a process ended by SIGPIPE

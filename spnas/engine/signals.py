@@ -1,8 +1,8 @@
-"""Stopping a training run cleanly on Ctrl-C (SIGINT) or SIGTERM.
+"""Stopping a training run cleanly on Ctrl-C (SIGINT), SIGTERM or SIGHUP (a closed terminal).
 
-While ``StopSignals.watching``, the first of either signal only records itself: the training
+While ``StopSignals.watching``, the first of these signals only records itself: the training
 loop finishes its step, writes last.pt and raises ``KeyboardInterrupt`` (SIGINT) or
-``Terminated`` (SIGTERM) at a step boundary, so a checkpoint is never taken of a half-made
+``Terminated`` (SIGTERM, SIGHUP) at a step boundary, so a checkpoint is never taken of a half-made
 optimizer step. In one process the handlers are gone after the first signal, so a second one
 is Python's or the system's own: it stops at once, the last.pt written before kept whole.
 
@@ -11,8 +11,8 @@ is passed on to every process, which it kills after its shutdown timeout, 30 s b
 each at its own step; the loop then stops them all at one step: the next log line's,
 validation's or checkpoint's. There the handlers stay until the run stops, only recording: a process can get
 the signal twice (from a scheduler that signals every process, and again from torchrun), and
-torchrun's kill is the stop at once. SIGHUP and SIGQUIT, which torchrun passes on too, stop
-at once as before.
+torchrun's kill is the stop at once. SIGQUIT, which torchrun passes on too, stops at once
+as before.
 """
 from __future__ import annotations
 
@@ -25,20 +25,29 @@ from contextlib import contextmanager
 # each signal's handler before spnas's, which spnas takes over only when it is this one
 _DEFAULT: dict[int, Callable | int] = {signal.SIGINT: signal.default_int_handler,
                                        signal.SIGTERM: signal.SIG_DFL}
-NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGHUP"):  # POSIX: the terminal closed (an ssh session dropped)
+    _DEFAULT[signal.SIGHUP] = signal.SIG_DFL
+    NAMES[signal.SIGHUP] = "SIGHUP"
 SINGLE = ("finishing the step under way (and a validation, if one is running), then writing "
           "last.pt")
 
 
 class Terminated(KeyboardInterrupt):
-    """A run stopped by SIGTERM (exit status 143), as ``KeyboardInterrupt`` stops one on Ctrl-C
-    (130): whatever cleans up after an interrupted run does after a terminated one too."""
+    """A run stopped by SIGTERM or SIGHUP (``signum``; exit status 128 + signum: 143, 129), as
+    ``KeyboardInterrupt`` stops one on Ctrl-C (130): whatever cleans up after an interrupted
+    run does after a terminated one too."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = NAMES[signum]
 
 
 def stop_exception(signum: int, together: bool = False) -> KeyboardInterrupt:
     """The stop of a run on ``signum``; ``together``: every process raises it at the same step
     (after agreeing on it), so each may wait for the others before it tears down."""
-    e = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    e = KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
     e.together = together  # type: ignore[attr-defined]
     return e
 
@@ -75,7 +84,7 @@ def slow_stop_note(seconds_per_step: float, steps: int, val_seconds: float,
 
 
 class StopSignals:
-    """``signum``: the first SIGINT or SIGTERM received while watching (0: none yet)."""
+    """``signum``: the first of the signals received while watching (0: none yet)."""
 
     def __init__(self, notice: str | None = SINGLE, again: bool = True) -> None:
         """``notice``: what the run does now, told on stderr (None: nothing told, as on every

@@ -356,7 +356,7 @@ class Trainer:
             self.log.info(f"stopped after step {self.step} of {self.total} (--stop_after); "
                           "--resume with a larger --stop_after continues")
 
-    # -- Ctrl-C and SIGTERM: see engine/signals.py
+    # -- Ctrl-C, SIGTERM and SIGHUP: see engine/signals.py
     def _stop_signals(self) -> StopSignals:
         if self.dist.world == 1:
             return StopSignals()
@@ -377,7 +377,7 @@ class Trainer:
         return int(got)
 
     def _save_and_stop(self, bad_step: torch.Tensor, signum: int) -> None:
-        """After a first Ctrl-C or SIGTERM: last.pt at this step (unless written at it already),
+        """After a first Ctrl-C, SIGTERM or SIGHUP: last.pt at this step (unless written at it already),
         then the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
         if self.saved_step != self.step:
             self._check_finite(bad_step)
@@ -387,7 +387,7 @@ class Trainer:
 
     def _interrupted_text(self, e: KeyboardInterrupt) -> str:
         """What an interrupted run keeps, and what it loses."""
-        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        how = f"terminated ({e.name})" if isinstance(e, Terminated) else "interrupted"
         done = f"{how} after step {self.step} of {self.total}"
         if self.saved_step is None:
             return (f"{done}: no checkpoint had been written yet, so those steps are lost (one "
