@@ -17,7 +17,7 @@ from spnas.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from spnas.engine.evaluation import evaluate, plain_forward, recalibrate_bn
 from spnas.engine.runlog import read_metrics
 from spnas.engine.schedule import lr_at, param_groups
-from spnas.engine.signals import StopSignals, shutdown_timeout, slow_stop_note
+from spnas.engine.signals import StopSignals, Terminated, shutdown_timeout, slow_stop_note
 from spnas.engine.trainer import eval_mode_note, most_steps_between_looks
 from spnas.spaces.spos import SposSupernet, spos_space
 from spnas.stages.train import sample_path
@@ -356,9 +356,9 @@ def _ctrl_c_at(monkeypatch, at: int, presses: int = 1, signum=signal.SIGINT) -> 
     # a scheduler's (or `kill`'s, `docker stop`'s) SIGTERM loses no step either
     (signal.SIGTERM, 143, ("SIGTERM", "send", "terminated (SIGTERM)", "terminated (SIGTERM)")),
     # nor does a closed terminal's (an ssh session that dropped)
-    (signal.SIGHUP, 129, ("SIGHUP", "send", "terminated (SIGHUP)", "terminated (SIGHUP)")),
+    (signal.SIGHUP, 129, ("SIGHUP", None, "terminated (SIGHUP)", "terminated (SIGHUP)")),
 ])
-def test_a_ctrl_c_or_sigterm_finishes_the_step_writes_last_pt_and_resumes_the_same_curve(
+def test_a_ctrl_c_sigterm_or_sighup_finishes_the_step_writes_last_pt_and_resumes_the_curve(
         fake_cifar, tmp_path, monkeypatch, capfd, sigint_as_python_sets_it, signum, code, said):
     name, verb, how, end = said
     # no checkpoint before the end but the stop's, which comes between two log lines: the
@@ -374,8 +374,9 @@ def test_a_ctrl_c_or_sigterm_finishes_the_step_writes_last_pt_and_resumes_the_sa
     assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
     err = capfd.readouterr().err
     part = tmp_path / "part"
+    again = f"; {verb} it again to stop at once" if verb else "\n"  # none after a SIGHUP
     assert (f"{name}: finishing the step under way (and a validation, if one is running), then "
-            f"writing last.pt; {verb} it again to stop at once") in err
+            f"writing last.pt{again}") in err
     assert (f"{how} after step 5 of 9; {part}/last.pt holds step 5: --resume continues "
             "from there\n") in err
     assert err.endswith(f"spnas: {end}\n")
@@ -427,16 +428,41 @@ def test_a_ctrl_c_after_the_last_look_before_the_handlers_go_still_stops(
     assert "interrupted after step 6 of 6" in capfd.readouterr().err
 
 
-def test_after_the_first_signal_both_are_the_defaults_again(sigint_as_python_sets_it):
-    """So a SIGTERM after a Ctrl-C (or a Ctrl-C after a SIGTERM) stops at once as well."""
+def test_after_the_first_signal_sigint_and_sigterm_are_the_defaults_again(
+        sigint_as_python_sets_it):
+    """So a SIGTERM after a Ctrl-C (or a Ctrl-C after a SIGTERM) stops at once as well; a
+    SIGHUP only records itself again (a closing terminal may send two)."""
     stop = StopSignals()
     with stop.watching():
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         signal.raise_signal(signal.SIGINT)
-        assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is \
-            signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert stop.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL
+        signal.raise_signal(signal.SIGHUP)
+    assert stop.signum == signal.SIGINT  # the first one
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_a_second_sighup_is_only_recorded(capfd, sigint_as_python_sets_it):
+    stop = StopSignals()
+    with stop.watching():
+        for _ in range(2):
+            if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+                raise AssertionError("a second SIGHUP would stop this process at once")
+            signal.raise_signal(signal.SIGHUP)
+    assert stop.signum == signal.SIGHUP
+    err = capfd.readouterr().err
+    assert err.count("SIGHUP: finishing the step under way") == 1 and "again" not in err
+
+
+def test_a_terminated_stop_names_its_signal_and_survives_a_pickle():
+    import pickle
+    for t, name in ((Terminated(), "SIGTERM"), (Terminated(signal.SIGHUP), "SIGHUP"),
+                    (Terminated(signal.SIGUSR1), "SIGUSR1")):
+        again = pickle.loads(pickle.dumps(t))
+        assert (str(t), t.name, again.signum, again.name) == (name, name, t.signum, name)
+        assert type(t.signum) is int
 
 
 def test_under_torchrun_a_second_signal_is_only_recorded(sigint_as_python_sets_it):

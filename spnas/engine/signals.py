@@ -1,18 +1,20 @@
-"""Stopping a training run cleanly on Ctrl-C (SIGINT), SIGTERM or SIGHUP (a closed terminal).
+"""Stopping a training run cleanly on Ctrl-C (SIGINT), SIGTERM or SIGHUP (a terminal closed).
 
 While ``StopSignals.watching``, the first of these signals only records itself: the training
 loop finishes its step, writes last.pt and raises ``KeyboardInterrupt`` (SIGINT) or
-``Terminated`` (SIGTERM, SIGHUP) at a step boundary, so a checkpoint is never taken of a half-made
-optimizer step. In one process the handlers are gone after the first signal, so a second one
-is Python's or the system's own: it stops at once, the last.pt written before kept whole.
+``Terminated`` (SIGTERM, SIGHUP) at a step boundary, so a checkpoint is never taken of a
+half-made optimizer step. In one process the SIGINT and SIGTERM handlers are gone after the
+first signal, so a second one is Python's or the system's own: it stops at once, the last.pt
+written before kept whole. SIGHUP's stays, only recording: a closing terminal may send it
+twice (the shell passing it on, then the kernel), and no one is left to send it on purpose.
 
-Under torchrun the processes get the signal from torchrun (a Ctrl-C or a SIGTERM sent to it
-is passed on to every process, which it kills after its shutdown timeout, 30 s by default),
+Under torchrun the processes get the signal from torchrun (a Ctrl-C, SIGTERM or SIGHUP sent
+to it is passed on to every process, which it kills after its shutdown timeout, 30 s),
 each at its own step; the loop then stops them all at one step: the next log line's,
-validation's or checkpoint's. There the handlers stay until the run stops, only recording: a process can get
-the signal twice (from a scheduler that signals every process, and again from torchrun), and
-torchrun's kill is the stop at once. SIGQUIT, which torchrun passes on too, stops at once
-as before.
+validation's or checkpoint's. There every handler stays until the run stops, only
+recording: a process can get the signal twice (from a scheduler that signals every
+process, and again from torchrun), and torchrun's kill is the stop at once. SIGQUIT, which
+torchrun passes on too, stops at once as before.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ from contextlib import contextmanager
 _DEFAULT: dict[int, Callable | int] = {signal.SIGINT: signal.default_int_handler,
                                        signal.SIGTERM: signal.SIG_DFL}
 NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-if hasattr(signal, "SIGHUP"):  # POSIX: the terminal closed (an ssh session dropped)
-    _DEFAULT[signal.SIGHUP] = signal.SIG_DFL
-    NAMES[signal.SIGHUP] = "SIGHUP"
+_SIGHUP = getattr(signal, "SIGHUP", None)  # POSIX: the terminal closed (an ssh session dropped)
+if _SIGHUP is not None:
+    _DEFAULT[_SIGHUP] = signal.SIG_DFL
+    NAMES[_SIGHUP] = "SIGHUP"
 SINGLE = ("finishing the step under way (and a validation, if one is running), then writing "
           "last.pt")
 
@@ -39,9 +42,12 @@ class Terminated(KeyboardInterrupt):
     run does after a terminated one too."""
 
     def __init__(self, signum: int = signal.SIGTERM) -> None:
-        super().__init__(signum)
-        self.signum = signum
-        self.name = NAMES[signum]
+        self.signum = int(signum)
+        self.name = NAMES.get(self.signum) or signal.Signals(self.signum).name
+        super().__init__(self.name)
+
+    def __reduce__(self):  # rebuilt from the number (the message is the name)
+        return type(self), (self.signum,), self.__dict__
 
 
 def stop_exception(signum: int, together: bool = False) -> KeyboardInterrupt:
@@ -75,7 +81,8 @@ def slow_stop_note(seconds_per_step: float, steps: int, val_seconds: float,
     if took <= limit / 2:
         return None
     what = f"{steps} steps" + (" and a validation" if val_seconds else "")
-    return (f"note: under torchrun a Ctrl-C or SIGTERM stops the processes at the next log line, "
+    return (f"note: under torchrun a Ctrl-C or SIGTERM (or SIGHUP) stops the processes at the next "
+            f"log line, "
             f"validation or checkpoint, up to {what} away, which take about {took:.0f} s here, "
             "over half of the "
             f"{limit:g} s torchrun waits before it kills them (its --shutdown_timeout; set "
@@ -98,13 +105,15 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         first = not self.signum
         self.signum = self.signum or signum
-        if self._again:
+        if self._again:  # SIGHUP's stays: a closing terminal may send it twice (shell, kernel)
             for s in self._mine:
-                signal.signal(s, _DEFAULT[s])
+                if s != _SIGHUP:
+                    signal.signal(s, _DEFAULT[s])
         if self._notice is None or not first:
             return
-        again = f"; {'press it' if signum == signal.SIGINT else 'send it'} again to stop at once"
-        text = f"\n{NAMES[signum]}: {self._notice}{again if self._again else ''}\n"
+        again = ("" if not self._again or signum == _SIGHUP else
+                 f"; {'press it' if signum == signal.SIGINT else 'send it'} again to stop at once")
+        text = f"\n{NAMES[signum]}: {self._notice}{again}\n"
         # os.write, not print: a handler that runs while stderr is mid-write must not write to
         # its buffer again; and a closed stderr (`| tee` killed by the same Ctrl-C) must not
         # turn into an error at whatever line the loop was running
@@ -119,7 +128,8 @@ class StopSignals:
         else's (a caller's, a debugger's, nohup's SIG_IGN) and is kept, as in any thread but
         the main one, where no handler can be set."""
         main = threading.current_thread() is threading.main_thread()
-        self._mine = [s for s, handler in _DEFAULT.items() if main and signal.getsignal(s) is handler]
+        self._mine = [s for s, handler in _DEFAULT.items()
+                      if main and signal.getsignal(s) is handler]
         for s in self._mine:
             signal.signal(s, self._handle)
         try:

@@ -377,8 +377,8 @@ class Trainer:
         return int(got)
 
     def _save_and_stop(self, bad_step: torch.Tensor, signum: int) -> None:
-        """After a first Ctrl-C, SIGTERM or SIGHUP: last.pt at this step (unless written at it already),
-        then the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
+        """After a first Ctrl-C, SIGTERM or SIGHUP: last.pt at this step (unless written at it
+        already), then the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
         if self.saved_step != self.step:
             self._check_finite(bad_step)
             self._check_state()
