@@ -81,13 +81,12 @@ def slow_stop_note(seconds_per_step: float, steps: int, val_seconds: float,
     if took <= limit / 2:
         return None
     what = f"{steps} steps" + (" and a validation" if val_seconds else "")
-    return (f"note: under torchrun a Ctrl-C or SIGTERM (or SIGHUP) stops the processes at the next "
-            f"log line, "
-            f"validation or checkpoint, up to {what} away, which take about {took:.0f} s here, "
-            "over half of the "
-            f"{limit:g} s torchrun waits before it kills them (its --shutdown_timeout; set "
-            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT to tell spnas a longer one); with a lower "
-            "--print_freq (or a smaller --val_size) they stop in time and write last.pt")
+    return ("note: under torchrun a Ctrl-C or SIGTERM (or SIGHUP) stops the processes at the "
+            f"next log line, validation or checkpoint, up to {what} away, which take about "
+            f"{took:.0f} s here, over half of the {limit:g} s torchrun waits before it kills "
+            "them (its --shutdown_timeout; set TORCH_ELASTIC_SHUTDOWN_TIMEOUT to tell spnas a "
+            "longer one); with a lower --print_freq (or a smaller --val_size) they stop in time "
+            "and write last.pt")
 
 
 class StopSignals:

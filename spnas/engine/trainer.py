@@ -153,8 +153,7 @@ class Trainer:
         self._windows = 0  # log lines written by this process
         self._stop_noted = False
         self._val_seconds = 0.0  # the last validation's (rank 0)
-        self._window: _Window | None = None  # the sums since the last log line, checkpointed
-        self._window_state: dict | None = None  # the resumed checkpoint's
+        self._window = _Window(loader.device)  # the sums since the last log line, checkpointed
         self.device = loader.device
 
     # -- checkpoints
@@ -171,7 +170,7 @@ class Trainer:
                 "config": recorded_config(self.cfg),
                 "metrics": {"best": self.best, "select": t.select, **self.last_val},
                 "extra": t.extra_state(),
-                "window": self._window.state() if self._window is not None else None}
+                "window": self._window.state()}
 
     def save(self, name: str) -> None:
         """Write checkpoint ``name`` (rank 0); call ``_check_state`` first, on every rank."""
@@ -205,7 +204,8 @@ class Trainer:
         self.last_val = {k: v for k, v in metrics.items() if k not in ("best", "select")}
         self.saved_step = self.step
         self.task.load_extra_state(ckpt.get("extra") or {})
-        self._window_state = ckpt.get("window")  # none in older checkpoints
+        if ckpt.get("window"):  # none in older checkpoints; from a step between two log lines,
+            self._window.load_state(ckpt["window"])  # the first averages the same steps
         self.log.truncate_after(self.step)
         self.log.info(f"resumed from {ckpt['path']} at step {self.step}")
         if self.step == self.total:
@@ -277,9 +277,8 @@ class Trainer:
         if run.amp and self.device.type != "cuda":
             self.log.info("--amp: bf16 autocast runs on CUDA only; this run trains in fp32")
         self.log.progress(self.total, self.step)
-        self._window = window = _Window(self.device)
-        if self._window_state:  # a resume from a step between two log lines: its first line
-            window.load_state(self._window_state)  # averages the same steps as without a stop
+        window = self._window
+        window.restart_clock()
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         if self.task.zero_grads:  # on resume too: grads are not checkpointed
             for group in self.opt.param_groups:
@@ -378,7 +377,8 @@ class Trainer:
 
     def _save_and_stop(self, bad_step: torch.Tensor, signum: int) -> None:
         """After a first Ctrl-C, SIGTERM or SIGHUP: last.pt at this step (unless written at it
-        already), then the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is written."""
+        already), then the stop of an interrupted run. A NaN loss stops as NaN: nothing NaN is
+        written."""
         if self.saved_step != self.step:
             self._check_finite(bad_step)
             self._check_state()
