@@ -30,18 +30,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _torchrun(*args, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2 ARGS`` on the CPU, one thread a process; ``env`` added."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                               "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", **env})
+
+
 @pytest.mark.slow
 def test_two_processes_stay_in_sync(fake_cifar, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
     argv = train_argv(fake_cifar, tmp_path, "ddp", **{"--batch_size": 8, "--epochs": 1,
                                                       "--layers": 2, "--num_choices": 2})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script),
-           str(tmp_path)] + argv
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-                            "PATH": "/usr/bin:/bin"})
+    r = _torchrun(script, tmp_path, *argv)
     assert r.returncode == 0, r.stderr[-3000:]
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -70,14 +74,6 @@ CTRL_C = textwrap.dedent("""
     DeviceLoader.batch = ctrl_c_at
     sys.exit(main(sys.argv[2:]))
 """)
-
-
-def _torchrun(*args, **env) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                               "CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin", **env})
 
 
 @pytest.mark.slow
@@ -161,12 +157,8 @@ def test_search_split_over_two_processes_finds_what_one_process_finds(fake_cifar
     assert main(train_argv(fake_cifar, tmp_path, "sn", **{"--epochs": 1, "--num_steps": 2})) == 0
     with torch_threads(1):  # as each torchrun process below: float sums depend on the count
         assert main(search_argv(tmp_path / "sn", tmp_path / "one")) == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "spnas",
-           *search_argv(tmp_path / "sn", tmp_path / "two", **{"--device": "cpu"})]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-                            "PATH": "/usr/bin:/bin"})
+    r = _torchrun("-m", "spnas", *search_argv(tmp_path / "sn", tmp_path / "two",
+                                              **{"--device": "cpu"}))
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert len(one) == 12 and two == one  # every candidate, score and cost, in the same order
@@ -179,13 +171,8 @@ def test_search_split_over_two_processes_finds_what_one_process_finds(fake_cifar
 def test_pipeline_under_torchrun_runs_every_stage_once(fake_cifar, tmp_path):
     from test_pipeline import TINY
     out = tmp_path / "pipe"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "spnas",
-           "pipeline", "--config", str(ROOT / "recipes" / "smoke.yaml"), "--out", str(out),
-           "--data_path", str(fake_cifar), "--device", "cpu", *TINY]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                       env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
-                            "PATH": "/usr/bin:/bin"})
+    r = _torchrun("-m", "spnas", "pipeline", "--config", ROOT / "recipes" / "smoke.yaml",
+                  "--out", out, "--data_path", fake_cifar, "--device", "cpu", *TINY, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("pipeline done: report in") == 1  # rank 0's
     for stage in ("supernet", "search", "retrain", "evaluate", "export"):

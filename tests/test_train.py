@@ -479,19 +479,28 @@ def test_under_torchrun_a_second_signal_is_only_recorded(sigint_as_python_sets_i
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_ctrl_c_that_also_ends_stderrs_reader_still_writes_last_pt(
-        fake_cifar, tmp_path, monkeypatch, sigint_as_python_sets_it):
-    """`spnas train 2>&1 | tee log`: the Ctrl-C ends tee too, and the next log line meets a
-    closed pipe; the run still stops as interrupted, with last.pt, its log file complete."""
+@pytest.fixture
+def closed_pipe():
+    """A text file whose reader is gone: a flushed write raises BrokenPipeError. Something is
+    still buffered in it at the end (the test wrote to it): closing it raises too."""
     read, write = os.pipe()
     os.close(read)
     closed = open(write, "w")
+    yield closed
+    with pytest.raises(BrokenPipeError):
+        closed.close()
+
+
+def test_a_ctrl_c_that_also_ends_stderrs_reader_still_writes_last_pt(
+        fake_cifar, tmp_path, monkeypatch, closed_pipe, sigint_as_python_sets_it):
+    """`spnas train 2>&1 | tee log`: the Ctrl-C ends tee too, and the next log line meets a
+    closed pipe; the run still stops as interrupted, with last.pt, its log file complete."""
     real_batch = DeviceLoader.batch
 
     def batch(self, epoch, i):
         if epoch * self.steps_per_epoch + i == 1:
             signal.raise_signal(signal.SIGINT)
-            monkeypatch.setattr(sys, "stderr", closed)
+            monkeypatch.setattr(sys, "stderr", closed_pipe)
         return real_batch(self, epoch, i)
     monkeypatch.setattr(DeviceLoader, "batch", batch)
     # a BrokenPipeError that reached the command's guard would send its stdout to /dev/null
@@ -500,9 +509,7 @@ def test_a_ctrl_c_that_also_ends_stderrs_reader_still_writes_last_pt(
         assert main(train_argv(fake_cifar, tmp_path)) == 130  # --print_freq 1: a log line
     finally:
         sys.stdout.close()
-        monkeypatch.undo()
-        with pytest.raises(BrokenPipeError):
-            closed.close()
+        monkeypatch.undo()  # before closed_pipe is closed
     run = tmp_path / "run"
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
     log = (run / "train.log").read_text()
@@ -543,22 +550,18 @@ def test_torchruns_shutdown_timeout_is_read_as_torch_reads_it(env, limit):
     assert shutdown_timeout(env) == limit
 
 
-def test_a_commands_last_line_meets_a_closed_stderr_without_a_traceback(monkeypatch):
+def test_a_commands_last_line_meets_a_closed_stderr_without_a_traceback(monkeypatch,
+                                                                        closed_pipe):
     from spnas.cli import run_guarded
     from spnas.errors import SpnasError
-    read, write = os.pipe()
-    os.close(read)
-    closed = open(write, "w")
-    monkeypatch.setattr(sys, "stderr", closed)
+    monkeypatch.setattr(sys, "stderr", closed_pipe)
 
     def refused(args):
         raise SpnasError("--lr nan is not a number")
     try:
         assert run_guarded(refused, None) == 2
     finally:
-        monkeypatch.undo()
-        with pytest.raises(BrokenPipeError):
-            closed.close()
+        monkeypatch.undo()  # before closed_pipe is closed
 
 
 def test_a_sigterm_handler_of_the_callers_is_left_alone(fake_cifar, tmp_path, monkeypatch,
